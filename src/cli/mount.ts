@@ -1,0 +1,136 @@
+/**
+ * `vdiskfs [mount] MOUNTPOINT`: in the foreground (-f) open the store, mount, and serve until SIGINT/SIGTERM
+ * or an external `fusermount -u`; in the background, start the same command as a detached child and
+ * return only when it reports the mount ready (exit 0) or failed (exit non-zero, reason on stderr).
+ */
+import { spawn } from 'node:child_process';
+import { readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { Registry } from '../disk/registry.js';
+import { Tree } from '../fuse/nodes.js';
+import { mountTree, type Mounted } from '../fuse/mount.js';
+import { configureLog, logger } from '../log.js';
+import { mountInfoPath } from '../meta/db.js';
+import { parseSize } from '../util/size.js';
+import { errorMessage, invalid } from '../errors.js';
+import { storeDir } from './storeDir.js';
+import { installSections } from '../fuse/sections.js';
+
+export interface MountArgs {
+  mountpoint: string;
+  store?: string;
+  poolSize?: string;
+  foreground?: boolean;
+  options?: string[];
+  logLevel?: string;
+}
+
+/** mount(8) passes options we must not hand to FUSE. */
+const DROPPED = new Set(['rw', 'defaults', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev', 'nofail', 'dev', 'suid', 'exec', 'nodev', 'nosuid', 'noexec', 'async', 'atime', 'noatime', 'relatime']);
+
+/** Split -o lists into our own long options (name=value) and options for FUSE. */
+export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: string[] } {
+  const out: MountArgs & { fuseOptions: string[] } = { ...args, fuseOptions: [] };
+  for (const o of (args.options ?? []).flatMap((s) => s.split(',')).filter(Boolean)) {
+    const eq = o.indexOf('=');
+    const k = (eq < 0 ? o : o.slice(0, eq)).replace(/_/g, '-');
+    const v = eq < 0 ? '' : o.slice(eq + 1);
+    if (k === 'store') out.store = v;
+    else if (k === 'pool-size') out.poolSize = v;
+    else if (k === 'log-level') out.logLevel = v;
+    else if (k === 'foreground') out.foreground = true;
+    else if (!DROPPED.has(o)) out.fuseOptions.push(o);
+  }
+  return out;
+}
+
+async function isMounted(mountpoint: string): Promise<boolean> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  return text.split('\n').some((l) => l.split(' ')[4] === mountpoint);
+}
+
+export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boolean; error?: string }) => void): Promise<void> {
+  const args = parseMountOptions(raw);
+  const dir = storeDir(args.store);
+  const mountpoint = resolve(args.mountpoint);
+  const poolSize = args.poolSize ? parseSize(args.poolSize) : undefined;
+  if (poolSize !== undefined && poolSize <= 0) throw invalid('pool size must be positive');
+  await mkdir(dir, { recursive: true });
+  configureLog({ level: args.logLevel ?? 'info', file: join(dir, 'vdiskfs.log'), stderr: !!args.foreground && !notify });
+  const log = logger('mount');
+  const reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}) });
+  let mounted: Mounted | undefined;
+  try {
+    const tree = new Tree(reg);
+    installSections(tree, reg);
+    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions });
+    await writeFile(mountInfoPath(dir), JSON.stringify({ pid: process.pid, mountpoint }));
+  } catch (e) {
+    await mounted?.unmount().catch(() => undefined);
+    await reg.close();
+    throw e;
+  }
+  log.info({ store: dir, mountpoint, pid: process.pid }, 'vdiskfs ready');
+  let stopping = false;
+  const stop = async (why: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    clearInterval(watch);
+    log.info({ why }, 'stopping');
+    try {
+      await reg.sync();
+      await mounted!.unmount();
+    } catch (e) {
+      log.error({ err: e }, 'unmount failed');
+    }
+    await reg.close().catch((e) => log.error({ err: e }, 'close failed'));
+    await rm(mountInfoPath(dir), { force: true });
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGHUP', () => void stop('SIGHUP'));
+  // `fusermount -u` from outside: notice the mount is gone and close the store cleanly.
+  const watch = setInterval(() => {
+    void isMounted(mountpoint).then((m) => {
+      if (!m) void stop('unmounted from outside');
+    });
+  }, 1000);
+  notify?.({ ok: true });
+}
+
+/** Start the foreground server as a detached child and wait for its verdict. */
+export async function mountBackground(raw: MountArgs): Promise<void> {
+  const argv = [process.argv[1]!, 'mount', raw.mountpoint, '--daemon-child'];
+  if (raw.store) argv.push('--store', raw.store);
+  if (raw.poolSize) argv.push('--pool-size', raw.poolSize);
+  if (raw.logLevel) argv.push('--log-level', raw.logLevel);
+  for (const o of raw.options ?? []) argv.push('-o', o);
+  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const verdict = await new Promise<{ ok: boolean; error?: string }>((res) => {
+    child.once('message', (m) => res(m as { ok: boolean; error?: string }));
+    child.once('exit', (code) => res({ ok: false, error: stderr.trim() || `mount process exited with code ${code}` }));
+  });
+  if (!verdict.ok) {
+    process.stderr.write(`vdiskfs: ${verdict.error}\n`);
+    process.exit(1);
+  }
+  child.disconnect();
+  child.stderr!.destroy();
+  child.unref();
+}
+
+export async function runDaemonChild(raw: MountArgs): Promise<void> {
+  const send = (m: { ok: boolean; error?: string }): void => {
+    process.send?.(m);
+  };
+  try {
+    await mountForeground({ ...raw, foreground: true }, send);
+    process.disconnect?.();
+  } catch (e) {
+    send({ ok: false, error: errorMessage(e) });
+    process.exit(1);
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * The control language shared by the `.vdisk/ctl` file and the CLI: one command per line, parsed into a
+ * typed command and executed against the registry. Parsing is pure; execution records every command and
+ * its result in the persistent history. A failed command changes nothing.
+ */
+import type { Registry } from '../disk/registry.js';
+import { invalid, errorMessage, errorCode } from '../errors.js';
+import { parseSize } from '../util/size.js';
+import { createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from '../disk/snapshots.js';
+
+export type Command =
+  | { op: 'create'; disk: string; size: number; blockSize?: number }
+  | { op: 'delete'; disk: string; recursive: boolean }
+  | { op: 'resize'; disk: string; size: number }
+  | { op: 'snapshot'; disk: string; snap: string }
+  | { op: 'delete-snapshot'; disk: string; snap: string }
+  | { op: 'rollback'; disk: string; snap: string }
+  | { op: 'clone'; disk: string; snap: string; target: string };
+
+export const USAGE = [
+  'create <disk> <size> [block-size=<size>]',
+  'delete <disk> [-r]',
+  'resize <disk> <size>',
+  'snapshot <disk> <snap>',
+  'delete-snapshot <disk> <snap>',
+  'rollback <disk> <snap>',
+  'clone <disk> <snap> <newdisk>',
+];
+
+const MAX_LINE = 4096;
+
+export function parseCommand(line: string): Command {
+  if (line.length > MAX_LINE) throw invalid(`command too long (${line.length} characters, at most ${MAX_LINE})`);
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x08\x0b-\x1f\x7f]/.test(line)) throw invalid('command contains control characters');
+  const words = line.trim().split(/\s+/).filter(Boolean);
+  const [op, ...args] = words;
+  const want = (n: number, usage: string): void => {
+    if (args.length !== n) throw invalid(`usage: ${usage}`);
+  };
+  switch (op) {
+    case 'create': {
+      const opts = args.filter((a) => a.includes('='));
+      const pos = args.filter((a) => !a.includes('='));
+      if (pos.length !== 2) throw invalid(`usage: ${USAGE[0]}`);
+      let blockSize: number | undefined;
+      for (const o of opts) {
+        const [k, v] = o.split('=', 2);
+        if (k !== 'block-size' && k !== 'bs') throw invalid(`unknown option '${k}' (usage: ${USAGE[0]})`);
+        blockSize = parseSize(v ?? '');
+      }
+      return { op, disk: pos[0]!, size: parseSize(pos[1]!), ...(blockSize !== undefined ? { blockSize } : {}) };
+    }
+    case 'delete': {
+      const recursive = args.some((a) => a === '-r' || a === '--recursive');
+      const rest = args.filter((a) => a !== '-r' && a !== '--recursive');
+      if (rest.length !== 1) throw invalid(`usage: ${USAGE[1]}`);
+      return { op, disk: rest[0]!, recursive };
+    }
+    case 'resize':
+      want(2, USAGE[2]!);
+      return { op, disk: args[0]!, size: parseSize(args[1]!) };
+    case 'snapshot':
+    case 'delete-snapshot':
+    case 'rollback': {
+      const usage = USAGE[op === 'snapshot' ? 3 : op === 'delete-snapshot' ? 4 : 5]!;
+      const a = splitAt(args);
+      if (a.length !== 2) throw invalid(`usage: ${usage}`);
+      return { op, disk: a[0]!, snap: a[1]! };
+    }
+    case 'clone': {
+      const a = splitAt(args);
+      if (a.length !== 3) throw invalid(`usage: ${USAGE[6]}`);
+      return { op, disk: a[0]!, snap: a[1]!, target: a[2]! };
+    }
+    case undefined:
+      throw invalid('empty command');
+    default:
+      throw invalid(`unknown command '${op.slice(0, 40)}' (commands: ${USAGE.map((u) => u.split(' ')[0]).join(', ')})`);
+  }
+}
+
+/** Accept `disk@snap` as well as `disk snap`. */
+function splitAt(args: string[]): string[] {
+  const first = args[0];
+  if (first && first.includes('@')) return [...first.split('@', 2), ...args.slice(1)];
+  return args;
+}
+
+export async function execute(reg: Registry, cmd: Command): Promise<string> {
+  const ctx = reg.ctx;
+  switch (cmd.op) {
+    case 'create':
+      await reg.create(cmd.disk, cmd.size, cmd.blockSize);
+      return `created ${cmd.disk}`;
+    case 'delete':
+      await reg.delete(cmd.disk, { recursive: cmd.recursive });
+      return `deleted ${cmd.disk}`;
+    case 'resize':
+      await reg.resize(cmd.disk, cmd.size);
+      return `resized ${cmd.disk}`;
+    case 'snapshot': {
+      const s = await createSnapshot(ctx, reg.disk(cmd.disk), cmd.snap);
+      return `snapshot ${cmd.disk}@${cmd.snap} id ${s.uid}`;
+    }
+    case 'delete-snapshot':
+      await deleteSnapshot(ctx, reg.disk(cmd.disk), cmd.snap);
+      return `deleted snapshot ${cmd.disk}@${cmd.snap}`;
+    case 'rollback':
+      await rollback(ctx, reg.disk(cmd.disk), cmd.snap);
+      return `rolled ${cmd.disk} back to ${cmd.snap}`;
+    case 'clone':
+      await cloneSnapshot(ctx, reg.disk(cmd.disk), cmd.snap, cmd.target);
+      return `cloned ${cmd.disk}@${cmd.snap} as ${cmd.target}`;
+  }
+}
+
+/** Parse and run one line, recording it in the history. Throws the typed error on failure. */
+export async function runLine(reg: Registry, line: string): Promise<string> {
+  const shown = line.length > 200 ? line.slice(0, 200) + '…' : line;
+  try {
+    const msg = await execute(reg, parseCommand(line));
+    await reg.recordHistory(shown, 'ok', msg);
+    return msg;
+  } catch (e) {
+    await reg.recordHistory(shown.replace(/[\x00-\x1f\x7f]/g, '?'), 'error', errorMessage(e), errorCode(e)).catch(() => undefined);
+    throw e;
+  }
+}

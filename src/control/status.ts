@@ -1,0 +1,71 @@
+/** Status of the store (disks, snapshots, pool) as a JSON object and as a human table. */
+import type { Registry } from '../disk/registry.js';
+import { formatSize } from '../util/size.js';
+
+export interface SnapshotStatus { name: string; id: string; created: string; size: number; heldBytes: number }
+export interface DiskStatus {
+  name: string;
+  size: number;
+  blockSize: number;
+  allocatedBytes: number;
+  created: string;
+  clonedFrom?: string;
+  restoredFrom?: string;
+  snapshots: SnapshotStatus[];
+}
+export interface StoreStatus {
+  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null };
+  disks: DiskStatus[];
+}
+
+export function storeStatus(reg: Registry): StoreStatus {
+  const ctx = reg.ctx;
+  const disks: DiskStatus[] = reg.names().map((name) => {
+    const d = ctx.disk(name);
+    const bs = d.blockSize;
+    const b = d.rec.backing;
+    let clonedFrom: string | undefined;
+    if (b) {
+      const o = ctx.diskById(b.diskId);
+      const s = o?.rec.snapshots.find((x) => x.id === b.snapId);
+      clonedFrom = o && s ? `${o.rec.name}@${s.name}` : 'unknown';
+    }
+    return {
+      name,
+      size: d.rec.size,
+      blockSize: bs,
+      allocatedBytes: d.allocated * bs,
+      created: new Date(d.rec.created).toISOString(),
+      ...(clonedFrom ? { clonedFrom } : {}),
+      ...(d.rec.contentUid ? { restoredFrom: d.rec.contentUid } : {}),
+      snapshots: d.rec.snapshots.map((s) => ({
+        name: s.name,
+        id: s.uid,
+        created: new Date(s.created).toISOString(),
+        size: s.size,
+        heldBytes: (d.held.get(s.id) ?? 0) * bs,
+      })),
+    };
+  });
+  const cap = ctx.pool.capacity;
+  const used = ctx.pool.usedBytes();
+  return {
+    pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null },
+    disks,
+  };
+}
+
+export function renderStatus(st: StoreStatus): string {
+  const rows: string[][] = [['DISK', 'SIZE', 'BLOCK', 'ALLOCATED', 'SNAPSHOTS', 'NOTE']];
+  for (const d of st.disks) {
+    const note = d.clonedFrom ? `clone of ${d.clonedFrom}` : d.restoredFrom ? `holds image ${d.restoredFrom}` : '';
+    rows.push([d.name, formatSize(d.size), formatSize(d.blockSize), formatSize(d.allocatedBytes), String(d.snapshots.length), note]);
+    for (const s of d.snapshots) rows.push([`  @${s.name}`, formatSize(s.size), '', formatSize(s.heldBytes), s.created, s.id]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const lines = rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+  const p = st.pool;
+  lines.push('');
+  lines.push(`pool: ${formatSize(p.usedBytes)} used` + (p.capacity !== null ? ` of ${formatSize(p.capacity)} (${formatSize(p.freeBytes ?? 0)} free)` : ' (no size limit)'));
+  return lines.join('\n') + '\n';
+}

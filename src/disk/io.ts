@@ -1,0 +1,160 @@
+/**
+ * Reading and writing a disk's blocks. A write is planned per block (pure decisions in plan.ts), then
+ * every physical block it needs is reserved before any byte is written (so a full pool fails the write
+ * cleanly with NO_SPACE), data goes to the pool, and all table changes of the write commit in one LevelDB
+ * batch. Blocks the write stops referencing are freed only after that batch commits.
+ * Concurrency: I/O enters the disk's gate shared; each touched block is locked (ascending order) for the
+ * whole read-modify-write; reads lock their blocks too, so a freed block is never read.
+ */
+import type { Context, DiskState } from './context.js';
+import { resolve, readResolved, chainEntry } from './resolve.js';
+import { splitRange, type Piece } from '../util/range.js';
+import { isZero } from '../util/zero.js';
+import type { Entry } from '../meta/keys.js';
+import type { BatchOp } from '../meta/table.js';
+import { invalid } from '../errors.js';
+import { needsPreserve, type Change } from './plan.js';
+
+/** Read from the live disk (snapIndex -1) or a snapshot into dst; returns bytes read (short at the end). */
+export async function readView(ctx: Context, disk: DiskState, snapIndex: number, offset: number, dst: Buffer): Promise<number> {
+  const size = snapIndex >= 0 ? disk.rec.snapshots[snapIndex]!.size : disk.rec.size;
+  if (offset >= size) return 0;
+  const length = Math.min(dst.length, size - offset);
+  const pieces = splitRange(offset, length, disk.blockSize);
+  await disk.gate.run(async () => {
+    await Promise.all(
+      pieces.map(async (p) => {
+        const release = await disk.lock.acquire(p.lbn);
+        try {
+          const r = await resolve(ctx, disk, snapIndex, p.lbn);
+          await readResolved(ctx, r, dst.subarray(p.bufOffset, p.bufOffset + p.length), p.offsetInBlock);
+        } finally {
+          release();
+        }
+      }),
+    );
+  });
+  return length;
+}
+
+/** Write src at offset of the live disk. src must not be modified by the caller until this resolves. */
+export async function writeDisk(ctx: Context, disk: DiskState, offset: number, src: Buffer): Promise<number> {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw invalid(`bad offset ${offset}`);
+  if (offset + src.length > disk.rec.size) throw invalid(`write past the end of disk ${disk.rec.name}`);
+  if (src.length === 0) return 0;
+  const pieces = splitRange(offset, src.length, disk.blockSize);
+  await disk.gate.run(async () => {
+    const release = await disk.lock.acquireAll(pieces.map((p) => p.lbn));
+    try {
+      await writePieces(ctx, disk, pieces, src);
+    } finally {
+      release();
+    }
+  });
+  return src.length;
+}
+
+/** The blocks' locks are held. */
+async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: Buffer): Promise<void> {
+  const bs = disk.blockSize;
+  const L = disk.latest();
+  const epoch = disk.rec.epoch;
+  const hasBacking = disk.rec.backing !== undefined;
+  const changes: Change[] = [];
+  const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
+
+  for (const p of pieces) {
+    const cur = await disk.live.get(p.lbn);
+    const preserve = await needsPreserve(disk, L, cur, p.lbn);
+    const data = src.subarray(p.bufOffset, p.bufOffset + p.length);
+    if (cur?.kind === 'data' && !preserve && !(p.whole && isZero(data))) {
+      inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
+      continue;
+    }
+    // Build the whole new block: merge a partial write with the block's current content.
+    let block: Buffer;
+    if (p.whole) block = data;
+    else {
+      block = Buffer.allocUnsafe(bs);
+      const r = await resolve(ctx, disk, -1, p.lbn);
+      await readResolved(ctx, r, block, 0);
+      data.copy(block, p.offsetInBlock);
+    }
+    const zero = isZero(block);
+    let next: Entry | undefined;
+    if (zero) {
+      next = hasBacking ? { kind: 'zero', epoch } : undefined;
+      const same = (cur === undefined && next === undefined) || (cur?.kind === 'zero' && next?.kind === 'zero');
+      if (same) continue;
+    } else {
+      next = { kind: 'data', pbn: -1, epoch };
+    }
+    changes.push({ lbn: p.lbn, cur, next, preserve, block: zero ? undefined : block });
+  }
+
+  // Reserve every new physical block first: a full pool fails the write before anything changes.
+  const needed = changes.filter((c) => c.block !== undefined);
+  const reserved: number[] = [];
+  try {
+    for (let i = 0; i < needed.length; i++) reserved.push(ctx.pool.allocate(bs));
+  } catch (e) {
+    for (const pbn of reserved) ctx.pool.free(bs, pbn);
+    throw e;
+  }
+  needed.forEach((c, i) => {
+    c.next = { kind: 'data', pbn: reserved[i]!, epoch };
+  });
+
+  const store = await ctx.pool.store(bs);
+  try {
+    await Promise.all([
+      ...inPlace.map((w) => store.write(w.pbn, w.data, w.offsetInBlock)),
+      ...needed.map((c) => store.write((c.next as { pbn: number }).pbn, c.block!)),
+    ]);
+  } catch (e) {
+    for (const pbn of reserved) ctx.pool.free(bs, pbn);
+    throw e;
+  }
+  if (changes.length === 0 && disk.rec.contentUid == null) return;
+  await commitChanges(ctx, disk, changes, reserved);
+}
+
+/**
+ * Commit table changes (the blocks' locks are held): new live entries, preserved old entries for the
+ * latest snapshot, and frees of blocks no longer referenced. Shared by writes, rollback and restore.
+ */
+export async function commitChanges(ctx: Context, disk: DiskState, changes: Change[], reserved: number[] = [], extra: BatchOp[] = []): Promise<void> {
+  const L = disk.latest();
+  const ops: BatchOp[] = [...extra];
+  const frees: number[] = [];
+  let allocDelta = 0;
+  let heldDelta = 0;
+  for (const c of changes) {
+    ops.push(c.next ? disk.live.putOp(c.lbn, c.next) : disk.live.delOp(c.lbn));
+    if (c.preserve && L) {
+      ops.push(disk.snapTable(L.id).putOp(c.lbn, c.cur ?? { kind: 'inherit', epoch: 0 }));
+      if (c.cur?.kind === 'data') heldDelta++;
+    } else if (c.cur?.kind === 'data') frees.push(c.cur.pbn);
+    allocDelta += (c.next?.kind === 'data' ? 1 : 0) - (c.cur?.kind === 'data' ? 1 : 0);
+  }
+  if (disk.rec.contentUid != null && extra.length === 0) {
+    // The disk no longer holds the exact content of the image it was restored from.
+    disk.rec = { ...disk.rec, contentUid: null };
+    ops.push(ctx.recordOp(disk.rec));
+  }
+  try {
+    await ctx.commit(ops);
+  } catch (e) {
+    for (const pbn of reserved) ctx.pool.free(disk.blockSize, pbn);
+    throw e;
+  }
+  for (const c of changes) {
+    disk.live.committed(c.lbn, c.next);
+    if (c.preserve && L) disk.snapTable(L.id).committed(c.lbn, c.cur ?? { kind: 'inherit', epoch: 0 });
+  }
+  for (const pbn of frees) ctx.pool.free(disk.blockSize, pbn);
+  disk.allocated += allocDelta;
+  if (L && heldDelta) disk.held.set(L.id, (disk.held.get(L.id) ?? 0) + heldDelta);
+}
+
+export { chainEntry };

@@ -1,0 +1,178 @@
+/**
+ * The registry of named disks in one store: opening (format check + table scan), create, delete, resize,
+ * and the space and status figures. Snapshot commands are in snapshots.ts, block I/O in io.ts.
+ * Every command changes the store with one atomic batch; large table clean-ups (a deleted disk's blocks)
+ * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
+ */
+import { openDb, type Db } from '../meta/db.js';
+import { DISK_PREFIX, SEQ_KEY, diskKey, livePrefix, snapPrefix, prefixEnd, decodeEntry, lbnOfKey, historyKey } from '../meta/keys.js';
+import type { DiskRecord, SeqRecord } from '../meta/records.js';
+import { Pool, type StoreWrapper } from '../store/pool.js';
+import { Context, DiskState } from './context.js';
+import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
+import { checkName } from './names.js';
+import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
+import { blocksFor } from '../util/range.js';
+import { busy, exists } from '../errors.js';
+import { writeDisk, commitChanges } from './io.js';
+import { needsPreserve, type Change } from './plan.js';
+import { logger } from '../log.js';
+import { clonesOf } from './snapshots.js';
+
+export interface OpenOptions {
+  dir: string;
+  poolSize?: number;
+  wrap?: StoreWrapper;
+}
+
+export class Registry {
+  private log = logger('registry');
+  private constructor(
+    readonly ctx: Context,
+    readonly dir: string,
+    readonly scan: ScanReport,
+  ) {}
+
+  static async open(opts: OpenOptions): Promise<Registry> {
+    const db: Db = await openDb(opts.dir);
+    try {
+      const pool = new Pool(opts.dir, opts.poolSize ?? Infinity, opts.wrap);
+      const ctx = new Context(db, pool);
+      ctx.seq = JSON.parse((await db.getMany([SEQ_KEY]))[0]!) as SeqRecord;
+      for await (const [, value] of db.iterator({ gte: DISK_PREFIX, lt: DISK_PREFIX + '~' })) {
+        const rec = JSON.parse(value) as DiskRecord;
+        ctx.disks.set(rec.name, new DiskState(rec, ctx));
+      }
+      const scan = await scanTables(ctx);
+      const reg = new Registry(ctx, opts.dir, scan);
+      if (scan.orphanTables.size) await purgeOrphans(ctx, scan.orphanTables);
+      return reg;
+    } catch (e) {
+      await db.close();
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.ctx.pool.sync();
+    await this.ctx.pool.close();
+    await this.ctx.db.close();
+  }
+
+  /** fdatasync the pool, then make the metadata durable. */
+  async sync(): Promise<void> {
+    await this.ctx.pool.sync();
+    await this.ctx.db.put('meta!sync', new Date().toISOString(), { sync: true });
+  }
+
+  disk(name: string): DiskState {
+    return this.ctx.disk(name);
+  }
+
+  names(): string[] {
+    return [...this.ctx.disks.keys()].sort();
+  }
+
+  async create(name: string, size: number, blockSize = DEFAULT_BLOCK_SIZE): Promise<DiskRecord> {
+    checkName(name);
+    checkBlockSize(blockSize);
+    checkVirtualSize(size, blockSize);
+    if (this.ctx.disks.has(name)) throw exists(`disk ${name}`);
+    const rec: DiskRecord = { id: this.ctx.seq.disk, name, size, blockSize, created: Date.now(), epoch: 1, snapshots: [] };
+    this.ctx.seq = { ...this.ctx.seq, disk: this.ctx.seq.disk + 1 };
+    await this.ctx.commit([this.ctx.recordOp(rec), this.ctx.seqOp()], true);
+    this.ctx.disks.set(name, new DiskState(rec, this.ctx));
+    return rec;
+  }
+
+  /** Delete a disk. With snapshots it needs `recursive`; a disk other disks are cloned from is refused. */
+  async delete(name: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    const d = this.ctx.disk(name);
+    if (d.isOpen() || [...d.snapOpen.values()].some((n) => n > 0)) throw busy(`disk ${name} is open`);
+    const clones = clonesOf(this.ctx, d.rec.id);
+    if (clones.length) throw busy(`disk ${name} has clones depending on its snapshots: ${clones.join(', ')} (delete them first)`);
+    if (d.rec.snapshots.length && !opts.recursive) {
+      throw busy(`disk ${name} has ${d.rec.snapshots.length} snapshot(s); delete them first or use 'delete ${name} -r'`);
+    }
+    await d.gate.exclusively(async () => {
+      await this.ctx.commit([{ type: 'del', key: diskKey(name) }], true);
+      this.ctx.disks.delete(name);
+    });
+    // The tables are orphans now: free their blocks and purge their keys.
+    const prefixes = [livePrefix(d.rec.id), ...d.rec.snapshots.map((s) => snapPrefix(s.id))];
+    await this.freeTables(d, prefixes);
+  }
+
+  private async freeTables(d: DiskState, prefixes: string[]): Promise<void> {
+    for (const prefix of prefixes) {
+      for await (const [, e] of this.tableEntries(prefix)) {
+        if (e.kind === 'data') this.ctx.pool.free(d.blockSize, e.pbn);
+      }
+      this.ctx.cache.clearPrefix(prefix);
+    }
+    await purgeOrphans(this.ctx, prefixes);
+  }
+
+  private async *tableEntries(prefix: string) {
+    for await (const [key, value] of this.ctx.db.iterator({ gte: prefix, lt: prefixEnd(prefix) })) {
+      yield [lbnOfKey(key), decodeEntry(value)] as const;
+    }
+  }
+
+  /**
+   * Change a disk's virtual size. Shrinking zeroes the tail of the new last block and drops the blocks past
+   * the end (preserving them for the latest snapshot); refused while the disk is open.
+   */
+  async resize(name: string, size: number): Promise<void> {
+    const d = this.ctx.disk(name);
+    checkVirtualSize(size, d.blockSize);
+    if (size < d.rec.size && d.isOpen()) throw busy(`disk ${name} is open; shrinking it needs it closed`);
+    if (size === d.rec.size) return;
+    if (size > d.rec.size) {
+      await d.gate.exclusively(async () => {
+        d.rec = { ...d.rec, size };
+        await this.ctx.commit([this.ctx.recordOp(d.rec)], true);
+      });
+      return;
+    }
+    const bs = d.blockSize;
+    const tail = size % bs;
+    if (tail) await writeDisk(this.ctx, d, size, Buffer.alloc(Math.min(bs - tail, d.rec.size - size)));
+    await d.gate.exclusively(async () => {
+      const first = blocksFor(size, bs);
+      const L = d.latest();
+      const changes: Change[] = [];
+      for await (const [lbn, cur] of d.live.entries(first)) {
+        changes.push({ lbn, cur, next: undefined, preserve: await needsPreserve(d, L, cur, lbn) });
+      }
+      // Blocks past the end that were holes: the latest snapshot must keep seeing them as they were.
+      // (They are found through its table lookups at read time; nothing to record for a plain hole.)
+      const rec: DiskRecord = { ...d.rec, size };
+      if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, first) };
+      if (rec.backing && L) {
+        // Inherited blocks past the new end change from backing data to zeros: preserve them as `inherit`.
+        for (let lbn = first; lbn < d.rec.backing!.limitBlocks; lbn++) {
+          if ((await d.live.get(lbn)) === undefined && (await needsPreserve(d, L, undefined, lbn))) {
+            changes.push({ lbn, cur: undefined, next: undefined, preserve: true });
+          }
+        }
+      }
+      d.rec = rec;
+      await commitChanges(this.ctx, d, changes, [], [this.ctx.recordOp(rec)]);
+    });
+  }
+
+  /** Append one control command to the persistent history. */
+  async recordHistory(command: string, result: 'ok' | 'error', message?: string, code?: string): Promise<void> {
+    const seq = this.ctx.seq.history;
+    this.ctx.seq = { ...this.ctx.seq, history: seq + 1 };
+    const rec = { time: new Date().toISOString(), command, result, ...(message ? { message } : {}), ...(code ? { code } : {}) };
+    await this.ctx.commit([{ type: 'put', key: historyKey(seq), value: JSON.stringify(rec) }, this.ctx.seqOp()]);
+  }
+
+  async history(limit = 1000): Promise<{ time: string; command: string; result: string; message?: string }[]> {
+    const out = [];
+    for await (const v of this.ctx.db.values({ gte: 'h!', lt: 'h!~', reverse: true, limit })) out.push(JSON.parse(v));
+    return out.reverse();
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * The read chain. A view is the live disk (snapIndex -1) or one of its snapshots. A block of snapshot k
+ * is found in snapshot k's own table, else in the next newer snapshot's, …, else in the live table; an
+ * `inherit` result (or no entry at all) continues into the backing snapshot of a clone, or reads as zeros.
+ * The caller holds the view's disk lock for `lbn`; falling into another disk takes that disk's lock too
+ * (always in the order clone -> origin, so no cycle).
+ */
+import type { Context, DiskState } from './context.js';
+import type { Entry } from '../meta/keys.js';
+
+export type Resolved = { kind: 'data'; pbn: number; blockSize: number; owner: DiskState } | { kind: 'zero' };
+
+export const ZERO: Resolved = { kind: 'zero' };
+
+/** The first entry for lbn along the chain of the view, not following the backing. */
+export async function chainEntry(disk: DiskState, snapIndex: number, lbn: number): Promise<Entry | undefined> {
+  const snaps = disk.rec.snapshots;
+  if (snapIndex >= 0) {
+    for (let i = snapIndex; i < snaps.length; i++) {
+      const s = snaps[i]!;
+      const e = await disk.snapTable(s.id).get(lbn);
+      if (e) return e;
+    }
+  }
+  return disk.live.get(lbn);
+}
+
+function backingLimit(disk: DiskState, snapIndex: number): number {
+  if (!disk.rec.backing) return 0;
+  if (snapIndex >= 0) return disk.rec.snapshots[snapIndex]!.backingBlocks ?? disk.rec.backing.limitBlocks;
+  return disk.rec.backing.limitBlocks;
+}
+
+export async function resolve(ctx: Context, disk: DiskState, snapIndex: number, lbn: number): Promise<Resolved> {
+  const e = await chainEntry(disk, snapIndex, lbn);
+  if (e?.kind === 'data') return { kind: 'data', pbn: e.pbn, blockSize: disk.blockSize, owner: disk };
+  if (e?.kind === 'zero') return ZERO;
+  const b = disk.rec.backing;
+  if (!b || lbn >= backingLimit(disk, snapIndex)) return ZERO;
+  const origin = ctx.diskById(b.diskId);
+  if (!origin) return ZERO;
+  const idx = origin.rec.snapshots.findIndex((s) => s.id === b.snapId);
+  if (idx < 0) return ZERO;
+  const release = await origin.lock.acquire(lbn);
+  try {
+    return await resolve(ctx, origin, idx, lbn);
+  } finally {
+    release();
+  }
+}
+
+/** Read the resolved block (or a part of it) into dst. */
+export async function readResolved(ctx: Context, r: Resolved, dst: Buffer, offsetInBlock: number): Promise<void> {
+  if (r.kind === 'zero') {
+    dst.fill(0);
+    return;
+  }
+  const store = await ctx.pool.store(r.blockSize);
+  await store.read(r.pbn, dst, offsetInBlock);
+}

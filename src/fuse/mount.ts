@@ -1,0 +1,204 @@
+/**
+ * The only code that touches fuse-native: the operation table over the Tree, handles, stat and statfs,
+ * errno mapping, and mounting with the options we need (big_writes, max_write, subtype) that fuse-native
+ * has no switch for. Every write buffer is copied before any await (fuse-native reuses it).
+ */
+import Fuse from 'fuse-native';
+import { statfs as fsStatfs } from 'node:fs/promises';
+import { Tree, type Handle, type Node, MODES } from './nodes.js';
+import { E, toErrno } from './errno.js';
+import { logger } from '../log.js';
+import type { Registry } from '../disk/registry.js';
+
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
+
+class VdiskFuse extends Fuse {
+  constructor(mnt: string, ops: Record<string, (...a: never[]) => void>, opts: Record<string, unknown>, private extra: string[]) {
+    super(mnt, ops as never, opts);
+  }
+  override _fuseOptions(): string {
+    const base = super._fuseOptions();
+    const extra = this.extra.join(',');
+    if (!extra) return base;
+    return base ? `${base},${extra}` : `-o${extra}`;
+  }
+}
+
+export interface MountOptions {
+  mountpoint: string;
+  /** Extra -o options (allow_other, ro, …) passed to FUSE as they are. */
+  fuseOptions?: string[];
+  /** Per-operation timeout, ms. Long control commands (restore, rollback) need minutes. */
+  timeoutMs?: number;
+  storeDir: string;
+}
+
+export interface Mounted {
+  tree: Tree;
+  unmount(): Promise<void>;
+}
+
+export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): Promise<Mounted> {
+  const log = logger('fuse');
+  const handles = new Map<number, Handle>();
+  let nextFd = 10;
+  const uid = process.getuid?.() ?? 0;
+  const gid = process.getgid?.() ?? 0;
+
+  const fail = (op: string, path: string, e: unknown, extra: Record<string, unknown> = {}): number => {
+    const errno = toErrno(e);
+    if (errno === E.EIO) log.error({ op, path, ...extra, err: e }, `unexpected error in ${op}`);
+    else log.info({ op, path, ...extra, msg: (e as Error).message }, `${op} refused`);
+    return errno;
+  };
+
+  const statOf = async (node: Node) => {
+    if (node.kind === 'dir') {
+      const now = new Date();
+      return { mode: MODES.DIR, size: 4096, blocks: 8, mtime: now, atime: now, ctime: now, nlink: 2, uid, gid };
+    }
+    const st = await node.stat();
+    return { ...st, atime: st.mtime, ctime: st.mtime, nlink: 1, uid, gid };
+  };
+
+  const ops = {
+    getattr(path: string, cb: (err: number, st?: unknown) => void) {
+      const node = tree.lookup(path);
+      if (!node) return cb(E.ENOENT);
+      statOf(node).then((st) => cb(0, st), (e) => cb(fail('getattr', path, e)));
+    },
+    fgetattr(path: string, _fd: number, cb: (err: number, st?: unknown) => void) {
+      ops.getattr(path, cb);
+    },
+    readdir(path: string, cb: (err: number, names?: string[]) => void) {
+      const node = tree.lookup(path);
+      if (!node) return cb(E.ENOENT);
+      if (node.kind !== 'dir') return cb(E.ENOTDIR);
+      cb(0, node.list());
+    },
+    open(path: string, flags: number, cb: (err: number, fd?: number) => void) {
+      const node = tree.lookup(path);
+      if (!node) return cb(E.ENOENT);
+      if (node.kind === 'dir') return cb(E.EISDIR);
+      node.open((flags & O_ACCMODE) !== O_RDONLY).then(
+        (h) => {
+          const fd = nextFd++;
+          handles.set(fd, h);
+          cb(0, fd);
+        },
+        (e) => cb(fail('open', path, e)),
+      );
+    },
+    create(path: string, _mode: number, cb: (err: number, fd?: number) => void) {
+      const node = tree.lookup(path);
+      if (!node) {
+        log.info({ op: 'create', path }, 'create refused: use the control file to create disks');
+        return cb(E.EACCES);
+      }
+      ops.open(path, 1, cb);
+    },
+    release(path: string, fd: number, cb: (err: number) => void) {
+      const h = handles.get(fd);
+      handles.delete(fd);
+      if (!h?.release) return cb(0);
+      h.release().then(() => cb(0), (e) => cb(fail('release', path, e)));
+    },
+    read(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
+      const h = handles.get(fd);
+      if (!h?.read) return cb(E.EBADF);
+      h.read(buf.subarray(0, len), pos).then(cb, (e) => cb(fail('read', path, e, { offset: pos, length: len })));
+    },
+    write(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
+      const h = handles.get(fd);
+      if (!h?.write) return cb(E.EBADF);
+      const copy = Buffer.from(buf.subarray(0, len)); // fuse-native reuses buf after we return
+      h.write(copy, pos).then(cb, (e) => cb(fail('write', path, e, { offset: pos, length: len })));
+    },
+    truncate(path: string, size: number, cb: (err: number) => void) {
+      const node = tree.lookup(path);
+      if (!node) return cb(E.ENOENT);
+      if (node.kind === 'dir') return cb(E.EISDIR);
+      if (!node.truncate) return cb(E.EACCES);
+      node.truncate(size).then(() => cb(0), (e) => cb(fail('truncate', path, e, { size })));
+    },
+    ftruncate(path: string, fd: number, size: number, cb: (err: number) => void) {
+      const h = handles.get(fd);
+      if (!h?.truncate) return ops.truncate(path, size, cb);
+      h.truncate(size).then(() => cb(0), (e) => cb(fail('ftruncate', path, e, { size })));
+    },
+    fsync(path: string, _datasync: boolean, fd: number, cb: (err: number) => void) {
+      const h = handles.get(fd);
+      const p = h?.fsync ? h.fsync() : reg.sync();
+      p.then(() => cb(0), (e) => cb(fail('fsync', path, e)));
+    },
+    flush(_path: string, _fd: number, cb: (err: number) => void) {
+      cb(0);
+    },
+    statfs(_path: string, cb: (err: number, st?: unknown) => void) {
+      const frsize = 1024 * 1024;
+      const used = reg.ctx.pool.usedBytes();
+      const capacity = reg.ctx.pool.capacity;
+      const done = (total: number, avail: number) =>
+        cb(0, {
+          bsize: frsize,
+          frsize,
+          blocks: Math.min(0xffffffff, Math.ceil(total / frsize)),
+          bfree: Math.min(0xffffffff, Math.floor(avail / frsize)),
+          bavail: Math.min(0xffffffff, Math.floor(avail / frsize)),
+          files: reg.names().length + 100,
+          ffree: 100,
+          favail: 100,
+          fsid: 0,
+          flag: 0,
+          namemax: 255,
+        });
+      if (Number.isFinite(capacity)) return done(capacity, Math.max(0, capacity - used));
+      // Unlimited pool: the pool can grow into the free space of the store's filesystem.
+      fsStatfs(opts.storeDir).then(
+        (s) => {
+          const avail = s.bavail * s.bsize;
+          done(used + avail, avail);
+        },
+        () => done(used, 0),
+      );
+    },
+    unlink(path: string, cb: (err: number) => void) {
+      cb(tree.lookup(path) ? E.EPERM : E.ENOENT);
+    },
+    mkdir(_path: string, _mode: number, cb: (err: number) => void) {
+      cb(E.EACCES);
+    },
+    rmdir(path: string, cb: (err: number) => void) {
+      cb(tree.lookup(path) ? E.EPERM : E.ENOENT);
+    },
+    rename(_src: string, _dst: string, cb: (err: number) => void) {
+      cb(E.EPERM);
+    },
+    chmod(_p: string, _m: number, cb: (err: number) => void) {
+      cb(0);
+    },
+    chown(_p: string, _u: number, _g: number, cb: (err: number) => void) {
+      cb(0);
+    },
+    utimens(_p: string, _a: unknown, _m: unknown, cb: (err: number) => void) {
+      cb(0);
+    },
+  };
+
+  // attr_timeout=0: sizes change under control commands (resize, rendered status files); reads and writes
+  // of data do not need fresh attributes, so this costs one getattr per stat/open only.
+  const extra = ['big_writes', 'max_write=131072', 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', ...(opts.fuseOptions ?? [])];
+  const fuse = new VdiskFuse(opts.mountpoint, ops as never, { timeout: opts.timeoutMs ?? 10 * 60 * 1000, force: true }, extra);
+  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  log.info({ mountpoint: opts.mountpoint, options: extra }, 'mounted');
+  let unmounted = false;
+  return {
+    tree,
+    unmount: async () => {
+      if (unmounted) return;
+      unmounted = true;
+      await new Promise<void>((resolve) => fuse.unmount(() => resolve()));
+    },
+  };
+}

@@ -1,0 +1,213 @@
+/**
+ * The tree the mount shows, as FUSE-agnostic nodes over the core: a path resolves to a directory (a list
+ * of names) or a file (stat + open -> handle). Errors are the core's typed errors; ops.ts maps them to
+ * errno. Rendered files (status, history) are rendered once at open and served from that buffer.
+ */
+import type { Registry } from '../disk/registry.js';
+import { readView, writeDisk } from '../disk/io.js';
+import { runLine } from '../control/commands.js';
+import { renderStatus, storeStatus } from '../control/status.js';
+import { VdiskError, readOnly, invalid } from '../errors.js';
+
+export interface NodeStat {
+  mode: number;
+  size: number;
+  blocks: number;
+  blksize?: number;
+  mtime: Date;
+}
+
+export interface Handle {
+  read?(dst: Buffer, pos: number): Promise<number>;
+  write?(src: Buffer, pos: number): Promise<number>;
+  truncate?(size: number): Promise<void>;
+  fsync?(): Promise<void>;
+  release?(): Promise<void>;
+}
+
+export type Node =
+  | { kind: 'dir'; list(): string[] }
+  | { kind: 'file'; stat(): Promise<NodeStat> | NodeStat; open(write: boolean): Promise<Handle>; truncate?(size: number): Promise<void> };
+
+const DIR = 0o040755;
+const RW = 0o100644;
+const RO = 0o100444;
+const WO = 0o100200;
+
+export const CONTROL_DIR = '.vdisk';
+
+export class Tree {
+  private started = new Date();
+  private mtimes = new Map<string, Date>();
+  /** Extra nodes under .vdisk (copies/, deltas/, import/, restore/) registered by other modules. */
+  private extras = new Map<string, (rest: string[]) => Node | undefined>();
+
+  constructor(readonly reg: Registry) {}
+
+  addSection(name: string, lookup: (rest: string[]) => Node | undefined): void {
+    this.extras.set(name, lookup);
+  }
+
+  lookup(path: string): Node | undefined {
+    const parts = path.split('/').filter(Boolean);
+    if (parts.length === 0) return { kind: 'dir', list: () => [CONTROL_DIR, ...this.reg.names()] };
+    const [first, ...rest] = parts;
+    if (first === CONTROL_DIR) return this.control(rest);
+    if (rest.length > 0 || !this.reg.ctx.disks.has(first!)) return undefined;
+    return this.diskNode(first!);
+  }
+
+  private control(rest: string[]): Node | undefined {
+    const [name, ...more] = rest;
+    if (name === undefined) {
+      return { kind: 'dir', list: () => ['ctl', 'status', 'status.json', 'history', 'snapshots', ...this.extras.keys()] };
+    }
+    if (more.length === 0) {
+      if (name === 'ctl') return this.ctlNode();
+      if (name === 'status') return this.rendered('status', () => renderStatus(storeStatus(this.reg)));
+      if (name === 'status.json') return this.rendered('status.json', () => JSON.stringify(storeStatus(this.reg), null, 2) + '\n');
+      if (name === 'history') {
+        return this.rendered('history', async () => (await this.reg.history()).map((h) => `${h.time}\t${h.result}\t${h.command}${h.message ? `\t${h.message}` : ''}`).join('\n') + '\n');
+      }
+    }
+    if (name === 'snapshots') return this.snapshots(more);
+    const extra = name !== undefined ? this.extras.get(name) : undefined;
+    return extra?.(more);
+  }
+
+  private snapshots(rest: string[]): Node | undefined {
+    const ctx = this.reg.ctx;
+    if (rest.length === 0) return { kind: 'dir', list: () => this.reg.names() };
+    const d = ctx.disks.get(rest[0]!);
+    if (!d) return undefined;
+    if (rest.length === 1) return { kind: 'dir', list: () => d.rec.snapshots.map((s) => s.name) };
+    const snap = d.rec.snapshots.find((s) => s.name === rest[1]);
+    if (!snap || rest.length > 2) return undefined;
+    return {
+      kind: 'file',
+      stat: () => ({ mode: RO, size: snap.size, blocks: ((d.held.get(snap.id) ?? 0) * d.blockSize) / 512, blksize: d.blockSize, mtime: new Date(snap.created) }),
+      open: async (write) => {
+        if (write) throw readOnly('snapshots are read-only');
+        d.snapOpen.set(snap.id, (d.snapOpen.get(snap.id) ?? 0) + 1);
+        let released = false;
+        return {
+          read: (dst, pos) => {
+            const idx = d.rec.snapshots.findIndex((s) => s.id === snap.id);
+            return idx < 0 ? Promise.resolve(0) : readView(ctx, d, idx, pos, dst);
+          },
+          write: () => Promise.reject(readOnly('snapshots are read-only')),
+          truncate: () => Promise.reject(readOnly('snapshots are read-only')),
+          release: async () => {
+            if (released) return;
+            released = true;
+            d.snapOpen.set(snap.id, (d.snapOpen.get(snap.id) ?? 1) - 1);
+          },
+        };
+      },
+      truncate: () => Promise.reject(readOnly('snapshots are read-only')),
+    };
+  }
+
+  private diskNode(name: string): Node {
+    const ctx = this.reg.ctx;
+    const d = ctx.disk(name);
+    return {
+      kind: 'file',
+      stat: () => ({
+        mode: RW,
+        size: d.rec.size,
+        blocks: (d.allocated * d.blockSize) / 512,
+        blksize: d.blockSize,
+        mtime: this.mtimes.get(name) ?? new Date(d.rec.created),
+      }),
+      open: async () => {
+        d.openCount++;
+        let released = false;
+        return {
+          read: (dst, pos) => readView(ctx, d, -1, pos, dst),
+          write: async (src, pos) => {
+            if (pos >= d.rec.size) throw new VdiskError('INVALID', `write past the end of disk ${name}`);
+            const n = await writeDisk(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src);
+            this.mtimes.set(name, new Date());
+            return n;
+          },
+          truncate: (size) => this.truncateDisk(name, size),
+          fsync: () => this.reg.sync(),
+          release: async () => {
+            if (released) return;
+            released = true;
+            d.openCount--;
+          },
+        };
+      },
+      truncate: (size) => this.truncateDisk(name, size),
+    };
+  }
+
+  /** A disk's size changes only by `resize`; truncating to the current size (O_TRUNC on open) is a no-op. */
+  private async truncateDisk(name: string, size: number): Promise<void> {
+    const d = this.reg.ctx.disk(name);
+    if (size === d.rec.size) return;
+    throw invalid(`disk ${name} cannot be truncated; use 'resize ${name} <size>' in the control file`);
+  }
+
+  private ctlNode(): Node {
+    return {
+      kind: 'file',
+      stat: () => ({ mode: WO | 0o044, size: 0, blocks: 0, mtime: this.started }),
+      open: async () => ({
+        read: async () => 0,
+        // The command runs inside write(): a failure is this write's errno, so `echo … > ctl` fails.
+        write: async (src) => {
+          const text = src.toString('utf8');
+          if (src.includes(0)) throw invalid('command contains NUL bytes');
+          const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+          if (lines.length === 0) throw invalid('empty command');
+          try {
+            for (const line of lines) await runLine(this.reg, line);
+          } finally {
+            this.changed();
+          }
+          return src.length;
+        },
+        truncate: async () => undefined,
+      }),
+      truncate: async () => undefined,
+    };
+  }
+
+  /**
+   * The kernel caches st_size and reads no further, so the buffer rendered for stat is the one the next
+   * open serves (if it is fresh), and the two agree.
+   */
+  private renderCache = new Map<string, { at: number; buf: Buffer; gen: number }>();
+  /** Bumped by every control command, so rendered files never show the state from before it. */
+  private generation = 0;
+
+  changed(): void {
+    this.generation++;
+  }
+
+  private rendered(key: string, render: () => string | Promise<string>): Node {
+    const fresh = async (maxAge: number): Promise<Buffer> => {
+      const hit = this.renderCache.get(key);
+      if (hit && Date.now() - hit.at < maxAge && hit.gen === this.generation) return hit.buf;
+      const buf = Buffer.from(await render());
+      this.renderCache.set(key, { at: Date.now(), buf, gen: this.generation });
+      return buf;
+    };
+    return {
+      kind: 'file',
+      stat: async () => ({ mode: RO, size: (await fresh(0)).length, blocks: 0, mtime: new Date() }),
+      open: async (write) => {
+        if (write) throw readOnly('this file is read-only');
+        const buf = await fresh(1000);
+        return {
+          read: async (dst, pos) => (pos >= buf.length ? 0 : buf.copy(dst, 0, pos, Math.min(buf.length, pos + dst.length))),
+        };
+      },
+    };
+  }
+}
+
+export const MODES = { DIR, RW, RO };

@@ -1,0 +1,59 @@
+/**
+ * Key layout of the LevelDB store (see KEYSPACE.md beside this file). Keys are UTF-8 strings whose numeric
+ * parts are fixed-width lowercase hex, so LevelDB's byte order equals numeric order and a range of logical
+ * blocks is one contiguous key range. Pure functions only.
+ */
+export const FORMAT_KEY = 'meta!format';
+export const SEQ_KEY = 'meta!seq';
+export const STORE_MAGIC = 'vdiskfs-store';
+export const STORE_VERSION = 1;
+
+const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
+
+export const diskKey = (name: string): string => `disk!${name}`;
+export const DISK_PREFIX = 'disk!';
+
+/** Live allocation table of a disk: t!<diskId:8>!<lbn:12>. */
+export const liveKey = (diskId: number, lbn: number): string => `t!${hex(diskId, 8)}!${hex(lbn, 12)}`;
+export const livePrefix = (diskId: number): string => `t!${hex(diskId, 8)}!`;
+/** Blocks a snapshot preserved (its own table): s!<snapId:8>!<lbn:12>. */
+export const snapKey = (snapId: number, lbn: number): string => `s!${hex(snapId, 8)}!${hex(lbn, 12)}`;
+export const snapPrefix = (snapId: number): string => `s!${hex(snapId, 8)}!`;
+export const historyKey = (seq: number): string => `h!${hex(seq, 12)}`;
+export const HISTORY_PREFIX = 'h!';
+
+export function lbnOfKey(key: string): number {
+  return parseInt(key.slice(key.length - 12), 16);
+}
+export function idOfTableKey(key: string): number {
+  return parseInt(key.slice(2, 10), 16);
+}
+
+/** Upper bound for a prefix range (prefix + a character above any used). */
+export const prefixEnd = (prefix: string): string => prefix + '~';
+
+/**
+ * A table entry. Live entries carry the epoch they were written in (for copy-on-write decisions);
+ * snapshot entries do not. `zero`: reads as zeros; `inherit`: reads through to the disk's backing
+ * snapshot (clones), or zeros when there is none.
+ */
+export type Entry =
+  | { kind: 'data'; pbn: number; epoch: number }
+  | { kind: 'zero'; epoch: number }
+  | { kind: 'inherit'; epoch: number };
+
+export function encodeEntry(e: Entry, withEpoch: boolean): string {
+  const head = e.kind === 'data' ? String(e.pbn) : e.kind === 'zero' ? 'Z' : 'I';
+  return withEpoch ? `${head}:${e.epoch}` : head;
+}
+
+export function decodeEntry(v: string): Entry {
+  const colon = v.indexOf(':');
+  const head = colon < 0 ? v : v.slice(0, colon);
+  const epoch = colon < 0 ? 0 : Number(v.slice(colon + 1));
+  if (head === 'Z') return { kind: 'zero', epoch };
+  if (head === 'I') return { kind: 'inherit', epoch };
+  const pbn = Number(head);
+  if (!Number.isSafeInteger(pbn) || pbn < 0 || !Number.isSafeInteger(epoch)) throw new Error(`bad table entry '${v}'`);
+  return { kind: 'data', pbn, epoch };
+}

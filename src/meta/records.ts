@@ -1,0 +1,48 @@
+/** JSON records kept in the store: disks with their snapshot chains, history entries, counters. */
+export interface SnapshotRecord {
+  /** Numeric id: key prefix of the snapshot's table. Unique within the store, never reused. */
+  id: number;
+  /** Globally unique id recorded in backup images. */
+  uid: string;
+  name: string;
+  /** Live entries with epoch <= this were written before the snapshot and are shared with it. */
+  epoch: number;
+  created: number;
+  /** Virtual size of the disk when the snapshot was taken. */
+  size: number;
+  /** For snapshots of clones: blocks of the backing snapshot visible at snapshot time (see DiskRecord). */
+  backingBlocks?: number;
+}
+
+export interface DiskRecord {
+  id: number;
+  name: string;
+  size: number;
+  blockSize: number;
+  created: number;
+  /** Current write epoch; incremented by each snapshot. */
+  epoch: number;
+  /** Oldest first. */
+  snapshots: SnapshotRecord[];
+  /** A clone reads blocks it never wrote from this snapshot of another disk. */
+  backing?: { diskId: number; snapId: number; /** blocks past this read as zeros (after a shrink) */ limitBlocks: number };
+  /**
+   * uid of the snapshot whose exact content this disk holds, set by a restore or an incremental apply and
+   * cleared by the first write after it; incremental images apply only onto the snapshot they were taken from.
+   */
+  contentUid?: string | null;
+}
+
+export interface SeqRecord {
+  disk: number;
+  snap: number;
+  history: number;
+}
+
+export interface HistoryRecord {
+  time: string;
+  command: string;
+  result: 'ok' | 'error';
+  message?: string;
+  code?: string;
+}

@@ -1,0 +1,59 @@
+/**
+ * Block data in a flat file `pool-<blockSize>.dat`: block pbn lives at byte pbn*blockSize. Metadata (which
+ * pbn belongs to which disk block) lives in LevelDB; a pbn's bytes are written before the table entry that
+ * references it is committed, so a crash can leave only unreferenced (free) blocks with garbage, never a
+ * table entry pointing at missing data. Free space is whatever no table references (see allocator.ts).
+ * Concurrency: positional reads and writes on one descriptor; callers serialise writes per block.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import type { BlockStore } from './blockStore.js';
+
+export class PoolFileStore implements BlockStore {
+  private constructor(
+    readonly blockSize: number,
+    private fh: FileHandle,
+    readonly path: string,
+  ) {}
+
+  static async open(path: string, blockSize: number): Promise<PoolFileStore> {
+    const fh = await open(path, 'a+').then(async (h) => {
+      await h.close();
+      return open(path, 'r+');
+    });
+    return new PoolFileStore(blockSize, fh, path);
+  }
+
+  async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
+    const want = dst.length;
+    let done = 0;
+    while (done < want) {
+      const { bytesRead } = await this.fh.read(dst, done, want - done, pbn * this.blockSize + offsetInBlock + done);
+      if (bytesRead === 0) {
+        dst.fill(0, done); // never written past the file end (cannot happen for referenced blocks)
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
+  async write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, pbn * this.blockSize + offsetInBlock + done);
+      done += bytesWritten;
+    }
+  }
+
+  async sync(): Promise<void> {
+    await this.fh.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+
+  /** Give back file space past the highest used block (after frees at the end of the pool). */
+  async truncateTo(blocks: number): Promise<void> {
+    await this.fh.truncate(blocks * this.blockSize);
+  }
+}
