@@ -89,8 +89,56 @@ export class Context {
     return { type: 'put', key: SEQ_KEY, value: JSON.stringify(this.seq) };
   }
 
-  async commit(ops: BatchOp[], sync = false): Promise<void> {
-    if (ops.length === 0) return;
-    await this.db.batch(ops, { sync });
+  /**
+   * Every metadata change goes through one ordered commit pipeline: batches queued while one is being
+   * written are merged into the next LevelDB batch (group commit), in queue order, so changes to the
+   * same key always land in the order they were made. `commit` resolves once the change is in LevelDB.
+   */
+  commit(ops: BatchOp[], sync = false): Promise<void> {
+    if (ops.length === 0 && !sync) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ ops, sync, resolve, reject });
+      if (!this.pumping) void this.pump();
+    });
+  }
+
+  /** Resolves when everything queued so far has been committed. */
+  drain(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.queue.push({ ops: [], sync: false, resolve, reject: () => resolve() });
+      if (!this.pumping) void this.pump();
+    });
+  }
+
+  /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
+  failure: Error | null = null;
+  private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private pumping = false;
+
+  private async pump(): Promise<void> {
+    this.pumping = true;
+    try {
+      while (this.queue.length) {
+        const group: typeof this.queue = [];
+        let n = 0;
+        while (this.queue.length && n < 20_000) {
+          const item = this.queue.shift()!;
+          group.push(item);
+          n += item.ops.length;
+        }
+        const ops = group.flatMap((g) => g.ops);
+        const sync = group.some((g) => g.sync);
+        try {
+          if (ops.length) await this.db.batch(ops, { sync });
+          else if (sync) await this.db.put('meta!sync', new Date().toISOString(), { sync: true });
+          for (const g of group) g.resolve();
+        } catch (e) {
+          this.failure = e as Error;
+          for (const g of group) g.reject(e);
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
   }
 }

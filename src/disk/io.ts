@@ -12,7 +12,10 @@ import { splitRange, type Piece } from '../util/range.js';
 import { isZero } from '../util/zero.js';
 import type { Entry } from '../meta/keys.js';
 import type { BatchOp } from '../meta/table.js';
-import { invalid } from '../errors.js';
+import { invalid, VdiskError } from '../errors.js';
+import { logger } from '../log.js';
+
+const log = logger('io');
 import { needsPreserve, type Change } from './plan.js';
 
 /** Read from the live disk (snapIndex -1) or a snapshot into dst; returns bytes read (short at the end). */
@@ -42,6 +45,7 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
   if (!Number.isSafeInteger(offset) || offset < 0) throw invalid(`bad offset ${offset}`);
   if (offset + src.length > disk.rec.size) throw invalid(`write past the end of disk ${disk.rec.name}`);
   if (src.length === 0) return 0;
+  if (ctx.failure) throw new VdiskError('IO', `store failed earlier and is read-only until remounted: ${ctx.failure.message}`);
   const pieces = splitRange(offset, src.length, disk.blockSize);
   await disk.gate.run(async () => {
     const release = await disk.lock.acquireAll(pieces.map((p) => p.lbn));
@@ -116,23 +120,35 @@ async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     throw e;
   }
   if (changes.length === 0 && disk.rec.contentUid == null) return;
-  await commitChanges(ctx, disk, changes, reserved);
+  await commitChanges(ctx, disk, changes, reserved, [], false);
 }
 
 /**
  * Commit table changes (the blocks' locks are held): new live entries, preserved old entries for the
- * latest snapshot, and frees of blocks no longer referenced. Shared by writes, rollback and restore.
+ * latest snapshot, and frees of blocks no longer referenced. The changes are staged in the tables at once
+ * (visible to every later read and write) and committed through the ordered group-commit pipeline; with
+ * `wait` false (plain writes) the caller is acknowledged before LevelDB has the batch — durability comes
+ * from fsync, which drains the pipeline. Blocks are freed only after the batch that dropped them commits.
+ * Shared by writes, rollback, resize and restore.
  */
-export async function commitChanges(ctx: Context, disk: DiskState, changes: Change[], reserved: number[] = [], extra: BatchOp[] = []): Promise<void> {
+export async function commitChanges(
+  ctx: Context,
+  disk: DiskState,
+  changes: Change[],
+  reserved: number[] = [],
+  extra: BatchOp[] = [],
+  wait = true,
+): Promise<void> {
   const L = disk.latest();
   const ops: BatchOp[] = [...extra];
   const frees: number[] = [];
   let allocDelta = 0;
   let heldDelta = 0;
+  const preservedOf = (c: Change): Entry => c.cur ?? { kind: 'inherit', epoch: 0 };
   for (const c of changes) {
     ops.push(c.next ? disk.live.putOp(c.lbn, c.next) : disk.live.delOp(c.lbn));
     if (c.preserve && L) {
-      ops.push(disk.snapTable(L.id).putOp(c.lbn, c.cur ?? { kind: 'inherit', epoch: 0 }));
+      ops.push(disk.snapTable(L.id).putOp(c.lbn, preservedOf(c)));
       if (c.cur?.kind === 'data') heldDelta++;
     } else if (c.cur?.kind === 'data') frees.push(c.cur.pbn);
     allocDelta += (c.next?.kind === 'data' ? 1 : 0) - (c.cur?.kind === 'data' ? 1 : 0);
@@ -142,19 +158,35 @@ export async function commitChanges(ctx: Context, disk: DiskState, changes: Chan
     disk.rec = { ...disk.rec, contentUid: null };
     ops.push(ctx.recordOp(disk.rec));
   }
-  try {
-    await ctx.commit(ops);
-  } catch (e) {
-    for (const pbn of reserved) ctx.pool.free(disk.blockSize, pbn);
-    throw e;
-  }
+  const snapTable = L ? disk.snapTable(L.id) : undefined;
   for (const c of changes) {
-    disk.live.committed(c.lbn, c.next);
-    if (c.preserve && L) disk.snapTable(L.id).committed(c.lbn, c.cur ?? { kind: 'inherit', epoch: 0 });
+    disk.live.staged(c.lbn, c.next);
+    if (c.preserve && snapTable) snapTable.staged(c.lbn, preservedOf(c));
   }
-  for (const pbn of frees) ctx.pool.free(disk.blockSize, pbn);
   disk.allocated += allocDelta;
   if (L && heldDelta) disk.held.set(L.id, (disk.held.get(L.id) ?? 0) + heldDelta);
+  const done = ctx.commit(ops).then(
+    () => {
+      for (const c of changes) {
+        disk.live.committed(c.lbn, c.next);
+        if (c.preserve && snapTable) snapTable.committed(c.lbn, preservedOf(c));
+      }
+      for (const pbn of frees) ctx.pool.free(disk.blockSize, pbn);
+    },
+    (e: unknown) => {
+      for (const c of changes) {
+        disk.live.unstage(c.lbn, c.next);
+        if (c.preserve && snapTable) snapTable.unstage(c.lbn, preservedOf(c));
+      }
+      for (const pbn of reserved) ctx.pool.free(disk.blockSize, pbn);
+      disk.allocated -= allocDelta;
+      if (L && heldDelta) disk.held.set(L.id, (disk.held.get(L.id) ?? 0) - heldDelta);
+      log.error({ err: e, disk: disk.rec.name, changes: changes.length }, 'metadata commit failed');
+      throw e;
+    },
+  );
+  if (wait) await done;
+  else done.catch(() => undefined);
 }
 
 export { chainEntry };

@@ -54,6 +54,7 @@ export class Registry {
   }
 
   async close(): Promise<void> {
+    await this.ctx.drain();
     await this.ctx.pool.sync();
     await this.ctx.pool.close();
     await this.ctx.db.close();
@@ -61,8 +62,9 @@ export class Registry {
 
   /** fdatasync the pool, then make the metadata durable. */
   async sync(): Promise<void> {
+    await this.ctx.drain();
     await this.ctx.pool.sync();
-    await this.ctx.db.put('meta!sync', new Date().toISOString(), { sync: true });
+    await this.ctx.commit([], true);
   }
 
   disk(name: string): DiskState {
@@ -139,6 +141,7 @@ export class Registry {
     const tail = size % bs;
     if (tail) await writeDisk(this.ctx, d, size, Buffer.alloc(Math.min(bs - tail, d.rec.size - size)));
     await d.gate.exclusively(async () => {
+      await this.ctx.drain();
       const first = blocksFor(size, bs);
       const L = d.latest();
       const changes: Change[] = [];

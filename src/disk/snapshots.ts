@@ -58,6 +58,7 @@ export async function deleteSnapshot(ctx: Context, d: DiskState, name: string): 
   const clones = clonesOf(ctx, d.rec.id, snap.id);
   if (clones.length) throw busy(`snapshot ${d.rec.name}@${name} has dependent clones: ${clones.join(', ')}`);
   await d.gate.exclusively(async () => {
+    await ctx.drain(); // table iteration below reads LevelDB: staged changes must be in it
     const older = k > 0 ? d.rec.snapshots[k - 1]! : undefined;
     const own = d.snapTable(snap.id);
     const ops: BatchOp[] = [];
@@ -96,6 +97,7 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
   if (d.isOpen()) throw busy(`disk ${d.rec.name} is open`);
   const target = d.rec.snapshots[k]!;
   await d.gate.exclusively(async () => {
+    await ctx.drain();
     const bs = d.blockSize;
     const L = d.latest()!;
     const lbns = await changedSince(d, k);

@@ -2,8 +2,9 @@
  * Access to one allocation table (a disk's live table or a snapshot's preserved table) through a shared
  * LRU cache of entries. A miss reads a run of PREFETCH entries with one iterator, so sequential I/O costs
  * one LevelDB seek per PREFETCH blocks. Negative results (no entry) are cached too.
- * Consistency: callers hold the block's lock while they read and update its entry; the cache is updated
- * only after the batch that changed an entry has committed. A prefetch racing with a commit on another
+ * Consistency: callers hold the block's lock while they read and update its entry. A change that is queued
+ * for commit but not yet in LevelDB is kept in `pending` (never evicted) and wins over the cache and the
+ * database; when its batch commits it moves to the cache. A prefetch racing with a change on another
  * block of the same table discards its neighbours (generation check).
  */
 import type { Db } from './db.js';
@@ -46,6 +47,7 @@ export type BatchOp = { type: 'put'; key: string; value: string } | { type: 'del
 
 export class Table {
   private gen = 0;
+  private pending = new Map<number, Entry | null>();
   constructor(
     private db: Db,
     private cache: EntryCache,
@@ -59,6 +61,8 @@ export class Table {
   }
 
   async get(lbn: number): Promise<Entry | undefined> {
+    const p = this.pending.get(lbn);
+    if (p !== undefined) return p ?? undefined;
     const k = this.key(lbn);
     const hit = this.cache.get(k);
     if (hit !== undefined) return hit ?? undefined;
@@ -86,10 +90,26 @@ export class Table {
     return { type: 'del', key: this.key(lbn) };
   }
 
+  /** A change queued for commit: visible to get() from now on. */
+  staged(lbn: number, e: Entry | undefined): void {
+    this.gen++;
+    this.pending.set(lbn, e ?? null);
+  }
+
   /** Record a committed change in the cache (call after the batch succeeded). */
   committed(lbn: number, e: Entry | undefined): void {
     this.gen++;
-    this.cache.set(this.key(lbn), e ?? null);
+    const v = e ?? null;
+    if (this.pending.get(lbn) === v) this.pending.delete(lbn);
+    else if (this.pending.has(lbn)) return; // a newer staged change is still on its way
+    this.cache.set(this.key(lbn), v);
+  }
+
+  /** Drop a staged change whose batch failed. */
+  unstage(lbn: number, e: Entry | undefined): void {
+    this.gen++;
+    if (this.pending.get(lbn) === (e ?? null)) this.pending.delete(lbn);
+    this.cache.delete(this.key(lbn));
   }
 
   /** Entries in ascending lbn order, optionally from `fromLbn`. */
@@ -101,6 +121,7 @@ export class Table {
 
   forget(): void {
     this.gen++;
+    this.pending.clear();
     this.cache.clearPrefix(this.prefix);
   }
 }

@@ -4,8 +4,12 @@
  * references it is committed, so a crash can leave only unreferenced (free) blocks with garbage, never a
  * table entry pointing at missing data. Free space is whatever no table references (see allocator.ts).
  * Concurrency: positional reads and writes on one descriptor; callers serialise writes per block.
+ * I/O is synchronous pread/pwrite on purpose: a block-sized copy to or from the page cache takes tens of
+ * microseconds, far less than the thread-pool round trip of the async API, and FUSE requests for one
+ * stream arrive one after another, so latency is throughput here (measured: see README, Performance).
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { readSync, writeSync } from 'node:fs';
 import type { BlockStore } from './blockStore.js';
 
 export class PoolFileStore implements BlockStore {
@@ -27,7 +31,7 @@ export class PoolFileStore implements BlockStore {
     const want = dst.length;
     let done = 0;
     while (done < want) {
-      const { bytesRead } = await this.fh.read(dst, done, want - done, pbn * this.blockSize + offsetInBlock + done);
+      const bytesRead = readSync(this.fh.fd, dst, done, want - done, pbn * this.blockSize + offsetInBlock + done);
       if (bytesRead === 0) {
         dst.fill(0, done); // never written past the file end (cannot happen for referenced blocks)
         return;
@@ -39,7 +43,7 @@ export class PoolFileStore implements BlockStore {
   async write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
     let done = 0;
     while (done < data.length) {
-      const { bytesWritten } = await this.fh.write(data, done, data.length - done, pbn * this.blockSize + offsetInBlock + done);
+      const bytesWritten = writeSync(this.fh.fd, data, done, data.length - done, pbn * this.blockSize + offsetInBlock + done);
       done += bytesWritten;
     }
   }
