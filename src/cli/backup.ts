@@ -1,4 +1,144 @@
-/** backup, restore, verify, inspect: filled in with the image format. */
+/**
+ * backup, restore, verify, inspect. On a mounted store, backup reads the mount's image files and restore
+ * writes into its import/ and restore/ files, so the bytes and checks are exactly the mount's.
+ */
 import type { Command } from 'commander';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Readable, Transform } from 'node:stream';
+import { storeDir } from './storeDir.js';
+import { withRegistry } from './offline.js';
+import { readMountInfo } from '../meta/db.js';
+import { isVdiskError, invalid, VdiskError } from '../errors.js';
+import { findTarget, producerFor } from '../image/snapshotImage.js';
+import { restoreImage, type RestoreTarget } from '../restore/restore.js';
+import { verifyImage, inspectImage, formatInspection } from '../image/index.js';
+import { formatSize } from '../util/size.js';
 
-export function registerBackupCommands(_program: Command): void {}
+function progress(label: string, total?: number): Transform {
+  let done = 0;
+  let last = 0;
+  const tty = process.stderr.isTTY;
+  const started = Date.now();
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      done += chunk.length;
+      const now = Date.now();
+      if (tty && now - last > 500) {
+        last = now;
+        const rate = done / Math.max(0.001, (now - started) / 1000);
+        const pct = total ? ` ${((100 * done) / total).toFixed(1)}%` : '';
+        process.stderr.write(`\r${label}: ${formatSize(done)}${total ? ` of ${formatSize(total)}` : ''}${pct} ${formatSize(rate)}/s   `);
+      }
+      cb(null, chunk);
+    },
+    flush(cb) {
+      if (tty) process.stderr.write(`\r${label}: ${formatSize(done)} done${' '.repeat(30)}\n`);
+      cb();
+    },
+  });
+}
+
+function inputStream(image: string): Readable {
+  return image === '-' ? process.stdin : createReadStream(image, { highWaterMark: 1024 * 1024 });
+}
+
+function parseSnapRef(ref: string): [string, string] {
+  const at = ref.indexOf('@');
+  if (at <= 0 || at === ref.length - 1) throw invalid(`expected <disk>@<snapshot>, got '${ref}'`);
+  return [ref.slice(0, at), ref.slice(at + 1)];
+}
+
+async function mounted(dir: string): Promise<string | undefined> {
+  try {
+    await withRegistry(dir, async () => undefined);
+    return undefined;
+  } catch (e) {
+    if (!isVdiskError(e, 'LOCKED')) throw e;
+    const info = await readMountInfo(dir);
+    if (!info) throw e;
+    return join(info.mountpoint, '.vdisk');
+  }
+}
+
+export function registerBackupCommands(program: Command): void {
+  program
+    .command('backup')
+    .description('write the compacted copy (image) of a snapshot to a file or stdout')
+    .argument('<disk@snap>')
+    .option('-o, --output <file>', 'output file (default stdout)')
+    .option('--since <base>', 'incremental image: only the blocks changed since this older snapshot')
+    .option('--store <dir>', 'store directory')
+    .action(async (ref: string, o: { output?: string; since?: string; store?: string }) => {
+      const [disk, snap] = parseSnapRef(ref);
+      const dir = storeDir(o.store);
+      const out = o.output && o.output !== '-' ? createWriteStream(o.output) : process.stdout;
+      const vdisk = await mounted(dir);
+      if (vdisk) {
+        const file = o.since ? join(vdisk, 'deltas', disk, `${o.since}..${snap}`) : join(vdisk, 'copies', disk, snap);
+        const fh = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
+          throw new VdiskError(e.code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `no image ${ref}${o.since ? ` since ${o.since}` : ''} on the mount (${e.code})`);
+        });
+        const size = (await fh.stat()).size;
+        await pipeline(fh.createReadStream({ highWaterMark: 1024 * 1024 }), progress('backup', size), out);
+        return;
+      }
+      await withRegistry(dir, async (reg) => {
+        const t = findTarget(reg.ctx, disk, snap, o.since);
+        const p = await producerFor(reg.ctx, t);
+        await pipeline(p.stream(), progress('backup', p.size), out);
+      });
+    });
+
+  program
+    .command('restore')
+    .description('restore an image: --as NEWDISK (method 1) or --into DISK (method 2)')
+    .argument('<image>', "image file, or '-' for stdin")
+    .option('--as <newdisk>', 'create a new disk with the original size and block size')
+    .option('--into <disk>', 'write the blocks back into an existing disk (required for incremental images)')
+    .option('--store <dir>', 'store directory')
+    .action(async (image: string, o: { as?: string; into?: string; store?: string }) => {
+      if (!!o.as === !!o.into) throw invalid('give exactly one of --as <newdisk> or --into <disk>');
+      const target: RestoreTarget = o.as ? { mode: 'new', name: o.as } : { mode: 'into', name: o.into! };
+      const dir = storeDir(o.store);
+      const vdisk = await mounted(dir);
+      if (vdisk) {
+        const file = join(vdisk, target.mode === 'new' ? 'import' : 'restore', target.name);
+        try {
+          await pipeline(inputStream(image), progress('restore'), createWriteStream(file, { flags: 'w' }));
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+          throw new VdiskError(code === 'ENOSPC' ? 'NO_SPACE' : code === 'EINVAL' ? 'INVALID' : code === 'EBUSY' ? 'BUSY' : 'CORRUPT', `restore through the mount failed (${code}); the reason is in ${join(dir, 'vdiskfs.log')}`);
+        }
+        console.log(`restored ${target.name}`);
+        return;
+      }
+      await withRegistry(dir, async (reg) => {
+        const r = await restoreImage(reg, inputStream(image).pipe(progress('restore')), target);
+        console.log(`restored ${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`);
+      });
+    });
+
+  program
+    .command('verify')
+    .description('check an image without restoring it (exit 0 good)')
+    .argument('<image>', "image file, or '-' for stdin")
+    .action(async (image: string) => {
+      const r = await verifyImage(inputStream(image));
+      const h = r.header;
+      console.log(`ok: ${r.kind} image of ${h.diskName}@${h.snapName} (${h.snapId})${h.baseSnapName ? ` since ${h.baseSnapName}` : ''}, ${r.slotCount} blocks of ${formatSize(h.blockSize)}, ${r.zeroCount} holes, ${r.totalLength} bytes`);
+    });
+
+  program
+    .command('inspect')
+    .description('print the header and tables of an image')
+    .argument('<image>', "image file, or '-' for stdin")
+    .option('--verify', 'also check the whole image')
+    .option('--rows <n>', 'table rows to print', '50')
+    .action(async (image: string, o: { verify?: boolean; rows: string }) => {
+      const ins = await inspectImage(inputStream(image), { verify: !!o.verify });
+      process.stdout.write(formatInspection(ins, Number(o.rows)));
+    });
+}

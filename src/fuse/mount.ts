@@ -132,8 +132,10 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
       const p = h?.fsync ? h.fsync() : reg.sync();
       p.then(() => cb(0), (e) => cb(fail('fsync', path, e)));
     },
-    flush(_path: string, _fd: number, cb: (err: number) => void) {
-      cb(0);
+    flush(path: string, fd: number, cb: (err: number) => void) {
+      const h = handles.get(fd);
+      if (!h?.flush) return cb(0);
+      h.flush().then(() => cb(0), (e) => cb(fail('flush', path, e)));
     },
     statfs(_path: string, cb: (err: number, st?: unknown) => void) {
       const frsize = 1024 * 1024;

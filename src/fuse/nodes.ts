@@ -22,6 +22,8 @@ export interface Handle {
   write?(src: Buffer, pos: number): Promise<number>;
   truncate?(size: number): Promise<void>;
   fsync?(): Promise<void>;
+  /** Called at every close(2) of a descriptor; its error is close's error (dd reports it). */
+  flush?(): Promise<void>;
   release?(): Promise<void>;
 }
 

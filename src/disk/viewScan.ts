@@ -1,0 +1,123 @@
+/**
+ * Enumerate the data blocks of a view (a snapshot, or the live disk) in ascending logical order by
+ * merging the tables of its read chain: the view's own table, newer snapshots' tables, the live table and,
+ * for clones, the backing snapshot's view (lowest priority). For each lbn the highest-priority table that
+ * has an entry decides. Memory: one iterator per table. The iterators are all created in one tick under the
+ * disk's exclusive gate after the commit pipeline drained, so they read one consistent state.
+ */
+import type { Context, DiskState } from './context.js';
+import { decodeEntry, lbnOfKey, prefixEnd, type Entry } from '../meta/keys.js';
+import { blocksFor } from '../util/range.js';
+
+export interface ViewBlock {
+  lbn: number;
+  pbn: number;
+}
+
+type Source = AsyncIterator<[number, Entry]>;
+
+function tableIterator(ctx: Context, prefix: string): Source {
+  const it = ctx.db.iterator({ gte: prefix, lt: prefixEnd(prefix) });
+  const gen = (async function* () {
+    try {
+      for await (const [k, v] of it) yield [lbnOfKey(k), decodeEntry(v)] as [number, Entry];
+    } finally {
+      await it.close().catch(() => undefined);
+    }
+  })();
+  return gen;
+}
+
+/** Create the iterators of a view (recursively for backings). Call with the gates held and queue drained. */
+function openSources(ctx: Context, disk: DiskState, snapIndex: number): { sources: Source[]; backing?: AsyncIterator<ViewBlock>; limit: number; blocks: number } {
+  const snaps = disk.rec.snapshots;
+  const sources: Source[] = [];
+  if (snapIndex >= 0) for (let i = snapIndex; i < snaps.length; i++) sources.push(tableIterator(ctx, disk.snapTable(snaps[i]!.id).prefix));
+  sources.push(tableIterator(ctx, disk.live.prefix));
+  const size = snapIndex >= 0 ? snaps[snapIndex]!.size : disk.rec.size;
+  const b = disk.rec.backing;
+  let backing: AsyncIterator<ViewBlock> | undefined;
+  let limit = 0;
+  if (b) {
+    limit = snapIndex >= 0 ? (snaps[snapIndex]!.backingBlocks ?? b.limitBlocks) : b.limitBlocks;
+    const origin = ctx.diskById(b.diskId);
+    const idx = origin ? origin.rec.snapshots.findIndex((s) => s.id === b.snapId) : -1;
+    if (origin && idx >= 0) backing = merge(ctx, origin, idx, openSources(ctx, origin, idx));
+  }
+  return { sources, ...(backing ? { backing } : {}), limit, blocks: blocksFor(size, disk.blockSize) };
+}
+
+async function* merge(ctx: Context, disk: DiskState, snapIndex: number, o: ReturnType<typeof openSources>): AsyncGenerator<ViewBlock> {
+  void ctx;
+  void snapIndex;
+  const heads: ([number, Entry] | null)[] = [];
+  for (const s of o.sources) {
+    const r = await s.next();
+    heads.push(r.done ? null : r.value);
+  }
+  let bhead: ViewBlock | null = null;
+  if (o.backing) {
+    const r = await o.backing.next();
+    bhead = r.done ? null : r.value;
+  }
+  for (;;) {
+    let min = Infinity;
+    for (const h of heads) if (h && h[0] < min) min = h[0];
+    if (bhead && bhead.lbn < min) min = bhead.lbn;
+    if (min === Infinity || min >= o.blocks) break;
+    let decided: Entry | undefined;
+    for (let i = 0; i < heads.length; i++) {
+      const h = heads[i];
+      if (h && h[0] === min) {
+        if (!decided) decided = h[1];
+        const r = await o.sources[i]!.next();
+        heads[i] = r.done ? null : r.value;
+      }
+    }
+    let fromBacking: ViewBlock | undefined;
+    if (bhead && bhead.lbn === min) {
+      fromBacking = bhead;
+      const r = await o.backing!.next();
+      bhead = r.done ? null : r.value;
+    }
+    if (decided?.kind === 'data') yield { lbn: min, pbn: decided.pbn };
+    else if ((!decided || decided.kind === 'inherit') && fromBacking && min < o.limit) yield fromBacking;
+  }
+  for (const s of o.sources) await s.return?.(undefined);
+  await o.backing?.return?.(undefined);
+}
+
+/** Disks whose gates must be held for a consistent scan of this view (the disk and its backing chain). */
+function chainDisks(ctx: Context, disk: DiskState): DiskState[] {
+  const out = [disk];
+  let b = disk.rec.backing;
+  while (b) {
+    const o = ctx.diskById(b.diskId);
+    if (!o) break;
+    out.push(o);
+    b = o.rec.backing;
+  }
+  return out;
+}
+
+/** Collect the data blocks of a view into arrays (for planning an image). */
+export async function collectView(ctx: Context, disk: DiskState, snapIndex: number): Promise<{ lbns: number[]; pbns: number[] }> {
+  const disks = chainDisks(ctx, disk);
+  let gen!: AsyncGenerator<ViewBlock>;
+  const hold = async (i: number): Promise<void> => {
+    if (i === disks.length) {
+      await ctx.drain();
+      gen = merge(ctx, disk, snapIndex, openSources(ctx, disk, snapIndex));
+      return;
+    }
+    await disks[i]!.gate.exclusively(() => hold(i + 1));
+  };
+  await hold(0);
+  const lbns: number[] = [];
+  const pbns: number[] = [];
+  for await (const b of gen) {
+    lbns.push(b.lbn);
+    pbns.push(b.pbn);
+  }
+  return { lbns, pbns };
+}

@@ -1,0 +1,155 @@
+/**
+ * Restoring an image (restore method 1: a new disk of the original geometry; method 2: back into an
+ * existing disk, each block to its original logical address). Blocks are staged into fresh physical blocks
+ * as the image streams in; nothing is visible until the whole image has been verified (the parser's end
+ * event), and then one batch makes it the disk's content. Any failure — a damaged, truncated or foreign
+ * image, a full pool, a delta whose base the disk does not hold — frees the staged blocks and changes nothing.
+ */
+import type { Registry } from '../disk/registry.js';
+import { DiskState } from '../disk/context.js';
+import { parseImage, type ImageSource } from '../image/index.js';
+import type { ImageHeader } from '../image/header.js';
+import { busy, exists, invalid } from '../errors.js';
+import { checkName } from '../disk/names.js';
+import { checkBlockSize, checkVirtualSize } from '../util/size.js';
+import { blocksFor } from '../util/range.js';
+import type { DiskRecord } from '../meta/records.js';
+import type { BatchOp } from '../meta/table.js';
+import { collectView } from '../disk/viewScan.js';
+import { commitChanges } from '../disk/io.js';
+import { needsPreserve, type Change } from '../disk/plan.js';
+import type { Entry } from '../meta/keys.js';
+
+export type RestoreTarget = { mode: 'new'; name: string } | { mode: 'into'; name: string };
+
+export interface RestoreResult {
+  disk: string;
+  kind: 'full' | 'delta';
+  blocks: number;
+  zeros: number;
+  snapId: string;
+}
+
+function checkTarget(reg: Registry, target: RestoreTarget): void {
+  const ctx = reg.ctx;
+  if (target.mode === 'new') {
+    checkName(target.name);
+    if (ctx.disks.has(target.name)) throw exists(`disk ${target.name}`);
+  } else {
+    const d = ctx.disk(target.name);
+    if (d.isOpen()) throw busy(`disk ${target.name} is open`);
+  }
+}
+
+/** Validate the header against the target before any block is staged. */
+function checkHeader(reg: Registry, target: RestoreTarget, h: ImageHeader): void {
+  checkBlockSize(h.blockSize);
+  checkVirtualSize(h.virtualSize, h.blockSize);
+  if (target.mode === 'new') {
+    if (h.kind === 'delta') {
+      throw invalid(`image is incremental (${h.baseSnapName}..${h.snapName}); apply it with --into a disk that holds ${h.baseSnapName} (${h.baseSnapId})`);
+    }
+    return;
+  }
+  const d = reg.ctx.disk(target.name);
+  if (d.blockSize !== h.blockSize) throw invalid(`image block size ${h.blockSize} differs from disk ${target.name}'s ${d.blockSize}`);
+  if (h.kind === 'delta' && d.rec.contentUid !== h.baseSnapId) {
+    const holds = d.rec.contentUid ? `it holds snapshot ${d.rec.contentUid}` : 'it was changed since its last restore, or never restored';
+    throw invalid(`disk ${target.name} does not hold base snapshot ${h.diskName}@${h.baseSnapName} (${h.baseSnapId}) of this incremental image: ${holds}`);
+  }
+}
+
+export async function restoreImage(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
+  const ctx = reg.ctx;
+  checkTarget(reg, target);
+  let header: ImageHeader | undefined;
+  let bs = 0;
+  const lbns: number[] = [];
+  const pbns: number[] = [];
+  const zeros: number[] = [];
+  let committed = false;
+  try {
+    await parseImage(source, {
+      header: (h) => {
+        checkHeader(reg, target, h);
+        header = h;
+        bs = h.blockSize;
+      },
+      block: async (lbn, data) => {
+        const pbn = ctx.pool.allocate(bs);
+        pbns.push(pbn);
+        lbns.push(lbn);
+        const store = await ctx.pool.store(bs);
+        await store.write(pbn, data);
+      },
+      zero: (lbn) => {
+        zeros.push(lbn);
+      },
+    });
+    const h = header!;
+    checkTarget(reg, target); // the world may have changed while the image streamed in
+    if (target.mode === 'new') await commitNew(reg, target.name, h, lbns, pbns);
+    else await commitInto(reg, target.name, h, lbns, pbns, zeros);
+    committed = true;
+    return { disk: target.name, kind: h.kind, blocks: lbns.length, zeros: zeros.length, snapId: h.snapId };
+  } finally {
+    if (!committed) for (const pbn of pbns) ctx.pool.free(bs, pbn);
+  }
+}
+
+async function commitNew(reg: Registry, name: string, h: ImageHeader, lbns: number[], pbns: number[]): Promise<void> {
+  const ctx = reg.ctx;
+  const rec: DiskRecord = {
+    id: ctx.seq.disk,
+    name,
+    size: h.virtualSize,
+    blockSize: h.blockSize,
+    created: Date.now(),
+    epoch: 1,
+    snapshots: [],
+    contentUid: h.snapId,
+  };
+  ctx.seq = { ...ctx.seq, disk: ctx.seq.disk + 1 };
+  const d = new DiskState(rec, ctx);
+  const ops: BatchOp[] = [ctx.recordOp(rec), ctx.seqOp()];
+  for (let i = 0; i < lbns.length; i++) ops.push(d.live.putOp(lbns[i]!, { kind: 'data', pbn: pbns[i]!, epoch: 1 }));
+  await ctx.commit(ops, true);
+  d.allocated = lbns.length;
+  ctx.disks.set(name, d);
+}
+
+async function commitInto(reg: Registry, name: string, h: ImageHeader, lbns: number[], pbns: number[], zeros: number[]): Promise<void> {
+  const ctx = reg.ctx;
+  const d = ctx.disk(name);
+  // Blocks of the disk that the image does not mention: a full image makes them holes; a delta only drops
+  // those past the image's (new) end.
+  const inImage = new Set(lbns);
+  const newBlocks = blocksFor(h.virtualSize, h.blockSize);
+  const current = await collectView(ctx, d, -1);
+  const extraZeros = current.lbns.filter((lbn) => !inImage.has(lbn) && (h.kind === 'full' || lbn >= newBlocks));
+  const zeroSet = [...new Set([...zeros, ...extraZeros])].sort((a, b) => a - b);
+  await d.gate.exclusively(async () => {
+    if (d.isOpen()) throw busy(`disk ${name} is open`);
+    await ctx.drain();
+    const L = d.latest();
+    const epoch = d.rec.epoch;
+    const hasBacking = d.rec.backing !== undefined;
+    const changes: Change[] = [];
+    for (let i = 0; i < lbns.length; i++) {
+      const lbn = lbns[i]!;
+      const cur = await d.live.get(lbn);
+      changes.push({ lbn, cur, next: { kind: 'data', pbn: pbns[i]!, epoch }, preserve: await needsPreserve(d, L, cur, lbn) });
+    }
+    for (const lbn of zeroSet) {
+      const cur = await d.live.get(lbn);
+      const next: Entry | undefined = hasBacking && lbn < newBlocks ? { kind: 'zero', epoch } : undefined;
+      if ((cur === undefined && next === undefined) || (cur?.kind === 'zero' && next?.kind === 'zero')) continue;
+      changes.push({ lbn, cur, next, preserve: await needsPreserve(d, L, cur, lbn) });
+    }
+    const rec: DiskRecord = { ...d.rec, size: h.virtualSize, contentUid: h.snapId };
+    if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, newBlocks) };
+    d.rec = rec;
+    await commitChanges(ctx, d, changes, [], [ctx.recordOp(rec)], true);
+  });
+}
+
