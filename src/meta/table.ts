@@ -10,7 +10,7 @@
 import type { Db } from './db.js';
 import { decodeEntry, encodeEntry, lbnOfKey, prefixEnd, type Entry } from './keys.js';
 
-const PREFETCH = 64;
+const PREFETCH = 256;
 
 export class EntryCache {
   private map = new Map<string, Entry | null>();
@@ -48,6 +48,19 @@ export type BatchOp = { type: 'put'; key: string; value: string } | { type: 'del
 export class Table {
   private gen = 0;
   private pending = new Map<number, Entry | null>();
+  /** Recently changed blocks (lbn -> generation of the change), so a prefetch can skip just those. */
+  private changed = new Map<number, number>();
+  /** Changes older than this generation may have been dropped from `changed`. */
+  private changedFloor = 0;
+
+  private touch(lbn: number): void {
+    this.gen++;
+    this.changed.set(lbn, this.gen);
+    if (this.changed.size > 4096) {
+      this.changed.clear();
+      this.changedFloor = this.gen;
+    }
+  }
   constructor(
     private db: Db,
     private cache: EntryCache,
@@ -68,11 +81,16 @@ export class Table {
     if (hit !== undefined) return hit ?? undefined;
     const gen = this.gen;
     const found = new Map<number, Entry>();
-    for await (const [key, value] of this.db.iterator({ gte: k, lt: this.key(lbn + PREFETCH) })) {
-      found.set(lbnOfKey(key), decodeEntry(value));
+    const it = this.db.iterator({ gte: k, lt: this.key(lbn + PREFETCH) });
+    try {
+      for (const [key, value] of await it.nextv(PREFETCH)) found.set(lbnOfKey(key), decodeEntry(value));
+    } finally {
+      await it.close();
     }
-    if (gen === this.gen) {
+    if (gen >= this.changedFloor) {
       for (let i = 1; i < PREFETCH; i++) {
+        const g = this.changed.get(lbn + i);
+        if (g !== undefined && g > gen) continue; // changed while we read: our copy may be stale
         const nk = this.key(lbn + i);
         if (this.cache.get(nk) === undefined) this.cache.set(nk, found.get(lbn + i) ?? null);
       }
@@ -92,13 +110,13 @@ export class Table {
 
   /** A change queued for commit: visible to get() from now on. */
   staged(lbn: number, e: Entry | undefined): void {
-    this.gen++;
+    this.touch(lbn);
     this.pending.set(lbn, e ?? null);
   }
 
   /** Record a committed change in the cache (call after the batch succeeded). */
   committed(lbn: number, e: Entry | undefined): void {
-    this.gen++;
+    this.touch(lbn);
     const v = e ?? null;
     if (this.pending.get(lbn) === v) this.pending.delete(lbn);
     else if (this.pending.has(lbn)) return; // a newer staged change is still on its way
@@ -107,7 +125,7 @@ export class Table {
 
   /** Drop a staged change whose batch failed. */
   unstage(lbn: number, e: Entry | undefined): void {
-    this.gen++;
+    this.touch(lbn);
     if (this.pending.get(lbn) === (e ?? null)) this.pending.delete(lbn);
     this.cache.delete(this.key(lbn));
   }
@@ -121,6 +139,8 @@ export class Table {
 
   forget(): void {
     this.gen++;
+    this.changed.clear();
+    this.changedFloor = this.gen;
     this.pending.clear();
     this.cache.clearPrefix(this.prefix);
   }
