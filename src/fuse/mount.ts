@@ -49,7 +49,7 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
   const fail = (op: string, path: string, e: unknown, extra: Record<string, unknown> = {}): number => {
     const errno = toErrno(e);
     if (errno === E.EIO) log.error({ op, path, ...extra, err: e }, `unexpected error in ${op}`);
-    else log.info({ op, path, ...extra, msg: (e as Error).message }, `${op} refused`);
+    else log.info({ op, path, ...extra, reason: (e as Error).message }, `${op} refused`);
     return errno;
   };
 
