@@ -14,6 +14,7 @@ import { query, runControl } from './offline.js';
 import { renderStatus, storeStatus, type StoreStatus } from '../control/status.js';
 import { formatSize } from '../util/size.js';
 import { registerBackupCommands } from './backup.js';
+import { registerCheckCommand } from './check.js';
 
 const program = new Command();
 program.name('vdiskfs').description('Thin-provisioned virtual disks, snapshots and compacted backups as files (FUSE)').version('0.1.0');
@@ -99,5 +100,6 @@ storeOpt(program.command('status').description('disks, snapshots and pool use'))
 });
 
 registerBackupCommands(program);
+registerCheckCommand(program);
 
 program.parseAsync(process.argv).catch(die);

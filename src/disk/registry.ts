@@ -23,6 +23,8 @@ export interface OpenOptions {
   dir: string;
   poolSize?: number;
   wrap?: StoreWrapper;
+  /** Purge orphaned tables at open (default true; `check` opens without it to report them). */
+  purge?: boolean;
 }
 
 export class Registry {
@@ -45,7 +47,7 @@ export class Registry {
       }
       const scan = await scanTables(ctx);
       const reg = new Registry(ctx, opts.dir, scan);
-      if (scan.orphanTables.size) await purgeOrphans(ctx, scan.orphanTables);
+      if (scan.orphanTables.size && opts.purge !== false) await purgeOrphans(ctx, scan.orphanTables);
       return reg;
     } catch (e) {
       await db.close();
