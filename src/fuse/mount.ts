@@ -1,7 +1,8 @@
 /**
  * The only code that touches fuse-native: the operation table over the Tree, handles, stat and statfs,
  * errno mapping, and mounting with the options we need (big_writes, max_write, subtype) that fuse-native
- * has no switch for. Every write buffer is copied before any await (fuse-native reuses it).
+ * has no switch for. Write buffers are copied before any await unless the handle finishes with them before
+ * the reply (see Handle.usesBufferOnlyUntilReply).
  */
 import Fuse from 'fuse-native';
 import { statfs as fsStatfs } from 'node:fs/promises';
@@ -112,8 +113,9 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     write(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
       const h = handles.get(fd);
       if (!h?.write) return cb(E.EBADF);
-      const copy = Buffer.from(buf.subarray(0, len)); // fuse-native reuses buf after we return
-      h.write(copy, pos).then(cb, (e) => cb(fail('write', path, e, { offset: pos, length: len })));
+      // fuse-native reuses buf after we reply: copy it unless the handle is done with it by then.
+      const data = h.usesBufferOnlyUntilReply ? buf.subarray(0, len) : Buffer.from(buf.subarray(0, len));
+      h.write(data, pos).then(cb, (e) => cb(fail('write', path, e, { offset: pos, length: len })));
     },
     truncate(path: string, size: number, cb: (err: number) => void) {
       const node = tree.lookup(path);

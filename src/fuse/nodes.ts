@@ -18,6 +18,12 @@ export interface NodeStat {
 }
 
 export interface Handle {
+  /**
+   * True when write() has finished with the buffer by the time its promise settles (disk writes: the data
+   * is in the pool or merged into a private block before we reply). fuse-native's buffer stays valid until
+   * the reply, so such handles are given it without a copy; others get a private copy.
+   */
+  usesBufferOnlyUntilReply?: boolean;
   read?(dst: Buffer, pos: number): Promise<number>;
   write?(src: Buffer, pos: number): Promise<number>;
   truncate?(size: number): Promise<void>;
@@ -126,6 +132,7 @@ export class Tree {
         d.openCount++;
         let released = false;
         return {
+          usesBufferOnlyUntilReply: true,
           read: (dst, pos) => readView(ctx, d, -1, pos, dst),
           write: async (src, pos) => {
             if (pos >= d.rec.size) throw new VdiskError('INVALID', `write past the end of disk ${name}`);
