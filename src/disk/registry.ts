@@ -18,6 +18,7 @@ import { writeDisk, commitChanges } from './io.js';
 import { needsPreserve, type Change } from './plan.js';
 import { logger } from '../log.js';
 import { clonesOf } from './snapshots.js';
+import { collectView } from './viewScan.js';
 
 export interface OpenOptions {
   dir: string;
@@ -150,13 +151,17 @@ export class Registry {
       for await (const [lbn, cur] of d.live.entries(first)) {
         changes.push({ lbn, cur, next: undefined, preserve: await needsPreserve(d, L, cur, lbn) });
       }
-      // Blocks past the end that were holes: the latest snapshot must keep seeing them as they were.
-      // (They are found through its table lookups at read time; nothing to record for a plain hole.)
       const rec: DiskRecord = { ...d.rec, size };
       if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, first) };
-      if (rec.backing && L) {
-        // Inherited blocks past the new end change from backing data to zeros: preserve them as `inherit`.
-        for (let lbn = first; lbn < d.rec.backing!.limitBlocks; lbn++) {
+      const b = d.rec.backing;
+      const origin = b ? this.ctx.diskById(b.diskId) : undefined;
+      const originIdx = origin && b ? origin.rec.snapshots.findIndex((x) => x.id === b.snapId) : -1;
+      if (b && L && origin && originIdx >= 0) {
+        // Blocks past the new end that the clone inherits change from backing data to zeros: the latest
+        // snapshot must keep seeing the backing data, so it records them as `inherit`.
+        const inherited = await collectView(this.ctx, origin, originIdx);
+        for (const lbn of inherited.lbns) {
+          if (lbn < first || lbn >= b.limitBlocks) continue;
           if ((await d.live.get(lbn)) === undefined && (await needsPreserve(d, L, undefined, lbn))) {
             changes.push({ lbn, cur: undefined, next: undefined, preserve: true });
           }
