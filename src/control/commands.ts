@@ -45,9 +45,10 @@ export function parseCommand(line: string): Command {
       if (pos.length !== 2) throw invalid(`usage: ${USAGE[0]}`);
       let blockSize: number | undefined;
       for (const o of opts) {
-        const [k, v] = o.split('=', 2);
+        const eq = o.indexOf('=');
+        const k = o.slice(0, eq);
         if (k !== 'block-size' && k !== 'bs') throw invalid(`unknown option '${k}' (usage: ${USAGE[0]})`);
-        blockSize = parseSize(v ?? '');
+        blockSize = parseSize(o.slice(eq + 1));
       }
       return { op, disk: pos[0]!, size: parseSize(pos[1]!), ...(blockSize !== undefined ? { blockSize } : {}) };
     }
@@ -83,8 +84,10 @@ export function parseCommand(line: string): Command {
 /** Accept `disk@snap` as well as `disk snap`. */
 function splitAt(args: string[]): string[] {
   const first = args[0];
-  if (first && first.includes('@')) return [...first.split('@', 2), ...args.slice(1)];
-  return args;
+  if (!first || !first.includes('@')) return args;
+  const parts = first.split('@');
+  if (parts.length !== 2) throw invalid(`bad snapshot reference '${first.slice(0, 60)}' (expected <disk>@<snap>)`);
+  return [...parts, ...args.slice(1)];
 }
 
 export async function execute(reg: Registry, cmd: Command): Promise<string> {

@@ -12,7 +12,7 @@ import { splitRange, type Piece } from '../util/range.js';
 import { isZero } from '../util/zero.js';
 import type { Entry } from '../meta/keys.js';
 import type { BatchOp } from '../meta/table.js';
-import { invalid, VdiskError } from '../errors.js';
+import { invalid, isVdiskError, VdiskError } from '../errors.js';
 import { logger } from '../log.js';
 
 const log = logger('io');
@@ -98,13 +98,7 @@ async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: 
 
   // Reserve every new physical block first: a full pool fails the write before anything changes.
   const needed = changes.filter((c) => c.block !== undefined);
-  const reserved: number[] = [];
-  try {
-    for (let i = 0; i < needed.length; i++) reserved.push(ctx.pool.allocate(bs));
-  } catch (e) {
-    for (const pbn of reserved) ctx.pool.free(bs, pbn);
-    throw e;
-  }
+  const reserved = await reserveBlocks(ctx, bs, needed.length);
   needed.forEach((c, i) => {
     c.next = { kind: 'data', pbn: reserved[i]!, epoch };
   });
@@ -121,6 +115,24 @@ async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: 
   }
   if (changes.length === 0 && disk.rec.contentUid == null) return;
   await commitChanges(ctx, disk, changes, reserved, [], false);
+}
+
+/**
+ * Reserve `count` physical blocks, all or none. When the pool is full, blocks that writes already dropped
+ * become free once their batches commit: drain the pipeline and try once more before NO_SPACE.
+ */
+export async function reserveBlocks(ctx: Context, bs: number, count: number): Promise<number[]> {
+  for (let attempt = 0; ; attempt++) {
+    const reserved: number[] = [];
+    try {
+      for (let i = 0; i < count; i++) reserved.push(ctx.pool.allocate(bs));
+      return reserved;
+    } catch (e) {
+      for (const pbn of reserved) ctx.pool.free(bs, pbn);
+      if (attempt > 0 || !isVdiskError(e, 'NO_SPACE')) throw e;
+      await ctx.drain();
+    }
+  }
 }
 
 /**

@@ -13,7 +13,7 @@ import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
 import { checkName } from './names.js';
 import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
 import { blocksFor } from '../util/range.js';
-import { busy, exists } from '../errors.js';
+import { busy, exists, VdiskError } from '../errors.js';
 import { writeDisk, commitChanges } from './io.js';
 import { needsPreserve, type Change } from './plan.js';
 import { logger } from '../log.js';
@@ -66,6 +66,8 @@ export class Registry {
   /** fdatasync the pool, then make the metadata durable. */
   async sync(): Promise<void> {
     await this.ctx.drain();
+    // A metadata batch that failed after its writes were acknowledged makes every later fsync fail.
+    if (this.ctx.failure) throw new VdiskError('IO', `a metadata commit failed; acknowledged writes may be lost: ${this.ctx.failure.message}`);
     await this.ctx.pool.sync();
     await this.ctx.commit([], true);
   }
