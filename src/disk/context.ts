@@ -60,6 +60,8 @@ export class DiskState {
   }
 }
 
+const GROUP_DELAY_MS = 2;
+
 export class Context {
   readonly disks = new Map<string, DiskState>();
   readonly cache = new EntryCache();
@@ -94,19 +96,39 @@ export class Context {
    * written are merged into the next LevelDB batch (group commit), in queue order, so changes to the
    * same key always land in the order they were made. `commit` resolves once the change is in LevelDB.
    */
-  commit(ops: BatchOp[], sync = false): Promise<void> {
+  commit(ops: BatchOp[], sync = false, urgent = true): Promise<void> {
     if (ops.length === 0 && !sync) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ ops, sync, resolve, reject });
-      if (!this.pumping) void this.pump();
+      this.kick(urgent);
     });
   }
+
+  /**
+   * Start the pump. Changes nobody waits for (plain writes, acknowledged once staged) wait up to
+   * GROUP_DELAY_MS so that one LevelDB batch carries many of them: its fixed cost dominates small batches.
+   */
+  private kick(urgent: boolean): void {
+    if (this.pumping) return;
+    if (urgent) {
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = null;
+      void this.pump();
+    } else if (!this.timer) {
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        if (!this.pumping) void this.pump();
+      }, GROUP_DELAY_MS);
+    }
+  }
+
+  private timer: NodeJS.Timeout | null = null;
 
   /** Resolves when everything queued so far has been committed. */
   drain(): Promise<void> {
     return new Promise<void>((resolve) => {
       this.queue.push({ ops: [], sync: false, resolve, reject: () => resolve() });
-      if (!this.pumping) void this.pump();
+      this.kick(true);
     });
   }
 

@@ -177,7 +177,7 @@ export async function commitChanges(
   }
   disk.allocated += allocDelta;
   if (L && heldDelta) disk.held.set(L.id, (disk.held.get(L.id) ?? 0) + heldDelta);
-  const done = ctx.commit(ops).then(
+  const done = ctx.commit(ops, false, wait).then(
     () => {
       for (const c of changes) {
         disk.live.committed(c.lbn, c.next);
