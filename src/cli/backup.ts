@@ -106,9 +106,18 @@ export function registerBackupCommands(program: Command): void {
       const vdisk = await mounted(dir);
       if (vdisk) {
         const file = join(vdisk, target.mode === 'new' ? 'import' : 'restore', target.name);
+        let bytes = 0;
+        const count = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            bytes += chunk.length;
+            cb(null, chunk);
+          },
+        });
         try {
-          await pipeline(inputStream(image), progress('restore'), createWriteStream(file, { flags: 'w' }));
+          await pipeline(inputStream(image), count, progress('restore'), createWriteStream(file, { flags: 'w' }));
+          if (bytes === 0) throw new VdiskError('CORRUPT', 'corrupt image: truncated: input ends at byte 0 (empty input)');
         } catch (e) {
+          if (isVdiskError(e)) throw e;
           const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
           throw new VdiskError(code === 'ENOSPC' ? 'NO_SPACE' : code === 'EINVAL' ? 'INVALID' : code === 'EBUSY' ? 'BUSY' : 'CORRUPT', `restore through the mount failed (${code}); the reason is in ${join(dir, 'vdiskfs.log')}`);
         }

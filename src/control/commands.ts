@@ -122,7 +122,8 @@ export async function execute(reg: Registry, cmd: Command): Promise<string> {
 export async function runLine(reg: Registry, line: string): Promise<string> {
   const shown = line.length > 200 ? line.slice(0, 200) + '…' : line;
   try {
-    const msg = await execute(reg, parseCommand(line));
+    const cmd = parseCommand(line);
+    const msg = await reg.serialized(() => execute(reg, cmd));
     await reg.recordHistory(shown, 'ok', msg);
     return msg;
   } catch (e) {

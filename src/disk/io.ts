@@ -20,6 +20,7 @@ import { needsPreserve, type Change } from './plan.js';
 
 /** Read from the live disk (snapIndex -1) or a snapshot into dst; returns bytes read (short at the end). */
 export async function readView(ctx: Context, disk: DiskState, snapIndex: number, offset: number, dst: Buffer): Promise<number> {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw invalid(`bad offset ${offset}`);
   const size = snapIndex >= 0 ? disk.rec.snapshots[snapIndex]!.size : disk.rec.size;
   if (offset >= size) return 0;
   const length = Math.min(dst.length, size - offset);
@@ -48,6 +49,8 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
   if (ctx.failure) throw new VdiskError('IO', `store failed earlier and is read-only until remounted: ${ctx.failure.message}`);
   const pieces = splitRange(offset, src.length, disk.blockSize);
   await disk.gate.run(async () => {
+    // Checked again inside the gate: a shrink may have finished while this write waited for it.
+    if (offset + src.length > disk.rec.size) throw invalid(`write past the end of disk ${disk.rec.name}`);
     const release = await disk.lock.acquireAll(pieces.map((p) => p.lbn));
     try {
       await writePieces(ctx, disk, pieces, src);
@@ -56,6 +59,17 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
     }
   });
   return src.length;
+}
+
+/** Write while the caller holds the disk's gate exclusively (resize's tail zeroing). */
+export async function writeExclusive(ctx: Context, disk: DiskState, offset: number, src: Buffer): Promise<void> {
+  const pieces = splitRange(offset, src.length, disk.blockSize);
+  const release = await disk.lock.acquireAll(pieces.map((p) => p.lbn));
+  try {
+    await writePieces(ctx, disk, pieces, src);
+  } finally {
+    release();
+  }
 }
 
 /** The blocks' locks are held. */
@@ -156,7 +170,9 @@ export async function commitChanges(
   const frees: number[] = [];
   let allocDelta = 0;
   let heldDelta = 0;
-  const preservedOf = (c: Change): Entry => c.cur ?? { kind: 'inherit', epoch: 0 };
+  // One object per preserved entry: Table.committed() matches staged entries by identity.
+  const inherit: Entry = { kind: 'inherit', epoch: 0 };
+  const preservedOf = (c: Change): Entry => c.cur ?? inherit;
   for (const c of changes) {
     ops.push(c.next ? disk.live.putOp(c.lbn, c.next) : disk.live.delOp(c.lbn));
     if (c.preserve && L) {

@@ -14,7 +14,7 @@ import { checkName } from './names.js';
 import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
 import { blocksFor } from '../util/range.js';
 import { busy, exists, VdiskError } from '../errors.js';
-import { writeDisk, commitChanges } from './io.js';
+import { writeExclusive, commitChanges } from './io.js';
 import { needsPreserve, type Change } from './plan.js';
 import { logger } from '../log.js';
 import { clonesOf } from './snapshots.js';
@@ -74,6 +74,19 @@ export class Registry {
 
   disk(name: string): DiskState {
     return this.ctx.disk(name);
+  }
+
+  private control: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Control commands (create, delete, snapshot, rollback, restore commits, …) run one at a time: each
+   * checks names and indexes and then changes them, so two must never interleave. Block I/O is not
+   * affected (it synchronises per disk through the gate and block locks).
+   */
+  serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.control.then(fn, fn);
+    this.control = run.catch(() => undefined);
+    return run;
   }
 
   names(): string[] {
@@ -144,8 +157,8 @@ export class Registry {
     }
     const bs = d.blockSize;
     const tail = size % bs;
-    if (tail) await writeDisk(this.ctx, d, size, Buffer.alloc(Math.min(bs - tail, d.rec.size - size)));
     await d.gate.exclusively(async () => {
+      if (tail) await writeExclusive(this.ctx, d, size, Buffer.alloc(Math.min(bs - tail, d.rec.size - size)));
       await this.ctx.drain();
       const first = blocksFor(size, bs);
       const L = d.latest();

@@ -192,7 +192,9 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
 
   // attr_timeout=0: sizes change under control commands (resize, rendered status files); reads and writes
   // of data do not need fresh attributes, so this costs one getattr per stat/open only.
-  const extra = ['big_writes', 'max_write=131072', 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', ...(opts.fuseOptions ?? [])];
+  // atomic_o_trunc: O_TRUNC arrives with open() instead of as a truncate, so `cat img > disk` opens a disk
+  // like a block device (O_TRUNC ignored) while an explicit truncate(2) still gets its clear refusal.
+  const extra = ['big_writes', 'max_write=131072', 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', 'atomic_o_trunc', ...(opts.fuseOptions ?? [])];
   const fuse = new VdiskFuse(opts.mountpoint, ops as never, { timeout: opts.timeoutMs ?? 10 * 60 * 1000, force: true }, extra);
   await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
   log.info({ mountpoint: opts.mountpoint, options: extra }, 'mounted');

@@ -87,9 +87,11 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
       },
     });
     const h = header!;
-    checkTarget(reg, target); // the world may have changed while the image streamed in
-    if (target.mode === 'new') await commitNew(reg, target.name, h, lbns, pbns);
-    else await commitInto(reg, target.name, h, lbns, pbns, zeros);
+    await reg.serialized(async () => {
+      checkTarget(reg, target); // the world may have changed while the image streamed in
+      if (target.mode === 'new') await commitNew(reg, target.name, h, lbns, pbns);
+      else await commitInto(reg, target.name, h, lbns, pbns, zeros);
+    });
     committed = true;
     return { disk: target.name, kind: h.kind, blocks: lbns.length, zeros: zeros.length, snapId: h.snapId };
   } finally {
