@@ -1,0 +1,131 @@
+#!/usr/bin/env node
+// Null FUSE filesystem: the throughput ceiling for any Node filesystem built on fuse-native.
+//
+//   node scripts/nullfs.mjs MOUNTPOINT SIZE_BYTES
+//
+// Serves one regular file, /null, of SIZE_BYTES bytes. Writes are accepted and discarded, reads return
+// zeros, so the figures measure only the kernel <-> libfuse <-> N-API <-> JS round trip. Mount options
+// are the ones vdiskfs uses (see FastFuse below). Prints "ready" on stdout once mounted; unmounts
+// on SIGINT/SIGTERM (and SIGHUP).
+//
+// This process serves the mount: it must never block its event loop on I/O to the mount itself
+// (no execSync/spawnSync here), or the kernel request and the JS thread wait for each other.
+import Fuse from 'fuse-native'
+import process from 'node:process'
+
+const [mountpoint, sizeArg] = process.argv.slice(2)
+if (!mountpoint || !sizeArg || !/^\d+$/.test(sizeArg)) {
+  process.stderr.write('usage: node scripts/nullfs.mjs MOUNTPOINT SIZE_BYTES\n')
+  process.exit(2)
+}
+let size = Number(sizeArg)
+
+// Mount options fuse-native has no knob for: without big_writes the kernel sends 4 KiB writes.
+// Kept in step with src/fuse/mount.ts (vdiskfs also sets attr_timeout=0,entry_timeout=0 because sizes change
+// under control commands), so that the bench's ratios compare like with like.
+export const EXTRA_MOUNT_OPTIONS = ['big_writes', 'max_write=131072', 'attr_timeout=0', 'entry_timeout=0']
+
+class FastFuse extends Fuse {
+  _fuseOptions () {
+    const base = super._fuseOptions()
+    const extra = EXTRA_MOUNT_OPTIONS.join(',')
+    return base ? `${base},${extra}` : `-o${extra}`
+  }
+}
+
+const now = new Date()
+const uid = process.getuid ? process.getuid() : 0
+const gid = process.getgid ? process.getgid() : 0
+const dirStat = () => ({ mode: 0o040755, size: 4096, nlink: 2, uid, gid, mtime: now, atime: now, ctime: now })
+const fileStat = () => ({
+  mode: 0o100644, size, nlink: 1, uid, gid, blksize: 4096, blocks: 0, mtime: now, atime: now, ctime: now
+})
+
+// Request counts, printed to stderr at exit with NULLFS_STATS=1 (shows the request size the kernel uses).
+const stats = { reads: 0, readBytes: 0, writes: 0, writeBytes: 0 }
+function printStats () {
+  if (process.env.NULLFS_STATS !== '1') return
+  const avg = (bytes, n) => (n ? Math.round(bytes / n) : 0)
+  process.stderr.write(`nullfs: ${stats.writes} writes (avg ${avg(stats.writeBytes, stats.writes)} B), ` +
+    `${stats.reads} reads (avg ${avg(stats.readBytes, stats.reads)} B)\n`)
+}
+
+const ops = {
+  getattr (path, cb) {
+    if (path === '/') return cb(0, dirStat())
+    if (path === '/null') return cb(0, fileStat())
+    return cb(Fuse.ENOENT)
+  },
+  readdir (path, cb) {
+    if (path !== '/') return cb(Fuse.ENOTDIR)
+    return cb(0, ['null'], [fileStat()])
+  },
+  open (path, flags, cb) {
+    if (path !== '/null') return cb(Fuse.ENOENT)
+    return cb(0, 42)
+  },
+  release (path, fd, cb) { cb(0) },
+  read (path, fd, buf, len, pos, cb) {
+    if (pos >= size) return cb(0)
+    const n = Math.min(len, size - pos)
+    stats.reads++
+    stats.readBytes += n
+    buf.fill(0, 0, n) // libfuse hands us malloc'd memory: do not leak its old contents
+    return cb(n)
+  },
+  write (path, fd, buf, len, pos, cb) {
+    stats.writes++
+    stats.writeBytes += len
+    return cb(len)
+  },
+  truncate (path, newSize, cb) {
+    if (path !== '/null') return cb(Fuse.ENOENT)
+    size = newSize
+    return cb(0)
+  },
+  ftruncate (path, fd, newSize, cb) {
+    size = newSize
+    return cb(0)
+  },
+  fsync (path, datasync, fd, cb) { cb(0) },
+  flush (path, fd, cb) { cb(0) },
+  utimens (path, atime, mtime, cb) { cb(0) },
+  chmod (path, mode, cb) { cb(0) },
+  statfs (path, cb) {
+    const bsize = 4096
+    const blocks = Math.ceil(size / bsize)
+    return cb(0, {
+      bsize, frsize: bsize, blocks, bfree: blocks, bavail: blocks,
+      files: 1, ffree: 0, favail: 0, fsid: 0, flag: 0, namemax: 255
+    })
+  }
+}
+
+const fuse = new FastFuse(mountpoint, ops, {
+  timeout: 30_000, // per-op watchdog (fuse-native default 15 s): a slow op fails with ETIMEDOUT, not a hang
+  force: true, // unmount a stale mount left on this mountpoint by a crashed run
+  mkdir: true,
+  fsname: 'nullfs',
+  subtype: 'nullfs'
+})
+
+let closing = false
+function shutdown (code) {
+  if (closing) return
+  closing = true
+  fuse.unmount((err) => {
+    if (err) process.stderr.write(`nullfs: unmount failed: ${err.message}\n`)
+    printStats()
+    process.exit(err ? 1 : code)
+  })
+  setTimeout(() => process.exit(1), 10_000).unref()
+}
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => shutdown(0))
+
+fuse.mount((err) => {
+  if (err) {
+    process.stderr.write(`nullfs: mount failed: ${err.message}\n`)
+    process.exit(1)
+  }
+  process.stdout.write('ready\n')
+})

@@ -1,0 +1,503 @@
+/**
+ * Model-based test: random operations on a few small disks, mirrored on an in-memory model (plain buffers);
+ * after every step every live disk and every snapshot is compared in full with the model, and the space
+ * accounting invariants are checked. On failure the message carries the seed and the operation log.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { Registry } from '../../src/disk/registry.js';
+import type { DiskState } from '../../src/disk/context.js';
+import { writeDisk, readView } from '../../src/disk/io.js';
+import { createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from '../../src/disk/snapshots.js';
+import { decodeEntry, idOfTableKey } from '../../src/meta/keys.js';
+import { VdiskError } from '../../src/errors.js';
+import { prng, tempDir, cleanupDirs } from './helpers.js';
+
+afterAll(cleanupDirs);
+
+const K = 1024;
+
+interface MSnap {
+  name: string;
+  data: Buffer; // exactly the snapshot's size
+}
+interface MDisk {
+  name: string;
+  bs: number;
+  data: Buffer; // exactly the disk's size
+  snaps: MSnap[];
+  origin?: { disk: string; snap: string };
+}
+
+class Failure extends Error {}
+
+class Run {
+  rnd: () => number;
+  reg!: Registry;
+  dir!: string;
+  model = new Map<string, MDisk>();
+  log: string[] = [];
+  snapSeq = 0;
+  diskSeq = 0;
+  stats: Record<string, number> = {};
+  deleted: string[] = [];
+
+  constructor(
+    readonly seed: number,
+    readonly poolSize: number | undefined,
+  ) {
+    this.rnd = prng(seed);
+  }
+
+  int(n: number): number {
+    return Math.floor(this.rnd() * n);
+  }
+  pick<T>(a: T[]): T {
+    return a[this.int(a.length)]!;
+  }
+  count(k: string): void {
+    this.stats[k] = (this.stats[k] ?? 0) + 1;
+  }
+
+  fail(msg: string): never {
+    throw new Failure(`seed ${this.seed}${this.poolSize ? ` poolSize ${this.poolSize}` : ''}: ${msg}\nop log (last 60 of ${this.log.length}):\n  ${this.log.slice(-60).join('\n  ')}`);
+  }
+
+  bytes(n: number): Buffer {
+    const b = Buffer.allocUnsafe(n);
+    // runs of a repeated byte (cheap, and they make wrong-offset bugs visible) mixed with random bytes
+    let i = 0;
+    while (i < n) {
+      const run = Math.min(n - i, 1 + this.int(700));
+      if (this.rnd() < 0.5) b.fill(1 + this.int(255), i, i + run);
+      else for (let j = i; j < i + run; j++) b[j] = this.int(256);
+      i += run;
+    }
+    return b;
+  }
+
+  async open(): Promise<void> {
+    this.reg = await Registry.open({ dir: this.dir, ...(this.poolSize ? { poolSize: this.poolSize } : {}) });
+  }
+
+  /** Run `fn`; a VdiskError whose code is in `allowed` means the operation failed and must change nothing. */
+  async attempt(desc: string, allowed: string[], fn: () => Promise<unknown>): Promise<boolean> {
+    this.log.push(desc);
+    try {
+      await fn();
+      return true;
+    } catch (e) {
+      if (e instanceof Failure) throw e;
+      if (e instanceof VdiskError && allowed.includes(e.code)) {
+        this.log[this.log.length - 1] += ` -> ${e.code}`;
+        this.count(`${desc.split(' ')[0]}:${e.code}`);
+        return false;
+      }
+      this.fail(`${desc} threw ${e instanceof VdiskError ? e.code : ''} ${(e as Error).stack ?? String(e)}`);
+    }
+  }
+
+  /** Expect `fn` to fail with `code` (and change nothing). */
+  async refused(desc: string, code: string, fn: () => Promise<unknown>): Promise<void> {
+    this.log.push(`${desc} (expect ${code})`);
+    try {
+      await fn();
+    } catch (e) {
+      if (e instanceof VdiskError && e.code === code) return;
+      this.fail(`${desc}: expected ${code}, got ${(e as Error).stack ?? String(e)}`);
+    }
+    this.fail(`${desc}: expected ${code}, but it succeeded`);
+  }
+
+  /** A new disk name, or (half the time) the name of a deleted disk, to catch state kept by name. */
+  freshDiskName(prefix: string): string {
+    if (this.deleted.length && this.rnd() < 0.5) return this.deleted.splice(this.int(this.deleted.length), 1)[0]!;
+    return `${prefix}${++this.diskSeq}`;
+  }
+
+  d(name: string): DiskState {
+    return this.reg.disk(name);
+  }
+
+  dependents(m: MDisk, snap?: string): string[] {
+    return [...this.model.values()].filter((c) => c.origin?.disk === m.name && (snap === undefined || c.origin.snap === snap)).map((c) => c.name);
+  }
+
+  // ---- operations -------------------------------------------------------------------------------
+
+  async opWrite(m: MDisk): Promise<void> {
+    const size = m.data.length;
+    const bs = m.bs;
+    let off: number;
+    let len: number;
+    let buf: Buffer;
+    const kind = this.int(6);
+    if (kind === 0) {
+      // whole blocks of zeros (frees / no-op on holes)
+      const lbn = this.int(Math.ceil(size / bs));
+      off = lbn * bs;
+      len = Math.min(size - off, bs * (1 + this.int(3)));
+      buf = Buffer.alloc(len);
+    } else if (kind === 1) {
+      // partial zero write at an odd offset
+      off = this.int(size);
+      len = Math.min(size - off, 1 + this.int(bs));
+      buf = Buffer.alloc(len);
+    } else if (kind === 2) {
+      // aligned whole blocks of data
+      const lbn = this.int(Math.ceil(size / bs));
+      off = lbn * bs;
+      len = Math.min(size - off, bs * (1 + this.int(2)));
+      buf = this.bytes(len);
+    } else {
+      off = this.int(size);
+      len = Math.min(size - off, 1 + this.int(bs * 2.5));
+      buf = this.bytes(len);
+      if (this.rnd() < 0.2) buf.fill(0, 0, this.int(len)); // data with a zero head
+    }
+    const ok = await this.attempt(`write ${m.name} off=${off} len=${len} kind=${kind}`, ['NO_SPACE'], () => writeDisk(this.reg.ctx, this.d(m.name), off, buf));
+    if (ok) buf.copy(m.data, off);
+    this.count('write');
+  }
+
+  /** Several writes at once to byte-disjoint ranges (often in the same block): all must land. */
+  async opConcurrentWrites(m: MDisk): Promise<void> {
+    const size = m.data.length;
+    const n = 2 + this.int(4);
+    const base = this.int(size);
+    const ranges: [number, Buffer][] = [];
+    let pos = base;
+    for (let i = 0; i < n && pos < size; i++) {
+      const len = Math.min(size - pos, 1 + this.int(m.bs / 2));
+      ranges.push([pos, this.rnd() < 0.3 ? Buffer.alloc(len) : this.bytes(len)]);
+      pos += len + this.int(m.bs / 4);
+    }
+    this.log.push(`concurrent ${m.name} ${ranges.map(([o, b]) => `${o}+${b.length}`).join(' ')}`);
+    const res = await Promise.allSettled(ranges.map(([o, b]) => writeDisk(this.reg.ctx, this.d(m.name), o, b)));
+    res.forEach((r, i) => {
+      if (r.status === 'fulfilled') ranges[i]![1].copy(m.data, ranges[i]![0]);
+      else if (!(r.reason instanceof VdiskError && r.reason.code === 'NO_SPACE')) this.fail(`concurrent write ${i} failed: ${(r.reason as Error).stack}`);
+      else this.log[this.log.length - 1] += ` [${i}: NO_SPACE]`;
+    });
+    this.count('concurrent');
+  }
+
+  async opSnapshot(m: MDisk): Promise<void> {
+    if (m.snaps.length >= 3) return this.opDeleteSnapshot(m);
+    // Half the time a name from a small set, so that names of deleted snapshots are reused (and taken
+    // names are refused with EXISTS).
+    const name = this.rnd() < 0.5 ? `r${this.int(4)}` : `s${++this.snapSeq}`;
+    if (m.snaps.some((s) => s.name === name)) {
+      await this.refused(`snapshot ${m.name}@${name}`, 'EXISTS', () => createSnapshot(this.reg.ctx, this.d(m.name), name));
+      return;
+    }
+    await this.attempt(`snapshot ${m.name}@${name}`, [], () => createSnapshot(this.reg.ctx, this.d(m.name), name));
+    m.snaps.push({ name, data: Buffer.from(m.data) });
+    this.count('snapshot');
+  }
+
+  async opDeleteSnapshot(m: MDisk): Promise<void> {
+    if (!m.snaps.length) return this.opSnapshot(m);
+    const s = this.pick(m.snaps);
+    if (this.dependents(m, s.name).length) {
+      await this.refused(`delete-snapshot ${m.name}@${s.name}`, 'BUSY', () => deleteSnapshot(this.reg.ctx, this.d(m.name), s.name));
+      this.count('delete-snapshot:BUSY');
+      return;
+    }
+    await this.attempt(`delete-snapshot ${m.name}@${s.name}`, [], () => deleteSnapshot(this.reg.ctx, this.d(m.name), s.name));
+    m.snaps = m.snaps.filter((x) => x !== s);
+    this.count('delete-snapshot');
+  }
+
+  async opRollback(m: MDisk): Promise<void> {
+    if (!m.snaps.length) return this.opSnapshot(m);
+    const s = this.pick(m.snaps);
+    if (this.rnd() < 0.1) {
+      const d = this.d(m.name);
+      d.openCount = 1;
+      try {
+        await this.refused(`rollback ${m.name}@${s.name} while open`, 'BUSY', () => rollback(this.reg.ctx, d, s.name));
+      } finally {
+        d.openCount = 0;
+      }
+      return;
+    }
+    const ok = await this.attempt(`rollback ${m.name}@${s.name}`, ['NO_SPACE'], () => rollback(this.reg.ctx, this.d(m.name), s.name));
+    if (ok) m.data = Buffer.from(s.data);
+    this.count('rollback');
+  }
+
+  async opClone(m: MDisk): Promise<void> {
+    if (!m.snaps.length) return this.opSnapshot(m);
+    if (this.model.size >= 5) return this.opDeleteDisk();
+    const s = this.pick(m.snaps);
+    const name = this.freshDiskName('c');
+    await this.attempt(`clone ${m.name}@${s.name} ${name}`, [], () => cloneSnapshot(this.reg.ctx, this.d(m.name), s.name, name));
+    this.model.set(name, { name, bs: m.bs, data: Buffer.from(s.data), snaps: [], origin: { disk: m.name, snap: s.name } });
+    this.count('clone');
+  }
+
+  async opResize(m: MDisk, initial: number): Promise<void> {
+    const size = 512 * (1 + this.int((initial * 1.5) / 512));
+    if (size < m.data.length && this.rnd() < 0.1) {
+      const d = this.d(m.name);
+      d.openCount = 1;
+      try {
+        await this.refused(`resize ${m.name} ${size} while open`, 'BUSY', () => this.reg.resize(m.name, size));
+      } finally {
+        d.openCount = 0;
+      }
+      return;
+    }
+    this.count(size < m.data.length ? 'shrink' : 'grow');
+    const ok = await this.attempt(`resize ${m.name} ${m.data.length} -> ${size}`, ['NO_SPACE'], () => this.reg.resize(m.name, size));
+    if (ok) {
+      const next = Buffer.alloc(size);
+      m.data.copy(next, 0, 0, Math.min(size, m.data.length));
+      m.data = next;
+    }
+  }
+
+  async opDeleteDisk(): Promise<void> {
+    const m = this.pick([...this.model.values()]);
+    if (this.dependents(m).length) {
+      await this.refused(`delete ${m.name} -r`, 'BUSY', () => this.reg.delete(m.name, { recursive: true }));
+      return;
+    }
+    if (m.snaps.length && this.rnd() < 0.3) {
+      await this.refused(`delete ${m.name}`, 'BUSY', () => this.reg.delete(m.name));
+      return;
+    }
+    await this.attempt(`delete ${m.name} -r`, [], () => this.reg.delete(m.name, { recursive: true }));
+    this.model.delete(m.name);
+    this.deleted.push(m.name);
+    this.count('delete');
+  }
+
+  async opCreate(): Promise<void> {
+    const name = this.freshDiskName('n');
+    const [size, bs] = this.pick([[128 * K, 4096], [512 * K + 1536, 65536], [96 * K + 512, 8192]] as const);
+    await this.attempt(`create ${name} ${size} bs=${bs}`, [], () => this.reg.create(name, size, bs));
+    this.model.set(name, { name, bs, data: Buffer.alloc(size), snaps: [] });
+    this.count('create');
+  }
+
+  async opReopen(): Promise<void> {
+    this.log.push('reopen');
+    await this.reg.ctx.drain();
+    const counters = this.counters();
+    await this.reg.close();
+    await this.open();
+    const s = this.reg.scan;
+    if (s.doubleRefs.length || s.badEntries.length || s.orphanTables.size) {
+      this.fail(`scan after reopen: ${JSON.stringify({ doubleRefs: s.doubleRefs, bad: s.badEntries, orphans: [...s.orphanTables] })}`);
+    }
+    const after = this.counters();
+    if (JSON.stringify(after) !== JSON.stringify(counters)) {
+      this.fail(`space counters changed across reopen (in-memory accounting drifted from the tables):\nbefore ${JSON.stringify(counters)}\nafter  ${JSON.stringify(after)}`);
+    }
+    this.count('reopen');
+  }
+
+  counters(): Record<string, unknown> {
+    const out: Record<string, unknown> = { used: this.reg.ctx.pool.usedBytes() };
+    for (const name of this.reg.names()) {
+      const d = this.d(name);
+      out[name] = { allocated: d.allocated, held: d.rec.snapshots.map((s) => `${s.name}:${d.held.get(s.id) ?? 0}`) };
+    }
+    return out;
+  }
+
+  // ---- checks ------------------------------------------------------------------------------------
+
+  async readAll(d: DiskState, snapIndex: number, size: number): Promise<Buffer> {
+    const b = Buffer.alloc(size + 100, 0xa5);
+    const n = await readView(this.reg.ctx, d, snapIndex, 0, b);
+    if (n !== size) this.fail(`read of ${d.rec.name}[${snapIndex}] returned ${n}, expected ${size}`);
+    return b.subarray(0, n);
+  }
+
+  compare(what: string, got: Buffer, want: Buffer): void {
+    if (got.equals(want)) return;
+    let i = 0;
+    while (i < want.length && got[i] === want[i]) i++;
+    this.fail(`${what}: content differs from the model at byte ${i} (got ${got[i]}, want ${want[i]}; sizes ${got.length}/${want.length})`);
+  }
+
+  /**
+   * Compare disks and snapshots with the model: every live disk always; the snapshots of `touched` disks
+   * (the one the step worked on) always, and every snapshot of every disk when `all`.
+   */
+  async checkViews(all = true, touched?: string): Promise<void> {
+    const names = this.reg.names();
+    const modelNames = [...this.model.keys()].sort();
+    if (JSON.stringify(names) !== JSON.stringify(modelNames)) this.fail(`disks ${names} != model ${modelNames}`);
+    for (const m of this.model.values()) {
+      const d = this.d(m.name);
+      if (d.rec.size !== m.data.length) this.fail(`${m.name} size ${d.rec.size} != model ${m.data.length}`);
+      const snapNames = d.rec.snapshots.map((s) => s.name);
+      if (JSON.stringify(snapNames) !== JSON.stringify(m.snaps.map((s) => s.name))) this.fail(`${m.name} snapshots ${snapNames} != model`);
+      this.compare(`live ${m.name}`, await this.readAll(d, -1, m.data.length), m.data);
+      if (!all && m.name !== touched) continue;
+      for (const [i, s] of m.snaps.entries()) {
+        this.compare(`snapshot ${m.name}@${s.name}`, await this.readAll(d, i, s.data.length), s.data);
+      }
+      if (this.rnd() < 0.2) {
+        // an odd-sized read at an odd offset, short at the end
+        const off = this.int(m.data.length);
+        const b = Buffer.alloc(1 + this.int(3 * m.bs), 0x5a);
+        const n = await readView(this.reg.ctx, d, -1, off, b);
+        this.compare(`read ${m.name} at ${off}+${b.length}`, b.subarray(0, n), m.data.subarray(off, off + b.length));
+      }
+    }
+  }
+
+  async checkSpace(deep: boolean): Promise<void> {
+    await this.reg.ctx.drain();
+    let sum = 0;
+    for (const name of this.reg.names()) {
+      const d = this.d(name);
+      let blocks = d.allocated;
+      for (const s of d.rec.snapshots) blocks += d.held.get(s.id) ?? 0;
+      if (d.allocated < 0 || [...d.held.values()].some((h) => h < 0)) this.fail(`negative counter on ${name}: ${JSON.stringify(this.counters())}`);
+      sum += blocks * d.blockSize;
+    }
+    const used = this.reg.ctx.pool.usedBytes();
+    if (used !== sum) this.fail(`pool usedBytes ${used} != sum of allocated + held ${sum}: ${JSON.stringify(this.counters())}`);
+    if (this.poolSize && used > this.poolSize) this.fail(`pool usedBytes ${used} exceeds capacity ${this.poolSize}`);
+    if (!deep) return;
+    // Every physical block referenced by exactly one table entry, and the allocators agree with the tables.
+    const owners = new Map<string, { bs: number; disk: string }>();
+    for (const name of this.reg.names()) {
+      const d = this.d(name);
+      owners.set(`t${d.rec.id}`, { bs: d.blockSize, disk: name });
+      for (const s of d.rec.snapshots) owners.set(`s${s.id}`, { bs: d.blockSize, disk: name });
+    }
+    const seen = new Map<number, Map<number, string>>();
+    const counts = new Map<string, number>();
+    for (const prefix of ['t!', 's!']) {
+      for await (const [key, value] of this.reg.ctx.db.iterator({ gte: prefix, lt: prefix + '~' })) {
+        const o = owners.get(`${prefix[0]}${idOfTableKey(key)}`);
+        if (!o) this.fail(`table entry ${key} belongs to no disk or snapshot`);
+        const e = decodeEntry(value);
+        if (prefix === 't!' && e.kind === 'inherit') this.fail(`live table holds an inherit entry ${key}`);
+        if (e.kind !== 'data') continue;
+        const byPbn = seen.get(o.bs) ?? new Map<number, string>();
+        seen.set(o.bs, byPbn);
+        if (byPbn.has(e.pbn)) this.fail(`pbn ${e.pbn} (bs ${o.bs}) referenced twice: ${byPbn.get(e.pbn)} and ${key}`);
+        byPbn.set(e.pbn, key);
+        counts.set(`${prefix}${idOfTableKey(key)}`, (counts.get(`${prefix}${idOfTableKey(key)}`) ?? 0) + 1);
+      }
+    }
+    for (const [bs, byPbn] of seen) {
+      const a = this.reg.ctx.pool.allocator(bs);
+      if (a.used !== byPbn.size) this.fail(`allocator ${bs} has ${a.used} used, tables reference ${byPbn.size}`);
+      for (const pbn of byPbn.keys()) if (!a.isUsed(pbn)) this.fail(`pbn ${pbn} (bs ${bs}) referenced but free in the allocator`);
+    }
+    for (const name of this.reg.names()) {
+      const d = this.d(name);
+      if ((counts.get(`t!${d.rec.id}`) ?? 0) !== d.allocated) this.fail(`${name}.allocated ${d.allocated} != live data entries ${counts.get(`t!${d.rec.id}`) ?? 0}`);
+      for (const s of d.rec.snapshots) {
+        if ((counts.get(`s!${s.id}`) ?? 0) !== (d.held.get(s.id) ?? 0)) this.fail(`${name}@${s.name} held ${d.held.get(s.id)} != its data entries ${counts.get(`s!${s.id}`) ?? 0}`);
+      }
+    }
+  }
+
+  // ---- driver --------------------------------------------------------------------------------------
+
+  async run(ops: number): Promise<void> {
+    this.dir = await tempDir();
+    await this.open();
+    const initial = new Map<string, number>();
+    for (const [name, size, bs] of [['a', 256 * K, 4096], ['b', 1024 * K, 65536]] as const) {
+      await this.reg.create(name, size, bs);
+      this.model.set(name, { name, bs, data: Buffer.alloc(size), snaps: [] });
+      initial.set(name, size);
+    }
+    try {
+      for (let step = 0; step < ops; step++) {
+        this.log.push(`-- step ${step}`);
+        const disks = [...this.model.values()];
+        if (disks.length === 0) {
+          await this.opCreate();
+          continue;
+        }
+        const m = this.pick(disks);
+        const r = this.rnd();
+        if (r < 0.4) await this.opWrite(m);
+        else if (r < 0.46) await this.opConcurrentWrites(m);
+        else if (r < 0.56) await this.opSnapshot(m);
+        else if (r < 0.63) await this.opDeleteSnapshot(m);
+        else if (r < 0.7) await this.opRollback(m);
+        else if (r < 0.76) await this.opClone(m);
+        else if (r < 0.84) await this.opResize(m, initial.get(m.name) ?? m.data.length);
+        else if (r < 0.88) await this.opDeleteDisk();
+        else if (r < 0.9) await this.opCreate();
+        else if (r < 0.93) await this.opReopen();
+        else await this.opWrite(m);
+        // Every snapshot of every disk is compared every 4th step (and after each reopen); the live disks and
+        // the snapshots of the disk the step worked on after every step (keeps 5 x 300 ops within ~10 s).
+        await this.checkViews(step % 4 === 3 || this.log.at(-1) === 'reopen', m.name);
+        await this.checkSpace(step % 25 === 24);
+      }
+      await this.finish();
+    } finally {
+      await this.reg.close().catch(() => undefined);
+    }
+  }
+
+  /** Delete clones (dependents first) and all snapshots in random order; then only live blocks remain. */
+  async finish(): Promise<void> {
+    this.log.push('-- finish');
+    for (;;) {
+      const leaves = [...this.model.values()].filter((m) => m.origin && this.dependents(m).length === 0);
+      if (!leaves.length) break;
+      const m = this.pick(leaves);
+      await this.attempt(`delete ${m.name} -r`, [], () => this.reg.delete(m.name, { recursive: true }));
+      this.model.delete(m.name);
+      await this.checkSpace(false);
+    }
+    for (;;) {
+      const withSnaps = [...this.model.values()].filter((m) => m.snaps.length && this.dependents(m).length === 0);
+      if (!withSnaps.length) break;
+      const m = this.pick(withSnaps);
+      const s = this.pick(m.snaps);
+      await this.attempt(`delete-snapshot ${m.name}@${s.name}`, [], () => deleteSnapshot(this.reg.ctx, this.d(m.name), s.name));
+      m.snaps = m.snaps.filter((x) => x !== s);
+      await this.checkViews();
+      await this.checkSpace(false);
+    }
+    await this.checkSpace(true);
+    let live = 0;
+    for (const m of this.model.values()) {
+      if (m.snaps.length) this.fail(`${m.name} still has snapshots ${m.snaps.map((s) => s.name)}`);
+      live += this.d(m.name).allocated * m.bs;
+    }
+    if (this.reg.ctx.pool.usedBytes() !== live) this.fail(`after deleting all snapshots and clones pool usedBytes ${this.reg.ctx.pool.usedBytes()} != live ${live}`);
+    await this.opReopen();
+    await this.checkViews();
+    for (const m of [...this.model.values()]) {
+      await this.attempt(`delete ${m.name}`, [], () => this.reg.delete(m.name));
+      this.model.delete(m.name);
+    }
+    await this.checkSpace(true);
+    if (this.reg.ctx.pool.usedBytes() !== 0) this.fail(`pool not empty after deleting every disk: ${this.reg.ctx.pool.usedBytes()}`);
+  }
+}
+
+// MODEL_SEEDS=7,8 MODEL_OPS=2000 npx vitest run test/unit/model.test.ts   to explore more.
+// Seeds >= 100 run with a 512K pool: writes, rollbacks and shrinks then sometimes fail with NO_SPACE and
+// must change nothing.
+const SEEDS = (process.env.MODEL_SEEDS ?? '1,2,3,4,101').split(',').map(Number);
+const OPS = Number(process.env.MODEL_OPS ?? 300);
+
+describe('model-based random operations', () => {
+  for (const seed of SEEDS) {
+    const poolSize = seed >= 100 ? 512 * K : undefined;
+    it(`seed ${seed}, ${OPS} ops, ${poolSize ? 'pool of 512K' : 'unlimited pool'}`, { timeout: 120_000 }, async () => {
+      const run = new Run(seed, poolSize);
+      await run.run(OPS);
+      if (process.env.MODEL_STATS) console.log(seed, run.stats);
+      expect(Object.keys(run.stats).length, `seed ${seed}: too few kinds of operations ran`).toBeGreaterThan(8);
+    });
+  }
+});
