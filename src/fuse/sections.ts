@@ -46,10 +46,7 @@ export function installSections(tree: Tree, reg: Registry): void {
         const p = producer;
         let released = false;
         return {
-          read: async (dst, pos) => {
-            const b = await p.read(pos, dst.length);
-            return b.copy(dst);
-          },
+          read: (dst, pos) => p.readInto(pos, dst),
           release: async () => {
             if (released) return;
             released = true;

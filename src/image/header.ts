@@ -3,7 +3,7 @@
 // header crc, incompatible features, then every field against the canonical v1 layout; it throws
 // ImageError CORRUPT naming the field. Field offsets here must match FORMAT.md exactly.
 
-import { crc32c } from './crc32c.js';
+import { crc32 } from './crc32.js';
 import { corrupt } from './imageError.js';
 import {
   HEADER_LENGTH, MAX_BLOCK_SIZE, MAX_STRING_BYTES, MIN_BLOCK_SIZE, TRAILER_RECORD_LENGTH,
@@ -88,15 +88,15 @@ export function encodeHeader(p: ImagePlan, tablesCrc: number): Buffer {
   b.writeUInt32BE(p.groupCount, H.groupCount);
   b.writeUInt32BE(tablesCrc, H.tablesCrc);
   for (const f of ['diskName', 'snapName', 'snapId', 'baseSnapId', 'baseSnapName'] as const) writeStr(b, H[f], p[f]);
-  b.writeUInt32BE(crc32c(b), H.headerCrc);
+  b.writeUInt32BE(crc32(b), H.headerCrc);
   return b;
 }
 
-/** Header crc: crc32c over the header with the headerCrc field read as zero. */
+/** Header crc: crc32 over the header with the headerCrc field read as zero. */
 export function headerCrcOf(b: Buffer): number {
   const saved = b.readUInt32BE(H.headerCrc);
   b.writeUInt32BE(0, H.headerCrc);
-  const c = crc32c(b);
+  const c = crc32(b);
   b.writeUInt32BE(saved, H.headerCrc);
   return c;
 }
@@ -179,7 +179,7 @@ export function encodeTrailer(t: Omit<TrailerRecord, 'trailerCrc' | 'version'>):
   b.writeUInt32BE(t.tablesCrc, T.tablesCrc);
   b.writeUInt32BE(t.groupTableCrc, T.groupTableCrc);
   b.writeUInt32BE(t.snapIdCrc, T.snapIdCrc);
-  b.writeUInt32BE(crc32c(b.subarray(0, T.trailerCrc)), T.trailerCrc);
+  b.writeUInt32BE(crc32(b.subarray(0, T.trailerCrc)), T.trailerCrc);
   return b;
 }
 
@@ -187,7 +187,7 @@ export function encodeTrailer(t: Omit<TrailerRecord, 'trailerCrc' | 'version'>):
 export function decodeTrailer(b: Buffer, at: number): TrailerRecord {
   if (!b.subarray(0, 8).equals(TRAILER_MAGIC)) throw corrupt('trailer.magic', 'bad trailer magic', at);
   const trailerCrc = b.readUInt32BE(T.trailerCrc);
-  if (crc32c(b.subarray(0, T.trailerCrc)) !== trailerCrc) throw corrupt('trailer', 'trailer checksum mismatch', at);
+  if (crc32(b.subarray(0, T.trailerCrc)) !== trailerCrc) throw corrupt('trailer', 'trailer checksum mismatch', at);
   const version = b.readUInt32BE(T.version);
   if (version !== VERSION) throw corrupt('trailer.version', `unsupported version ${version}`, at + T.version);
   const u64 = (off: number): number => readU64(b, off);

@@ -6,7 +6,7 @@
 // the trailer, every group crc and end-of-input (no appended bytes) have checked out.
 // Any defect throws ImageError CORRUPT naming the first bad place (where) and image offset.
 
-import { Crc32c, crc32c } from './crc32c.js';
+import { Crc32, crc32 } from './crc32.js';
 import { ByteSource, type ImageSource } from './byteSource.js';
 import { checkHeaderPrefix, decodeHeader, decodeTrailer, readU64, type ImageHeader } from './header.js';
 import { corrupt } from './imageError.js';
@@ -60,7 +60,7 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
     layout = header;
     yield { type: 'header', header };
 
-    const tcrc = new Crc32c();
+    const tcrc = new Crc32();
     const readTable = async (offset: number, count: number, name: string, ascending: boolean): Promise<Float64Array> => {
       const out = new Float64Array(count);
       let prev = -1;
@@ -95,7 +95,7 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
     yield { type: 'tables', tables: { lbns, pbns, zeros } };
 
     const groupCrcs = new Uint32Array(header.groupCount);
-    const dcrc = new Crc32c();
+    const dcrc = new Crc32();
     for (let i = 0; i < header.slotCount; i++) {
       const data = await src.read(header.blockSize);
       dcrc.update(data);
@@ -119,8 +119,8 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
     mismatch('blockSize', t.blockSize === header.blockSize);
     mismatch('headerCrc', t.headerCrc === header.headerCrc);
     mismatch('tablesCrc', t.tablesCrc === header.tablesCrc);
-    mismatch('snapIdCrc', t.snapIdCrc === crc32c(header.snapId));
-    if (crc32c(table) !== t.groupTableCrc) throw corrupt('groupTable', 'group table checksum mismatch', header.groupTableOffset);
+    mismatch('snapIdCrc', t.snapIdCrc === crc32(header.snapId));
+    if (crc32(table) !== t.groupTableCrc) throw corrupt('groupTable', 'group table checksum mismatch', header.groupTableOffset);
     for (let g = 0; g < header.groupCount; g++) {
       if (table.readUInt32BE(4 * g) !== groupCrcs[g]) {
         const [first] = groupSlots(header, g);

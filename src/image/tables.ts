@@ -3,7 +3,7 @@
 // Invariants: renderTables(plan, a, b) is byte-identical to the same range of one full rendering;
 // padding between tablesEnd and dataOffset is zero; tablesCrc covers the whole area incl. padding.
 
-import { Crc32c } from './crc32c.js';
+import { Crc32 } from './crc32.js';
 import { writeU64 } from './header.js';
 import type { ImagePlan } from './layout.js';
 
@@ -39,9 +39,9 @@ export function renderTables(plan: ImagePlan, from: number, to: number, out: Buf
   if (padA < padB) out.fill(0, outOff + (padA - from), outOff + (padB - from));
 }
 
-/** CRC-32C over the table area [headerLength, dataOffset), rendered in 64 KiB pieces. */
+/** CRC-32 over the table area [headerLength, dataOffset), rendered in 64 KiB pieces. */
 export function tablesCrcOf(plan: ImagePlan): number {
-  const crc = new Crc32c();
+  const crc = new Crc32();
   const piece = Buffer.allocUnsafe(65536);
   for (let pos = plan.lbnTableOffset; pos < plan.dataOffset; pos += piece.length) {
     const end = Math.min(plan.dataOffset, pos + piece.length);

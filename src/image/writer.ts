@@ -5,7 +5,7 @@
 // Group crcs are learnt from in-order block observations; the trailer computes the missing ones.
 
 import { Readable } from 'node:stream';
-import { Crc32c, crc32c } from './crc32c.js';
+import { Crc32, crc32 } from './crc32.js';
 import { H, encodeHeader, encodeTrailer } from './header.js';
 import { ImageError } from './imageError.js';
 import { groupSlots, type ImagePlan } from './layout.js';
@@ -30,7 +30,7 @@ export class ImageProducer {
   private readonly tablesCrc: number;
   private readonly groupCrc: Uint32Array;
   private readonly groupKnown: Uint8Array;
-  private running: { group: number; next: number; end: number; crc: Crc32c } | undefined;
+  private running: { group: number; next: number; end: number; crc: Crc32; ahead: Map<number, Buffer> } | undefined;
   private readonly cache = new Map<number, Promise<Buffer>>();
   private trailer: Promise<Buffer> | undefined;
   private readonly readAhead: number;
@@ -55,10 +55,19 @@ export class ImageProducer {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw new ImageError('INVALID', 'read', `bad range ${offset}+${length}`);
     }
-    const p = this.plan;
-    const end = Math.min(p.totalLength, offset + length);
+    const end = Math.min(this.plan.totalLength, offset + length);
     if (offset >= end) return Buffer.alloc(0);
     const out = Buffer.allocUnsafe(end - offset);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  /** Fill `out` with the image bytes at `offset` (clamped at EOF); returns the number of bytes filled. */
+  async readInto(offset: number, out: Buffer): Promise<number> {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new ImageError('INVALID', 'read', `bad offset ${offset}`);
+    const p = this.plan;
+    const end = Math.min(p.totalLength, offset + out.length);
+    if (offset >= end) return 0;
     let pos = offset;
     if (pos < p.headerLength) {
       const e = Math.min(end, p.headerLength);
@@ -92,7 +101,7 @@ export class ImageProducer {
       const t = await this.trailerBytes();
       t.copy(out, pos - offset, pos - p.groupTableOffset, end - p.groupTableOffset);
     }
-    return out;
+    return end - offset;
   }
 
   /** The whole image in order, in ~chunkSize Buffers, reading `readAhead` blocks ahead. */
@@ -147,13 +156,13 @@ export class ImageProducer {
     for (let g = 0; g < p.groupCount; g++) table.writeUInt32BE(this.groupCrc[g]!, 4 * g);
     const rec = encodeTrailer({ blockSize: p.blockSize, totalLength: p.totalLength, slotCount: p.slotCount,
       zeroCount: p.zeroCount, headerCrc: this.header.readUInt32BE(H.headerCrc), tablesCrc: this.tablesCrc,
-      groupTableCrc: crc32c(table), snapIdCrc: crc32c(p.snapId) });
+      groupTableCrc: crc32(table), snapIdCrc: crc32(p.snapId) });
     return Buffer.concat([table, rec]);
   }
 
   private async computeGroup(g: number): Promise<void> {
     const [first, end] = groupSlots(this.plan, g);
-    const crc = new Crc32c();
+    const crc = new Crc32();
     const queue: Array<Promise<Buffer>> = [];
     for (let i = first; i < end; i++) {
       while (queue.length < this.readAhead && i + queue.length < end) {
@@ -167,22 +176,44 @@ export class ImageProducer {
     this.groupKnown[g] = 1;
   }
 
-  /** Feed a block seen in slot order to the running group crc (ignored if out of order). */
+  /**
+   * Feed a block to the running group crc. Concurrent reads (the kernel's readahead sends several FUSE
+   * reads at once) deliver blocks slightly out of order: blocks ahead of the expected one wait in a small
+   * map until their turn, so a sequential pass still learns every group crc and the trailer costs nothing.
+   */
   private observe(slot: number, buf: Buffer): void {
-    const g = Math.floor(slot / this.plan.groupBlocks);
+    const p = this.plan;
+    const g = Math.floor(slot / p.groupBlocks);
     if (this.groupKnown[g]) return;
     let r = this.running;
-    if (!r || r.group !== g || r.next !== slot) {
-      const [first, end] = groupSlots(this.plan, g);
-      if (slot !== first) return;
-      r = this.running = { group: g, next: first, end, crc: new Crc32c() };
+    if (!r) {
+      const [first, end] = groupSlots(p, g);
+      r = this.running = { group: g, next: first, end, crc: new Crc32(), ahead: new Map() };
+    }
+    if (slot < r.next) return; // already counted, or an older group re-read (computeGroup covers it)
+    if (slot > r.next) {
+      if (r.ahead.size < 256) r.ahead.set(slot, buf);
+      return;
     }
     r.crc.update(buf);
     r.next++;
-    if (r.next === r.end) {
-      this.groupCrc[g] = r.crc.digest();
-      this.groupKnown[g] = 1;
-      this.running = undefined;
+    for (;;) {
+      if (r.next === r.end) {
+        this.groupCrc[r.group] = r.crc.digest();
+        this.groupKnown[r.group] = 1;
+        const ng: number = r.group + 1;
+        if (ng >= p.groupCount || this.groupKnown[ng]) {
+          this.running = undefined;
+          return;
+        }
+        const [first, end] = groupSlots(p, ng);
+        r = this.running = { group: ng, next: first, end, crc: new Crc32(), ahead: r.ahead };
+      }
+      const b = r.ahead.get(r.next);
+      if (!b) return;
+      r.ahead.delete(r.next);
+      r.crc.update(b);
+      r.next++;
     }
   }
 

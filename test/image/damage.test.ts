@@ -1,7 +1,7 @@
 // Damaged images: every defect must make the parser throw ImageError CORRUPT and never emit end.
 
 import { describe, it, expect } from 'vitest';
-import { HEADER_FIELDS, ImageError, TRAILER_FIELDS, crc32c, type ImageSource } from '../../src/image/index.js';
+import { HEADER_FIELDS, ImageError, TRAILER_FIELDS, crc32, type ImageSource } from '../../src/image/index.js';
 import { chunked, collect, makeFixture, parseAll, prng, randomBytes } from './helpers.js';
 
 const f = makeFixture({ seed: 11, slots: 300, zeros: 12 }); // 2 groups, delta
@@ -31,11 +31,11 @@ function resealed(edit: (h: Buffer) => void): Buffer {
   const h = b.subarray(0, 4096);
   edit(h);
   h.writeUInt32BE(0, HEADER_FIELDS.headerCrc);
-  const hc = crc32c(h);
+  const hc = crc32(h);
   h.writeUInt32BE(hc, HEADER_FIELDS.headerCrc);
   const t = b.subarray(p.trailerOffset);
   t.writeUInt32BE(hc, TRAILER_FIELDS.headerCrc);
-  t.writeUInt32BE(crc32c(t.subarray(0, TRAILER_FIELDS.trailerCrc)), TRAILER_FIELDS.trailerCrc);
+  t.writeUInt32BE(crc32(t.subarray(0, TRAILER_FIELDS.trailerCrc)), TRAILER_FIELDS.trailerCrc);
   return b;
 }
 
