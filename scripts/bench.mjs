@@ -1,0 +1,383 @@
+#!/usr/bin/env node
+// vdiskfs benchmark: the same figures, side by side, for
+//   plain    a plain file in a temp dir (the filesystem the store lives on)
+//   null     scripts/nullfs.mjs, a FUSE filesystem that discards writes and reads zeros: the ceiling for
+//            any fuse-native filesystem on this machine
+//   vdiskfs  a disk file of a vdiskfs mount (dist/cli/main.js mount ... -f), store in the temp dir
+//   qemu     qemu-storage-daemon's FUSE export of a raw file (skipped if the binary is absent)
+// and prints a markdown table plus the ratios to the null-FUSE figures. Results also go to JSON.
+//
+//   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
+//   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
+//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,qemu) and sections (snapshot,backup)
+//   BENCH_SUSTAINED_GIB=8                  size of the sustained write
+//   BENCH_DIR=/path                        where the temp dir goes (default: os.tmpdir())
+//   BENCH_JSON=/path.json                  results file (default /tmp/vdiskfs-bench-results.json)
+//   BENCH_KEEP=1                           keep the temp dir
+//
+// All FUSE servers are child processes; this process only drives dd/fio asynchronously (see lib.mjs).
+//
+// After the target table come SECTIONS, each with its own vdiskfs mount and store and its own tables
+// (BENCH_ONLY keys `snapshot` and `backup`; BENCH_QUICK=1 shrinks their sizes 16×):
+//   snapshot  scripts/bench/snapshot.mjs: snapshot creation time with 1 vs 8 GiB written (median of 5),
+//             dd write MB/s on a fresh disk vs over a region a snapshot holds
+//   backup    scripts/bench/backup.mjs: dd of the compacted copy vs qemu-img convert (qcow2, raw) vs dd of
+//             the full snapshot file, restore via import/ and via the CLI; copy of a 1 TiB disk holding
+//             1 GiB vs a 1 GiB disk
+//
+// Extending: push to FIGURES (one column each; run() returns a number or null when it does not apply to
+// the target), to TARGETS, or to SECTIONS ({ key, title, run(ctx, res) } filling res.tables/figures/notes/
+// errors; ctx has dir, src, root, config, mountpoints — push any mountpoint you create there).
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import process from 'node:process'
+import { fileURLToPath } from 'node:url'
+import {
+  GiB, MiB, aborting, dd, ddRepeat, dropCaches, exists, fio, fmt, installSignalCleanup, isMounted, makeRandomFile,
+  markdownTable, onCleanup, run, runCleanups, startServer, waitFor, which
+} from './bench/lib.mjs'
+import { snapshotSection } from './bench/snapshot.mjs'
+import { backupSection } from './bench/backup.mjs'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const env = process.env
+
+// ---- configuration ---------------------------------------------------------------------------
+
+export const config = (() => {
+  const quick = env.BENCH_QUICK === '1'
+  const seqMiB = quick ? 64 : 1024
+  const sustainedGiB = Number(env.BENCH_SUSTAINED_GIB || 8)
+  return {
+    quick,
+    seqMiB,
+    // sustained write = the seqMiB source written `sustainedTimes` times back to back
+    sustainedTimes: quick ? 2 : Math.max(1, Math.round(sustainedGiB * 1024 / seqMiB)),
+    fioRuntime: quick ? 3 : 15,
+    fioSize: quick ? '64M' : '1G',
+    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,qemu,snapshot,backup').split(',').map((s) => s.trim()).filter(Boolean),
+    baseDir: env.BENCH_DIR || os.tmpdir(),
+    jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
+    keep: env.BENCH_KEEP === '1',
+    // size of the virtual disk / null file / raw image: room for the sustained write
+    diskGiB: Math.max(16, Math.ceil((quick ? 2 * 64 * MiB : sustainedGiB * GiB) / GiB) + 1),
+    ddTimeoutMs: 60 * 60 * 1000
+  }
+})()
+
+// ---- targets ---------------------------------------------------------------------------------
+// setup(ctx) returns { file, server? , mountpoint?, ctl?, note? }; teardown via server.stop().
+
+export const TARGETS = [
+  {
+    key: 'plain',
+    label: 'plain file',
+    async setup (ctx) {
+      return { file: path.join(ctx.dir, 'plain.img') }
+    }
+  },
+  {
+    key: 'null',
+    label: 'null FUSE',
+    async setup (ctx) {
+      const mountpoint = path.join(ctx.dir, 'mnt-null')
+      await mkdir(mountpoint, { recursive: true })
+      const server = await startServer(process.execPath,
+        [path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB)],
+        { mountpoint, readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name: 'nullfs' })
+      return { file: path.join(mountpoint, 'null'), server, mountpoint }
+    }
+  },
+  {
+    key: 'vdiskfs',
+    label: 'vdiskfs',
+    async setup (ctx) {
+      const cli = path.join(ROOT, 'dist/cli/main.js')
+      if (!(await exists(cli))) return { skip: `${path.relative(ROOT, cli)} not built (npm run build)` }
+      const mountpoint = path.join(ctx.dir, 'mnt-vdiskfs')
+      const store = path.join(ctx.dir, 'store')
+      await mkdir(mountpoint, { recursive: true })
+      await mkdir(store, { recursive: true })
+      const ctl = path.join(mountpoint, '.vdisk', 'ctl')
+      const server = await startServer(process.execPath, [cli, 'mount', mountpoint, '--store', store, '-f'],
+        { mountpoint, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: 'vdiskfs' })
+      const file = path.join(mountpoint, 'bench')
+      // Same open flags as the shell's `echo ... > ctl` (O_WRONLY|O_CREAT|O_TRUNC).
+      await writeFile(ctl, `create bench ${config.diskGiB}G\n`)
+      await waitFor(() => exists(file), 10_000, 50, `${file} to appear`)
+      return { file, server, mountpoint, ctl, store }
+    }
+  },
+  {
+    key: 'qemu',
+    label: 'qemu-storage-daemon FUSE',
+    async setup (ctx) {
+      const qsd = await which('qemu-storage-daemon')
+      if (!qsd) return { skip: 'qemu-storage-daemon not on PATH (scripts/setup.sh --bench installs it if available)' }
+      const raw = path.join(ctx.dir, 'qemu.raw')
+      const mountpoint = path.join(ctx.dir, 'qemu-export') // a regular file
+      await run('truncate', ['-s', `${config.diskGiB}G`, raw])
+      await writeFile(mountpoint, '')
+      const server = await startServer(qsd, [
+        '--blockdev', `driver=file,node-name=f,filename=${raw}`,
+        '--export', `type=fuse,id=e,node-name=f,mountpoint=${mountpoint},writable=on`
+      ], { mountpoint, ready: () => isMounted(mountpoint), name: 'qemu-storage-daemon' })
+      return { file: mountpoint, server, mountpoint }
+    }
+  }
+]
+
+// ---- figures ---------------------------------------------------------------------------------
+// Run in order against each target; run(ctx, t) returns a number (or null: not applicable).
+
+export const FIGURES = [
+  {
+    key: 'seqWriteMBps',
+    header: 'seq write MB/s',
+    digits: 0,
+    async run (ctx, t) {
+      const r = await dd({ src: ctx.src, dst: t.file, count: config.seqMiB, conv: 'notrunc,fsync', timeoutMs: config.ddTimeoutMs })
+      t.raw.seqWrite = r
+      return r.MBps
+    }
+  },
+  {
+    key: 'seqReadMBps',
+    header: 'seq read MB/s',
+    digits: 0,
+    async run (ctx, t) {
+      await dropCaches()
+      const r = await dd({ src: t.file, dst: '/dev/null', count: config.seqMiB, timeoutMs: config.ddTimeoutMs })
+      t.raw.seqRead = r
+      return r.MBps
+    }
+  },
+  {
+    key: 'sustainedWriteMBps',
+    header: 'sustained write MB/s',
+    digits: 0,
+    async run (ctx, t) {
+      const r = await ddRepeat({ src: ctx.src, dst: t.file, chunkMiB: config.seqMiB, times: config.sustainedTimes, timeoutMs: config.ddTimeoutMs })
+      t.raw.sustainedWrite = r
+      return r.MBps
+    }
+  },
+  {
+    key: 'randReadIops',
+    header: 'rand 4K read IOPS',
+    digits: 0,
+    async run (ctx, t) {
+      await dropCaches()
+      const r = await fio({ filename: t.file, rw: 'randread', size: config.fioSize, runtime: config.fioRuntime })
+      t.raw.randRead = r
+      return r.iops
+    }
+  },
+  {
+    key: 'randWriteIops',
+    header: 'rand 4K write IOPS',
+    digits: 0,
+    async run (ctx, t) {
+      const r = await fio({ filename: t.file, rw: 'randwrite', size: config.fioSize, runtime: config.fioRuntime })
+      t.raw.randWrite = r
+      return r.iops
+    }
+  },
+  {
+    key: 'peakRssMiB',
+    header: 'peak RSS MB',
+    digits: 0,
+    noRatio: false,
+    async run (ctx, t) {
+      return t.server ? await t.server.peakRssMiB() : null
+    }
+  }
+]
+
+// ---- sections --------------------------------------------------------------------------------
+// Run after the targets, in order; each prints its own markdown tables.
+
+export const SECTIONS = [snapshotSection, backupSection]
+
+// ---- driver ----------------------------------------------------------------------------------
+
+async function benchTarget (ctx, def) {
+  const result = { key: def.key, label: def.label, figures: {}, errors: [], raw: {} }
+  process.stderr.write(`\n== ${def.label}\n`)
+  let t
+  try {
+    t = await def.setup(ctx)
+  } catch (err) {
+    result.errors.push(`setup: ${err.message}`)
+    process.stderr.write(`   setup failed: ${err.message}\n`)
+    return result
+  }
+  if (t.skip) {
+    result.skipped = t.skip
+    process.stderr.write(`   skipped: ${t.skip}\n`)
+    return result
+  }
+  t.raw = result.raw
+  try {
+    for (const fig of FIGURES) {
+      if (t.server && t.server.exited()) {
+        result.errors.push(`${fig.key}: server exited ${JSON.stringify(t.server.exited())}: ${t.server.output()}`)
+        break
+      }
+      const t0 = Date.now()
+      try {
+        const v = await fig.run(ctx, t)
+        result.figures[fig.key] = v
+        process.stderr.write(`   ${fig.header.padEnd(22)} ${fmt(v, fig.digits).padStart(10)}   (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
+      } catch (err) {
+        result.figures[fig.key] = null
+        result.errors.push(`${fig.key}: ${err.message}`)
+        process.stderr.write(`   ${fig.header.padEnd(22)}      ERROR: ${err.message.split('\n')[0]}\n`)
+      }
+    }
+  } finally {
+    if (t.server) await t.server.stop()
+    if (t.mountpoint && await isMounted(t.mountpoint)) result.errors.push(`${t.mountpoint} still mounted after stop`)
+    // free the space the target used before the next one writes gigabytes
+    if (def.key === 'plain') await rm(t.file, { force: true })
+    if (t.store) await rm(t.store, { recursive: true, force: true })
+    if (def.key === 'qemu') await rm(path.join(ctx.dir, 'qemu.raw'), { force: true })
+  }
+  return result
+}
+
+async function runSection (ctx, sec) {
+  const res = { key: sec.key, title: sec.title, tables: [], figures: {}, notes: [], errors: [] }
+  process.stderr.write(`\n== section: ${sec.title}\n`)
+  const t0 = Date.now()
+  try {
+    const r = await sec.run(ctx, res)
+    if (r && r.skipped) {
+      res.skipped = r.skipped
+      process.stderr.write(`   skipped: ${r.skipped}\n`)
+    }
+  } catch (err) {
+    res.errors.push(err.message)
+    process.stderr.write(`   ERROR: ${err.stack || err.message}\n`)
+  }
+  res.seconds = (Date.now() - t0) / 1000
+  process.stderr.write(`   (${res.seconds.toFixed(0)} s)\n`)
+  return res
+}
+
+function printSection (res) {
+  console.log(`\n## ${res.title}${config.quick ? ' (quick: sizes / 16)' : ''}`)
+  if (res.skipped) console.log(`\n- skipped (${res.skipped})`)
+  for (const t of res.tables) {
+    console.log(`\n### ${t.title}\n`)
+    console.log(markdownTable(t.headers, t.rows))
+  }
+  for (const n of res.notes) console.log(`\n- ${n}`)
+  for (const e of res.errors) console.log(`\n- ERROR ${e}`)
+}
+
+function printResults (results) {
+  if (!results.length) return {}
+  const measured = results.filter((r) => !r.skipped)
+  const headers = ['target', ...FIGURES.map((f) => f.header)]
+  const rows = measured.map((r) => [r.label, ...FIGURES.map((f) => fmt(r.figures[f.key], f.digits))])
+  console.log(`\n### Results (${config.quick ? 'quick: ' : ''}seq ${config.seqMiB} MiB, sustained ` +
+    `${(config.seqMiB * config.sustainedTimes / 1024).toFixed(2)} GiB, fio ${config.fioRuntime} s, ${config.fioSize})\n`)
+  console.log(markdownTable(headers, rows))
+
+  const nul = results.find((r) => r.key === 'null' && !r.skipped)
+  const ratios = {}
+  if (nul) {
+    const ratioRows = measured.filter((r) => r.key !== 'null').map((r) => {
+      ratios[r.key] = {}
+      return [r.label, ...FIGURES.map((f) => {
+        const a = r.figures[f.key]
+        const b = nul.figures[f.key]
+        const q = a == null || !b ? null : a / b
+        ratios[r.key][f.key] = q
+        return q == null ? '–' : `${fmt(q, 2)}×`
+      })]
+    })
+    if (ratioRows.length) {
+      console.log('\n### Ratio to null FUSE (higher is better, except peak RSS)\n')
+      console.log(markdownTable(headers, ratioRows))
+    }
+  }
+  for (const r of results) if (r.skipped) console.log(`\n- ${r.label}: skipped (${r.skipped})`)
+  for (const r of results) for (const e of r.errors) console.log(`\n- ${r.label}: ERROR ${e}`)
+  return ratios
+}
+
+export async function main () {
+  installSignalCleanup()
+  const known = [...TARGETS, ...SECTIONS].map((t) => t.key)
+  const unknown = config.only.filter((k) => !known.includes(k))
+  if (unknown.length) throw new Error(`unknown BENCH_ONLY key(s): ${unknown.join(', ')} (known: ${known.join(', ')})`)
+  for (const tool of ['dd', 'fio', 'fusermount']) {
+    if (!(await which(tool))) throw new Error(`${tool} not found: run scripts/setup.sh first`)
+  }
+  const dir = await mkdtemp(path.join(config.baseDir, 'vdiskfs-bench-'))
+  // sections add theirs (ctx.mountpoints) as they mount
+  const mountpoints = ['mnt-null', 'mnt-vdiskfs', 'qemu-export'].map((m) => path.join(dir, m))
+  onCleanup(async () => {
+    // never rm -r through a live mount
+    for (const mp of mountpoints) if (await isMounted(mp)) await run('fusermount', ['-uz', mp], { check: false, duringCleanup: true })
+    if (config.keep) return
+    for (const mp of mountpoints) {
+      if (await isMounted(mp)) {
+        process.stderr.write(`${mp} is still mounted: leaving ${dir} in place\n`)
+        return
+      }
+    }
+    // maxRetries: an interrupted write may still land while the tree is removed (ENOTEMPTY)
+    await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 })
+  })
+
+  const ctx = { dir, src: path.join(dir, 'src.bin'), root: ROOT, config, mountpoints }
+  process.stderr.write(`bench dir ${dir}; generating ${config.seqMiB} MiB of random source data...\n`)
+  await makeRandomFile(ctx.src, config.seqMiB * MiB)
+
+  const results = []
+  for (const def of TARGETS) {
+    if (!config.only.includes(def.key)) continue
+    results.push(await benchTarget(ctx, def))
+  }
+  if (aborting()) throw new Error('interrupted')
+  const ratios = printResults(results)
+
+  const sections = []
+  for (const sec of SECTIONS) {
+    if (!config.only.includes(sec.key)) continue
+    if (aborting()) throw new Error('interrupted')
+    const res = await runSection(ctx, sec)
+    sections.push(res)
+    printSection(res)
+  }
+
+  const kernel = (await run('uname', ['-r'], { check: false })).stdout.trim()
+  const out = {
+    date: new Date().toISOString(),
+    machine: { node: process.version, kernel, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memGiB: os.totalmem() / GiB },
+    config,
+    results,
+    ratiosToNull: ratios,
+    sections: Object.fromEntries(sections.map((s) => [s.key, s]))
+  }
+  await writeFile(config.jsonOut, JSON.stringify(out, null, 2) + '\n')
+  console.log(`\nresults written to ${config.jsonOut}`)
+  return results.some((r) => r.errors.length) || sections.some((s) => s.errors.length) ? 1 : 0
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  let code = 1
+  try {
+    code = await main()
+  } catch (err) {
+    if (aborting()) console.error('bench: interrupted')
+    else console.error(`bench: ${err.stack || err.message}`)
+  } finally {
+    await runCleanups()
+  }
+  process.exit(aborting() ? 130 : code)
+}
