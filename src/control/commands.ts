@@ -120,14 +120,16 @@ export async function execute(reg: Registry, cmd: Command): Promise<string> {
 
 /** Parse and run one line, recording it in the history. Throws the typed error on failure. */
 export async function runLine(reg: Registry, line: string): Promise<string> {
-  const shown = line.length > 200 ? line.slice(0, 200) + '…' : line;
+  // One history line per command, whitespace folded, control characters shown as '?'.
+  const folded = line.trim().replace(/\s+/g, ' ').replace(/[\x00-\x1f\x7f]/g, '?');
+  const shown = folded.length > 200 ? folded.slice(0, 200) + '…' : folded;
   try {
     const cmd = parseCommand(line);
     const msg = await reg.serialized(() => execute(reg, cmd));
     await reg.recordHistory(shown, 'ok', msg);
     return msg;
   } catch (e) {
-    await reg.recordHistory(shown.replace(/[\x00-\x1f\x7f]/g, '?'), 'error', errorMessage(e), errorCode(e)).catch(() => undefined);
+    await reg.recordHistory(shown, 'error', errorMessage(e).replace(/[\x00-\x1f\x7f]/g, '?'), errorCode(e)).catch(() => undefined);
     throw e;
   }
 }

@@ -118,14 +118,15 @@ async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: 
   });
 
   const store = await ctx.pool.store(bs);
-  try {
-    await Promise.all([
-      ...inPlace.map((w) => store.write(w.pbn, w.data, w.offsetInBlock)),
-      ...needed.map((c) => store.write((c.next as { pbn: number }).pbn, c.block!)),
-    ]);
-  } catch (e) {
+  // allSettled: the reserved blocks may be freed only once no write to them is still in flight.
+  const results = await Promise.allSettled([
+    ...inPlace.map((w) => store.write(w.pbn, w.data, w.offsetInBlock)),
+    ...needed.map((c) => store.write((c.next as { pbn: number }).pbn, c.block!)),
+  ]);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
     for (const pbn of reserved) ctx.pool.free(bs, pbn);
-    throw e;
+    throw failed.reason;
   }
   if (changes.length === 0 && disk.rec.contentUid == null) return;
   await commitChanges(ctx, disk, changes, reserved, [], false);

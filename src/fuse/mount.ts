@@ -6,7 +6,7 @@
  */
 import Fuse from 'fuse-native';
 import { statfs as fsStatfs } from 'node:fs/promises';
-import { Tree, type Handle, type Node, MODES } from './nodes.js';
+import { Tree, type Handle, type Node, MODES, MAX_WRITE } from './nodes.js';
 import { E, toErrno } from './errno.js';
 import { logger } from '../log.js';
 import type { Registry } from '../disk/registry.js';
@@ -194,7 +194,7 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
   // of data do not need fresh attributes, so this costs one getattr per stat/open only.
   // atomic_o_trunc: O_TRUNC arrives with open() instead of as a truncate, so `cat img > disk` opens a disk
   // like a block device (O_TRUNC ignored) while an explicit truncate(2) still gets its clear refusal.
-  const extra = ['big_writes', 'max_write=131072', 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', 'atomic_o_trunc', ...(opts.fuseOptions ?? [])];
+  const extra = ['big_writes', `max_write=${MAX_WRITE}`, 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', 'atomic_o_trunc', ...(opts.fuseOptions ?? [])];
   const fuse = new VdiskFuse(opts.mountpoint, ops as never, { timeout: opts.timeoutMs ?? 10 * 60 * 1000, force: true }, extra);
   await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
   log.info({ mountpoint: opts.mountpoint, options: extra }, 'mounted');

@@ -43,6 +43,9 @@ const RO = 0o100444;
 const WO = 0o100200;
 
 export const CONTROL_DIR = '.vdisk';
+const RENDER_MARGIN = 64 * 1024;
+/** FUSE max_write (mount option): the size of the pieces the kernel cuts large writes into. */
+export const MAX_WRITE = 131072;
 
 export class Tree {
   private started = new Date();
@@ -164,50 +167,65 @@ export class Tree {
     return {
       kind: 'file',
       stat: () => ({ mode: WO | 0o044, size: 0, blocks: 0, mtime: this.started }),
-      open: async () => ({
-        read: async () => 0,
-        // The command runs inside write(): a failure is this write's errno, so `echo … > ctl` fails.
-        write: async (src) => {
-          const text = src.toString('utf8');
-          if (src.includes(0)) throw invalid('command contains NUL bytes');
+      open: async () => {
+        // The kernel splits a write(2) larger than max_write into pieces of exactly MAX_WRITE bytes: a
+        // line cut at such a boundary waits for the next piece instead of running in two halves.
+        let carry = '';
+        const run = async (text: string): Promise<void> => {
           const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
-          if (lines.length === 0) throw invalid('empty command');
-          try {
-            for (const line of lines) await runLine(this.reg, line);
-          } finally {
-            this.changed();
-          }
-          return src.length;
-        },
-        truncate: async () => undefined,
-      }),
+          for (const line of lines) await runLine(this.reg, line);
+        };
+        return {
+          read: async () => 0,
+          // The command runs inside write(): a failure is this write's errno, so `echo … > ctl` fails.
+          write: async (src) => {
+            if (src.includes(0)) throw invalid('command contains NUL bytes');
+            let text = carry + src.toString('utf8');
+            carry = '';
+            if (src.length === MAX_WRITE && !text.endsWith('\n')) {
+              const cut = text.lastIndexOf('\n');
+              carry = text.slice(cut + 1);
+              text = text.slice(0, cut + 1);
+              if (carry.length > MAX_WRITE) throw invalid('command line too long');
+            }
+            if (text.trim().length === 0 && carry.length === 0) throw invalid('empty command');
+            await run(text);
+            return src.length;
+          },
+          // A piece left over when the writer closes runs now; its error is close's error.
+          flush: async () => {
+            const rest = carry;
+            carry = '';
+            if (rest.trim()) await run(rest);
+          },
+          truncate: async () => undefined,
+        };
+      },
       truncate: async () => undefined,
     };
   }
 
   /**
-   * The kernel caches st_size and reads no further, so the buffer rendered for stat is the one the next
-   * open serves (if it is fresh), and the two agree.
+   * Rendered files: open serves the buffer rendered by the most recent stat if it is under a second old,
+   * else renders anew. Freshness comes from attr_timeout=0: the lookup before an open does a getattr.
    */
-  private renderCache = new Map<string, { at: number; buf: Buffer; gen: number }>();
-  /** Bumped by every control command, so rendered files never show the state from before it. */
-  private generation = 0;
+  private renderCache = new Map<string, { at: number; buf: Buffer }>();
 
-  changed(): void {
-    this.generation++;
-  }
 
   private rendered(key: string, render: () => string | Promise<string>): Node {
     const fresh = async (maxAge: number): Promise<Buffer> => {
       const hit = this.renderCache.get(key);
-      if (hit && Date.now() - hit.at < maxAge && hit.gen === this.generation) return hit.buf;
+      if (hit && Date.now() - hit.at < maxAge) return hit.buf;
       const buf = Buffer.from(await render());
-      this.renderCache.set(key, { at: Date.now(), buf, gen: this.generation });
+      this.renderCache.set(key, { at: Date.now(), buf });
       return buf;
     };
     return {
       kind: 'file',
-      stat: async () => ({ mode: RO, size: (await fresh(0)).length, blocks: 0, mtime: new Date() }),
+      // st_size is the content plus a margin: the kernel never reads past st_size, and it may refresh
+      // st_size (a getattr renders anew) while a reader still holds an older, longer rendering. The
+      // reader finds the real end by a short read, which FUSE takes as end of file.
+      stat: async () => ({ mode: RO, size: (await fresh(-1)).length + RENDER_MARGIN, blocks: 0, mtime: new Date() }),
       open: async (write) => {
         if (write) throw readOnly('this file is read-only');
         const buf = await fresh(1000);

@@ -101,7 +101,6 @@ export function installSections(tree: Tree, reg: Registry): void {
         finished = true;
         try {
           await imp.finish();
-          tree.changed();
         } finally {
           done();
         }

@@ -139,7 +139,7 @@ describe('damaged images', () => {
   // BUG: through the mount, `vdiskfs restore EMPTYFILE --as x` (or `... restore - --as x < /dev/null`) prints
   // "restored x" and exits 0, but no disk x exists (nothing was written to import/x, so the FUSE file never
   // saw an image). Offline the same command correctly fails (exit 7, "truncated: input ends at byte 0").
-  it.fails('through the mount: the CLI restore of an empty input fails', async () => {
+  it('through the mount: the CLI restore of an empty input fails', async () => {
     const i = variants.findIndex((v) => v.data.length === 0);
     const r = await vdiskfs(['restore', variantPath(work, i), '--as', 'fromempty', '--store', m.store]);
     expect((await m.status()).disks.map((d) => d.name)).not.toContain('fromempty');

@@ -258,7 +258,7 @@ describe('power cut (volatile layer)', () => {
   // exits 1 on a store that is in a state the durability contract allows (only unsynced data lost).
   // pool data is not fdatasync'd before the table batch that references it, so "a crash can never
   // leave a table entry pointing at missing data" (poolFile.ts) holds for process crashes only.
-  it.fails('check reports no errors after a power cut (unsynced writes past the pool end)', async () => {
+  it('check reports no errors after a power cut (unsynced writes past the pool end)', async () => {
     const { dir } = await cutScenario(1);
     const check = await checkStore(dir);
     expect(check.errors, check.errors.join('\n')).toEqual([]);
@@ -393,7 +393,7 @@ describe('failed write with sibling pool writes still in flight', () => {
   // (any BlockStore layer that is asynchronous: the delay layer, a future async pool). A concurrent write
   // that is allocated one of those pbns is then silently overwritten by the stale pending write.
   // Fix: Promise.allSettled before freeing.
-  it.fails('a later write that reuses the freed blocks keeps its data', async () => {
+  it('a later write that reuses the freed blocks keeps its data', async () => {
     const dir = await tempDir();
     let layer!: StallingStore;
     const reg = await Registry.open({ dir, wrap: (s) => (layer = new StallingStore(s)) });
