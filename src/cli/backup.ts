@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Transform } from 'node:stream';
@@ -41,6 +41,20 @@ function progress(label: string, total?: number): Transform {
   });
 }
 
+/** Wait for the first chunk of a stream; the returned stream replays it and the rest. */
+async function afterFirstChunk(src: Readable): Promise<Readable> {
+  const it = src[Symbol.asyncIterator]();
+  const first = await it.next();
+  return Readable.from(
+    (async function* () {
+      if (first.done) return;
+      yield first.value as Buffer;
+      for (let r = await it.next(); !r.done; r = await it.next()) yield r.value as Buffer;
+    })(),
+    { objectMode: false },
+  );
+}
+
 function inputStream(image: string): Readable {
   return image === '-' ? process.stdin : createReadStream(image, { highWaterMark: 1024 * 1024 });
 }
@@ -51,16 +65,17 @@ function parseSnapRef(ref: string): [string, string] {
   return [ref.slice(0, at), ref.slice(at + 1)];
 }
 
+/** The mount's `.vdisk` directory when a live daemon serves the store (without opening the store). */
 async function mounted(dir: string): Promise<string | undefined> {
+  const info = await readMountInfo(dir);
+  if (!info) return undefined;
   try {
-    await withRegistry(dir, async () => undefined);
-    return undefined;
-  } catch (e) {
-    if (!isVdiskError(e, 'LOCKED')) throw e;
-    const info = await readMountInfo(dir);
-    if (!info) throw e;
-    return join(info.mountpoint, '.vdisk');
+    process.kill(info.pid, 0);
+  } catch {
+    return undefined; // a stale file left by a killed daemon
   }
+  const mounts = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  return mounts.split('\n').some((l) => l.split(' ')[4] === info.mountpoint) ? join(info.mountpoint, '.vdisk') : undefined;
 }
 
 export function registerBackupCommands(program: Command): void {
@@ -124,10 +139,37 @@ export function registerBackupCommands(program: Command): void {
         console.log(`restored ${target.name}`);
         return;
       }
-      await withRegistry(dir, async (reg) => {
-        const r = await restoreImage(reg, inputStream(image).pipe(progress('restore')), target);
-        console.log(`restored ${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`);
-      });
+      const run = (src: Readable) =>
+        withRegistry(dir, async (reg) => {
+          const r = await restoreImage(reg, src.pipe(progress('restore')), target);
+          console.log(`restored ${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`);
+        });
+      // Open the store only once the image's first bytes arrive: in `vdiskfs backup … | vdiskfs restore -`
+      // the backup must get the store first.
+      const input = await afterFirstChunk(inputStream(image));
+      try {
+        await run(input);
+      } catch (e) {
+        // `vdiskfs backup … | vdiskfs restore - …` on one unmounted store: the backup holds the store.
+        // Spool the stream to a file next to the store and restore once the backup has let go.
+        if (!isVdiskError(e, 'LOCKED') || (await readMountInfo(dir))) throw e;
+        const spool = join(dir, `restore-spool-${process.pid}.tmp`);
+        process.stderr.write(`vdiskfs: store in use by another vdiskfs process; spooling the image to ${spool} until it is free\n`);
+        try {
+          await pipeline(input, createWriteStream(spool));
+          for (let waited = 0; ; waited += 200) {
+            try {
+              await run(createReadStream(spool, { highWaterMark: 1024 * 1024 }));
+              break;
+            } catch (e2) {
+              if (!isVdiskError(e2, 'LOCKED') || waited > 60_000) throw e2;
+              await new Promise((r) => setTimeout(r, 200));
+            }
+          }
+        } finally {
+          await rm(spool, { force: true });
+        }
+      }
     });
 
   program
