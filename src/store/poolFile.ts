@@ -7,12 +7,23 @@
  * I/O is synchronous pread/pwrite on purpose: a block-sized copy to or from the page cache takes tens of
  * microseconds, far less than the thread-pool round trip of the async API, and FUSE requests for one
  * stream arrive one after another, so latency is throughput here (measured: see README, Performance).
+ * Because a synchronous read that misses the page cache stalls the event loop, sequential reads start an
+ * asynchronous read of the next READAHEAD bytes on the thread pool (into a scratch buffer, discarded) so
+ * that the blocks are in the page cache by the time they are asked for.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { readSync, writeSync } from 'node:fs';
 import type { BlockStore } from './blockStore.js';
 
+const READAHEAD = 4 * 1024 * 1024;
+
 export class PoolFileStore implements BlockStore {
+  /** Next byte a sequential reader would ask for, and how far the readahead has been issued. */
+  private nextSeq = -1;
+  private aheadTo = 0;
+  private aheadBusy = false;
+  private scratch: Buffer | null = null;
+
   private constructor(
     readonly blockSize: number,
     private fh: FileHandle,
@@ -29,6 +40,8 @@ export class PoolFileStore implements BlockStore {
 
   async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
     const want = dst.length;
+    const pos = pbn * this.blockSize + offsetInBlock;
+    this.readAhead(pos, want);
     let done = 0;
     while (done < want) {
       const bytesRead = readSync(this.fh.fd, dst, done, want - done, pbn * this.blockSize + offsetInBlock + done);
@@ -38,6 +51,26 @@ export class PoolFileStore implements BlockStore {
       }
       done += bytesRead;
     }
+  }
+
+  /** Warm the page cache ahead of a sequential reader (one read in flight; results discarded). */
+  private readAhead(pos: number, length: number): void {
+    const sequential = Math.abs(pos - this.nextSeq) <= 4 * this.blockSize;
+    this.nextSeq = pos + length;
+    if (!sequential || this.aheadBusy) return;
+    if (this.aheadTo > this.nextSeq + READAHEAD / 2) return;
+    const from = Math.max(this.aheadTo, this.nextSeq);
+    this.aheadBusy = true;
+    this.scratch ??= Buffer.allocUnsafe(READAHEAD);
+    this.fh.read(this.scratch, 0, READAHEAD, from).then(
+      ({ bytesRead }) => {
+        this.aheadTo = from + bytesRead;
+        this.aheadBusy = false;
+      },
+      () => {
+        this.aheadBusy = false;
+      },
+    );
   }
 
   async write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
