@@ -1,7 +1,7 @@
 /**
  * The tree the mount shows, as FUSE-agnostic nodes over the core: a path resolves to a directory (a list
  * of names) or a file (stat + open -> handle). Errors are the core's typed errors; ops.ts maps them to
- * errno. Rendered files (status, history) are rendered once at open and served from that buffer.
+ * errno. Rendered files (status, history) are rendered at open and served from that buffer.
  */
 import type { Registry } from '../disk/registry.js';
 import { readView, writeDisk } from '../disk/io.js';
@@ -75,10 +75,10 @@ export class Tree {
     }
     if (more.length === 0) {
       if (name === 'ctl') return this.ctlNode();
-      if (name === 'status') return this.rendered('status', () => renderStatus(storeStatus(this.reg)));
-      if (name === 'status.json') return this.rendered('status.json', () => JSON.stringify(storeStatus(this.reg), null, 2) + '\n');
+      if (name === 'status') return this.rendered(() => renderStatus(storeStatus(this.reg)));
+      if (name === 'status.json') return this.rendered(() => JSON.stringify(storeStatus(this.reg), null, 2) + '\n');
       if (name === 'history') {
-        return this.rendered('history', async () => (await this.reg.history()).map((h) => `${h.time}\t${h.result}\t${h.command}${h.message ? `\t${h.message}` : ''}`).join('\n') + '\n');
+        return this.rendered(async () => (await this.reg.history()).map((h) => `${h.time}\t${h.result}\t${h.command}${h.message ? `\t${h.message}` : ''}`).join('\n') + '\n');
       }
     }
     if (name === 'snapshots') return this.snapshots(more);
@@ -206,29 +206,21 @@ export class Tree {
   }
 
   /**
-   * Rendered files: open serves the buffer rendered by the most recent stat if it is under a second old,
-   * else renders anew. Freshness comes from attr_timeout=0: the lookup before an open does a getattr.
+   * Rendered files (status, status.json, history) are rendered anew at every stat and every open, so a
+   * reader always sees the state after every command that finished before its open. The size the kernel
+   * knows comes from the last stat, so st_size carries a margin (see stat below).
    */
-  private renderCache = new Map<string, { at: number; buf: Buffer }>();
-
-
-  private rendered(key: string, render: () => string | Promise<string>): Node {
-    const fresh = async (maxAge: number): Promise<Buffer> => {
-      const hit = this.renderCache.get(key);
-      if (hit && Date.now() - hit.at < maxAge) return hit.buf;
-      const buf = Buffer.from(await render());
-      this.renderCache.set(key, { at: Date.now(), buf });
-      return buf;
-    };
+  private rendered(render: () => string | Promise<string>): Node {
+    const fresh = async (): Promise<Buffer> => Buffer.from(await render());
     return {
       kind: 'file',
       // st_size is the content plus a margin: the kernel never reads past st_size, and it may refresh
       // st_size (a getattr renders anew) while a reader still holds an older, longer rendering. The
       // reader finds the real end by a short read, which FUSE takes as end of file.
-      stat: async () => ({ mode: RO, size: (await fresh(-1)).length + RENDER_MARGIN, blocks: 0, mtime: new Date() }),
+      stat: async () => ({ mode: RO, size: (await fresh()).length + RENDER_MARGIN, blocks: 0, mtime: new Date() }),
       open: async (write) => {
         if (write) throw readOnly('this file is read-only');
-        const buf = await fresh(1000);
+        const buf = await fresh();
         return {
           read: async (dst, pos) => (pos >= buf.length ? 0 : buf.copy(dst, 0, pos, Math.min(buf.length, pos + dst.length))),
         };

@@ -9,6 +9,7 @@ import { open, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { M, VdiskMount, dd, errnoOf, isAlive, isMountpoint, nodeScript, q, randomBuffer, readRange, requireBuild, run, sh, sha256Range, sleep, teardownAll, vdiskfs, waitForExit, writeAt } from './helpers.js';
+import { prng } from '../prng.js';
 
 afterAll(async () => {
   await teardownAll();
@@ -18,17 +19,6 @@ beforeAll(() => {
   requireBuild();
 });
 
-/** mulberry32. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEED = Number(process.env.FAULTS_SEED ?? 20240611);
 
