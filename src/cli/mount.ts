@@ -106,7 +106,10 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   if (raw.poolSize) argv.push('--pool-size', raw.poolSize);
   if (raw.logLevel) argv.push('--log-level', raw.logLevel);
   for (const o of raw.options ?? []) argv.push('-o', o);
-  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  // FUSE serves requests on several threads; glibc gives each its own malloc arena, which inflates the
+  // daemon's resident memory for no gain. Two arenas are plenty (override by setting it yourself).
+  const env = { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' };
+  const child = spawn(process.execPath, argv, { detached: true, env, stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const verdict = await new Promise<{ ok: boolean; error?: string }>((res) => {

@@ -61,6 +61,7 @@ export class DiskState {
 }
 
 const GROUP_DELAY_MS = 2;
+export const MAX_BACKLOG = 20_000;
 
 export class Context {
   readonly disks = new Map<string, DiskState>();
@@ -100,6 +101,7 @@ export class Context {
     if (ops.length === 0 && !sync) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ ops, sync, resolve, reject });
+      this.backlog += ops.length;
       this.kick(urgent);
     });
   }
@@ -132,6 +134,12 @@ export class Context {
     });
   }
 
+  /**
+   * Table changes queued or being written. Writes are acknowledged before their batch commits; past
+   * MAX_BACKLOG they wait for it instead, so a writer faster than LevelDB cannot grow memory without bound.
+   */
+  backlog = 0;
+
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
   private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void }[] = [];
@@ -149,12 +157,17 @@ export class Context {
           n += item.ops.length;
         }
         const ops = group.flatMap((g) => g.ops);
+        const settle = (): void => {
+          this.backlog -= ops.length;
+        };
         const sync = group.some((g) => g.sync);
         try {
           if (ops.length) await this.db.batch(ops, { sync });
           else if (sync) await this.db.put('meta!sync', new Date().toISOString(), { sync: true });
+          settle();
           for (const g of group) g.resolve();
         } catch (e) {
+          settle();
           this.failure = e as Error;
           for (const g of group) g.reject(e);
         }

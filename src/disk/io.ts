@@ -6,7 +6,7 @@
  * Concurrency: I/O enters the disk's gate shared; each touched block is locked (ascending order) for the
  * whole read-modify-write; reads lock their blocks too, so a freed block is never read.
  */
-import type { Context, DiskState } from './context.js';
+import { MAX_BACKLOG, type Context, type DiskState } from './context.js';
 import { resolve, readResolved, chainEntry } from './resolve.js';
 import { splitRange, type Piece } from '../util/range.js';
 import { isZero } from '../util/zero.js';
@@ -61,6 +61,23 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
   return src.length;
 }
 
+/**
+ * Block-sized buffers for merging partial writes, reused: a random 4K write to a 1M-block disk would
+ * otherwise allocate a fresh megabyte each time, and external memory is what makes the daemon's RSS grow.
+ * A buffer comes back once the write that used it has finished with it (its pool writes settled).
+ */
+const spareBuffers = new Map<number, Buffer[]>();
+
+function takeBlockBuffer(bs: number): Buffer {
+  return spareBuffers.get(bs)?.pop() ?? Buffer.allocUnsafe(bs);
+}
+
+function giveBlockBuffer(b: Buffer): void {
+  let list = spareBuffers.get(b.length);
+  if (!list) spareBuffers.set(b.length, (list = []));
+  if (list.length < 32) list.push(b);
+}
+
 /** Write while the caller holds the disk's gate exclusively (resize's tail zeroing). */
 export async function writeExclusive(ctx: Context, disk: DiskState, offset: number, src: Buffer): Promise<void> {
   const pieces = splitRange(offset, src.length, disk.blockSize);
@@ -74,12 +91,22 @@ export async function writeExclusive(ctx: Context, disk: DiskState, offset: numb
 
 /** The blocks' locks are held. */
 async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: Buffer): Promise<void> {
+  const merged: Buffer[] = [];
+  try {
+    await writeMerged(ctx, disk, pieces, src, merged);
+  } finally {
+    for (const b of merged) giveBlockBuffer(b);
+  }
+}
+
+/** The body of writePieces; block buffers it takes for merges go into `merged` for reuse. */
+async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: Buffer, merged: Buffer[]): Promise<void> {
+  const changes: Change[] = [];
+  const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
   const bs = disk.blockSize;
   const L = disk.latest();
   const epoch = disk.rec.epoch;
   const hasBacking = disk.rec.backing !== undefined;
-  const changes: Change[] = [];
-  const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
 
   for (const p of pieces) {
     const cur = await disk.live.get(p.lbn);
@@ -93,7 +120,8 @@ async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     let block: Buffer;
     if (p.whole) block = data;
     else {
-      block = Buffer.allocUnsafe(bs);
+      block = takeBlockBuffer(bs);
+      merged.push(block);
       const r = await resolve(ctx, disk, -1, p.lbn);
       await readResolved(ctx, r, block, 0);
       data.copy(block, p.offsetInBlock);
@@ -214,7 +242,7 @@ export async function commitChanges(
       throw e;
     },
   );
-  if (wait) await done;
+  if (wait || ctx.backlog > MAX_BACKLOG) await done;
   else done.catch(() => undefined);
 }
 

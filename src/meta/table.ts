@@ -14,7 +14,7 @@ const PREFETCH = 256;
 
 export class EntryCache {
   private map = new Map<string, Entry | null>();
-  constructor(private limit = 200_000) {}
+  constructor(private limit = 100_000) {}
 
   get(key: string): Entry | null | undefined {
     const v = this.map.get(key);
