@@ -7,7 +7,7 @@
  * whole read-modify-write; reads lock their blocks too, so a freed block is never read.
  */
 import { MAX_BACKLOG, type Context, type DiskState } from './context.js';
-import { resolve, readResolved, chainEntry } from './resolve.js';
+import { resolve, readResolved } from './resolve.js';
 import { splitRange, type Piece } from '../util/range.js';
 import { isZero } from '../util/zero.js';
 import type { Entry } from '../meta/keys.js';
@@ -246,4 +246,3 @@ export async function commitChanges(
   else done.catch(() => undefined);
 }
 
-export { chainEntry };

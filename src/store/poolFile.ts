@@ -88,9 +88,4 @@ export class PoolFileStore implements BlockStore {
   async close(): Promise<void> {
     await this.fh.close();
   }
-
-  /** Give back file space past the highest used block (after frees at the end of the pool). */
-  async truncateTo(blocks: number): Promise<void> {
-    await this.fh.truncate(blocks * this.blockSize);
-  }
 }
