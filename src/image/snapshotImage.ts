@@ -104,7 +104,9 @@ export async function producerFor(ctx: Context, t: ImageTarget): Promise<ImagePr
   };
   return new ImageProducer(plan, async (lbn) => {
     const buf = Buffer.allocUnsafe(bs);
-    await store.read(plan.pbns[slotOf(lbn)]!, buf);
+    const pbn = plan.pbns[slotOf(lbn)]!;
+    // The producer keeps several blocks in flight: let them really overlap on a cold cache.
+    await (store.readParallel ? store.readParallel(pbn, buf) : store.read(pbn, buf));
     return buf;
   });
 }

@@ -53,6 +53,18 @@ export class PoolFileStore implements BlockStore {
     }
   }
 
+  async readParallel(pbn: number, dst: Buffer): Promise<void> {
+    let done = 0;
+    while (done < dst.length) {
+      const { bytesRead } = await this.fh.read(dst, done, dst.length - done, pbn * this.blockSize + done);
+      if (bytesRead === 0) {
+        dst.fill(0, done);
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
   /** Warm the page cache ahead of a sequential reader (one read in flight; results discarded). */
   private readAhead(pos: number, length: number): void {
     const sequential = Math.abs(pos - this.nextSeq) <= 4 * this.blockSize;
