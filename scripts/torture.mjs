@@ -711,6 +711,7 @@ async function fioPhase() {
     `--size=${Math.floor(bytes / (Number(j.bs.slice(0, -1)) * K)) * Number(j.bs.slice(0, -1)) * K}`,
     '--ioengine=psync',
     '--verify=crc32c',
+    `--aux-path=${tmpdir()}`, // fio's verify state files, not in the working directory
     `--randseed=${SEED}`,
     '--fallocate=none',
     '--verify_fatal=1',
