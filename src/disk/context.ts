@@ -24,7 +24,6 @@ export class DiskState {
   held = new Map<number, number>();
   readonly live: Table;
   private snapTables = new Map<number, Table>();
-  /** Set while the record's contentUid must be cleared on the next write. */
   constructor(
     public rec: DiskRecord,
     private ctx: Context,

@@ -5,10 +5,11 @@
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
 import { openDb, type Db } from '../meta/db.js';
-import { DISK_PREFIX, SEQ_KEY, diskKey, livePrefix, snapPrefix, prefixEnd, decodeEntry, lbnOfKey, historyKey } from '../meta/keys.js';
+import { DISK_PREFIX, SEQ_KEY, diskKey, historyKey } from '../meta/keys.js';
 import type { DiskRecord, SeqRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
 import { Context, DiskState } from './context.js';
+import type { Table } from '../meta/table.js';
 import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
 import { checkName } from './names.js';
 import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
@@ -16,7 +17,6 @@ import { blocksFor } from '../util/range.js';
 import { busy, exists, VdiskError } from '../errors.js';
 import { writeExclusive, commitChanges } from './io.js';
 import { needsPreserve, type Change } from './plan.js';
-import { logger } from '../log.js';
 import { clonesOf } from './snapshots.js';
 import { collectView } from './viewScan.js';
 
@@ -29,7 +29,6 @@ export interface OpenOptions {
 }
 
 export class Registry {
-  private log = logger('registry');
   private constructor(
     readonly ctx: Context,
     readonly dir: string,
@@ -119,24 +118,17 @@ export class Registry {
       this.ctx.disks.delete(name);
     });
     // The tables are orphans now: free their blocks and purge their keys.
-    const prefixes = [livePrefix(d.rec.id), ...d.rec.snapshots.map((s) => snapPrefix(s.id))];
-    await this.freeTables(d, prefixes);
+    await this.freeTables(d, [d.live, ...d.rec.snapshots.map((s) => d.snapTable(s.id))]);
   }
 
-  private async freeTables(d: DiskState, prefixes: string[]): Promise<void> {
-    for (const prefix of prefixes) {
-      for await (const [, e] of this.tableEntries(prefix)) {
+  private async freeTables(d: DiskState, tables: Table[]): Promise<void> {
+    for (const t of tables) {
+      for await (const [, e] of t.entries()) {
         if (e.kind === 'data') this.ctx.pool.free(d.blockSize, e.pbn);
       }
-      this.ctx.cache.clearPrefix(prefix);
+      t.forget();
     }
-    await purgeOrphans(this.ctx, prefixes);
-  }
-
-  private async *tableEntries(prefix: string) {
-    for await (const [key, value] of this.ctx.db.iterator({ gte: prefix, lt: prefixEnd(prefix) })) {
-      yield [lbnOfKey(key), decodeEntry(value)] as const;
-    }
+    await purgeOrphans(this.ctx, tables.map((t) => t.prefix));
   }
 
   /**

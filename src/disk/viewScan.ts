@@ -42,14 +42,12 @@ function openSources(ctx: Context, disk: DiskState, snapIndex: number): { source
     limit = snapIndex >= 0 ? (snaps[snapIndex]!.backingBlocks ?? b.limitBlocks) : b.limitBlocks;
     const origin = ctx.diskById(b.diskId);
     const idx = origin ? origin.rec.snapshots.findIndex((s) => s.id === b.snapId) : -1;
-    if (origin && idx >= 0) backing = merge(ctx, origin, idx, openSources(ctx, origin, idx));
+    if (origin && idx >= 0) backing = merge(openSources(ctx, origin, idx));
   }
   return { sources, ...(backing ? { backing } : {}), limit, blocks: blocksFor(size, disk.blockSize) };
 }
 
-async function* merge(ctx: Context, disk: DiskState, snapIndex: number, o: ReturnType<typeof openSources>): AsyncGenerator<ViewBlock> {
-  void ctx;
-  void snapIndex;
+async function* merge(o: ReturnType<typeof openSources>): AsyncGenerator<ViewBlock> {
   const heads: ([number, Entry] | null)[] = [];
   for (const s of o.sources) {
     const r = await s.next();
@@ -107,7 +105,7 @@ export async function collectView(ctx: Context, disk: DiskState, snapIndex: numb
   const hold = async (i: number): Promise<void> => {
     if (i === disks.length) {
       await ctx.drain();
-      gen = merge(ctx, disk, snapIndex, openSources(ctx, disk, snapIndex));
+      gen = merge(openSources(ctx, disk, snapIndex));
       return;
     }
     await disks[i]!.gate.exclusively(() => hold(i + 1));
