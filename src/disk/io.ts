@@ -112,7 +112,10 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     const cur = await disk.live.get(p.lbn);
     const preserve = await needsPreserve(disk, L, cur, p.lbn);
     const data = src.subarray(p.bufOffset, p.bufOffset + p.length);
-    if (cur?.kind === 'data' && !preserve && !(p.whole && isZero(data))) {
+    const ownBlock = cur?.kind === 'data' && !preserve;
+    // Zeros may empty the block (a whole zero block, or the kernel cutting a zero write into pieces that
+    // do not follow block boundaries): such writes go through the merge below, which frees an empty block.
+    if (ownBlock && !isZero(data)) {
       inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
       continue;
     }
@@ -127,6 +130,10 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
       data.copy(block, p.offsetInBlock);
     }
     const zero = isZero(block);
+    if (ownBlock && !zero) {
+      inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
+      continue;
+    }
     let next: Entry | undefined;
     if (zero) {
       next = hasBacking ? { kind: 'zero', epoch } : undefined;
