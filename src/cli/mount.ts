@@ -63,10 +63,12 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
   try {
     const tree = new Tree(reg);
     installSections(tree, reg);
-    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions });
+    // Written before mounting: whoever sees the mount can already find out who serves it.
     await writeFile(mountInfoPath(dir), JSON.stringify({ pid: process.pid, mountpoint }));
+    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions });
   } catch (e) {
     await mounted?.unmount().catch(() => undefined);
+    await rm(mountInfoPath(dir), { force: true });
     await reg.close();
     throw e;
   }
