@@ -4,12 +4,15 @@
 //   null     scripts/nullfs.mjs, a FUSE filesystem that discards writes and reads zeros: the ceiling for
 //            any fuse-native filesystem on this machine
 //   vdiskfs  a disk file of a vdiskfs mount (dist/cli/main.js mount ... -f), store in the temp dir
+//   vdiskfs-leveldb  the same with `--block-store leveldb`: block data as values inside the store's LevelDB
+//            instead of pool files (the single-database layout, measured side by side with the default)
 //   qemu     qemu-storage-daemon's FUSE export of a raw file (skipped if the binary is absent)
 // and prints a markdown table plus the ratios to the null-FUSE figures. Results also go to JSON.
 //
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
-//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,qemu) and sections (snapshot,backup)
+//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-leveldb,qemu) and sections
+//                                          (snapshot,backup); keys match exactly (vdiskfs is not vdiskfs-leveldb)
 //   BENCH_SUSTAINED_GIB=8                  size of the sustained write
 //   BENCH_DIR=/path                        where the temp dir goes (default: os.tmpdir())
 //   BENCH_JSON=/path.json                  results file (default /tmp/vdiskfs-bench-results.json)
@@ -56,7 +59,7 @@ export const config = (() => {
     sustainedTimes: quick ? 2 : Math.max(1, Math.round(sustainedGiB * 1024 / seqMiB)),
     fioRuntime: quick ? 3 : 15,
     fioSize: quick ? '64M' : '1G',
-    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,qemu,snapshot,backup').split(',').map((s) => s.trim()).filter(Boolean),
+    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-leveldb,qemu,snapshot,backup').split(',').map((s) => s.trim()).filter(Boolean),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
     keep: env.BENCH_KEEP === '1',
@@ -68,6 +71,30 @@ export const config = (() => {
 
 // ---- targets ---------------------------------------------------------------------------------
 // setup(ctx) returns { file, server? , mountpoint?, ctl?, note? }; teardown via server.stop().
+
+/**
+ * setup() of a vdiskfs target: a fresh store ctx.dir/<store>, mounted on ctx.dir/<mnt> with `mountArgs`
+ * added to the mount command, and one disk `bench` of config.diskGiB.
+ */
+function vdiskfsSetup ({ mnt, store: storeName, mountArgs = [] }) {
+  return async function setup (ctx) {
+    const cli = path.join(ROOT, 'dist/cli/main.js')
+    if (!(await exists(cli))) return { skip: `${path.relative(ROOT, cli)} not built (npm run build)` }
+    const mountpoint = path.join(ctx.dir, mnt)
+    const store = path.join(ctx.dir, storeName)
+    await mkdir(mountpoint, { recursive: true })
+    await mkdir(store, { recursive: true })
+    if (!ctx.mountpoints.includes(mountpoint)) ctx.mountpoints.push(mountpoint)
+    const ctl = path.join(mountpoint, '.vdisk', 'ctl')
+    const server = await startServer(process.execPath, [cli, 'mount', mountpoint, '--store', store, ...mountArgs, '-f'],
+      { mountpoint, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs${mountArgs.length ? ` ${mountArgs.join(' ')}` : ''}` })
+    const file = path.join(mountpoint, 'bench')
+    // Same open flags as the shell's `echo ... > ctl` (O_WRONLY|O_CREAT|O_TRUNC).
+    await writeFile(ctl, `create bench ${config.diskGiB}G\n`)
+    await waitFor(() => exists(file), 10_000, 50, `${file} to appear`)
+    return { file, server, mountpoint, ctl, store }
+  }
+}
 
 export const TARGETS = [
   {
@@ -92,22 +119,12 @@ export const TARGETS = [
   {
     key: 'vdiskfs',
     label: 'vdiskfs',
-    async setup (ctx) {
-      const cli = path.join(ROOT, 'dist/cli/main.js')
-      if (!(await exists(cli))) return { skip: `${path.relative(ROOT, cli)} not built (npm run build)` }
-      const mountpoint = path.join(ctx.dir, 'mnt-vdiskfs')
-      const store = path.join(ctx.dir, 'store')
-      await mkdir(mountpoint, { recursive: true })
-      await mkdir(store, { recursive: true })
-      const ctl = path.join(mountpoint, '.vdisk', 'ctl')
-      const server = await startServer(process.execPath, [cli, 'mount', mountpoint, '--store', store, '-f'],
-        { mountpoint, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: 'vdiskfs' })
-      const file = path.join(mountpoint, 'bench')
-      // Same open flags as the shell's `echo ... > ctl` (O_WRONLY|O_CREAT|O_TRUNC).
-      await writeFile(ctl, `create bench ${config.diskGiB}G\n`)
-      await waitFor(() => exists(file), 10_000, 50, `${file} to appear`)
-      return { file, server, mountpoint, ctl, store }
-    }
+    setup: vdiskfsSetup({ mnt: 'mnt-vdiskfs', store: 'store' })
+  },
+  {
+    key: 'vdiskfs-leveldb',
+    label: 'vdiskfs, block data in LevelDB',
+    setup: vdiskfsSetup({ mnt: 'mnt-vdiskfs-leveldb', store: 'store-leveldb', mountArgs: ['--block-store', 'leveldb'] })
   },
   {
     key: 'qemu',

@@ -1,16 +1,22 @@
 /**
  * `vdiskfs check`: verify a store that is not mounted (qemu-img check / thin_check habits).
  * Errors: table entries that cannot be decoded, physical blocks referenced twice, disk records that
- * contradict each other (unknown backing, epochs out of order). Warnings: entries past the end of their
- * pool file (they read as zeros; after a power cut, data written since the last fsync). Leaks: keys of tables whose disk or snapshot is gone (their blocks are already free by
- * construction; the keys only waste space) and pool-file space past the highest referenced block.
- * Repair: purges orphaned keys and truncates pool files; errors are reported, never guessed at.
- * Cost: one pass over the tables and an allocator bitmap per block size.
+ * contradict each other (unknown backing, epochs out of order), and (LevelDB bottom) referenced blocks
+ * without a value. Warnings: entries past the end of their pool file (they read as zeros; after a power
+ * cut, data written since the last fsync). Leaks: keys of tables whose disk or snapshot is gone (their
+ * blocks are already free by construction; the keys only waste space), pool-file space past the highest
+ * referenced block, and (LevelDB bottom) block values no table references.
+ * Repair: purges orphaned keys and block values and truncates pool files; errors are reported, never
+ * guessed at.
+ * Cost: one pass over the tables and an allocator bitmap per block size; with the LevelDB bottom also one
+ * pass over the block values' keys (which reads the whole database).
  */
 import { stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from '../disk/registry.js';
 import { purgeOrphans } from '../disk/scan.js';
+import { sweepBlocks } from '../store/levelBlocks.js';
+import type { BlockStoreKind } from '../meta/records.js';
 
 export interface CheckReport {
   disks: number;
@@ -22,8 +28,10 @@ export interface CheckReport {
   warnings: string[];
   leaks: string[];
   repaired: string[];
+  /** Bytes of block data stored: pool file sizes, or block values in LevelDB (before any repair). */
   poolBytes: number;
   usedBytes: number;
+  blockStore: BlockStoreKind;
 }
 
 export async function checkStore(dir: string, opts: { repair?: boolean } = {}): Promise<CheckReport> {
@@ -31,7 +39,7 @@ export async function checkStore(dir: string, opts: { repair?: boolean } = {}): 
   try {
     const ctx = reg.ctx;
     const scan = reg.scan;
-    const r: CheckReport = { disks: ctx.disks.size, snapshots: 0, entries: scan.entries, dataBlocks: scan.dataBlocks, errors: [], warnings: [], leaks: [], repaired: [], poolBytes: 0, usedBytes: ctx.pool.usedBytes() };
+    const r: CheckReport = { disks: ctx.disks.size, snapshots: 0, entries: scan.entries, dataBlocks: scan.dataBlocks, errors: [], warnings: [], leaks: [], repaired: [], poolBytes: 0, usedBytes: ctx.pool.usedBytes(), blockStore: reg.blockStore };
     for (const k of scan.badEntries) r.errors.push(`undecodable table entry ${k}`);
     for (const d of scan.doubleRefs) r.errors.push(`physical block ${d.pbn} referenced more than once (again by ${d.key})`);
     const ids = new Set<number>();
@@ -52,9 +60,24 @@ export async function checkStore(dir: string, opts: { repair?: boolean } = {}): 
         if (!o || !o.rec.snapshots.some((s) => s.id === b.snapId)) r.errors.push(`clone ${d.rec.name}: its backing snapshot (disk ${b.diskId}, snapshot ${b.snapId}) is missing`);
       }
     }
-    // Every referenced block must lie inside its pool file; space past the highest one is reclaimable.
     const sizes = new Set([...ctx.disks.values()].map((d) => d.blockSize));
-    for (const bs of sizes) {
+    if (reg.blockStore === 'leveldb') {
+      // Every referenced block must have its value: LevelDB's log keeps a block's put ahead of the batch
+      // that references it even across a power cut, so a missing one is damage, not lost unsynced data.
+      const sweep = await sweepBlocks(ctx.db, (bs, pbn) => ctx.pool.isUsed(bs, pbn), { dryRun: !opts.repair });
+      for (const [bs, n] of sweep.present) r.poolBytes += n * bs;
+      r.poolBytes += sweep.orphanBytes;
+      for (const bs of sizes) {
+        const missing = ctx.pool.usedBlocks(bs) - (sweep.present.get(bs) ?? 0);
+        if (missing > 0) r.errors.push(`${missing} referenced block(s) of ${bs} bytes have no value in LevelDB (they read as zeros)`);
+      }
+      if (sweep.orphans) {
+        r.leaks.push(`${sweep.orphans} block values (${sweep.orphanBytes} bytes) in LevelDB that no table references`);
+        if (opts.repair) r.repaired.push(`deleted ${sweep.orphans} unreferenced block values`);
+      }
+    }
+    // Every referenced block must lie inside its pool file; space past the highest one is reclaimable.
+    for (const bs of reg.blockStore === 'file' ? sizes : []) {
       const file = join(dir, `pool-${bs}.dat`);
       const size = await stat(file).then((s) => s.size, () => 0);
       r.poolBytes += size;
@@ -86,7 +109,7 @@ export async function checkStore(dir: string, opts: { repair?: boolean } = {}): 
 export function renderCheck(r: CheckReport): string {
   const lines = [
     `disks: ${r.disks}, snapshots: ${r.snapshots}, table entries: ${r.entries}, data blocks: ${r.dataBlocks}`,
-    `pool: ${r.usedBytes} bytes referenced, ${r.poolBytes} bytes in pool files`,
+    `pool: ${r.usedBytes} bytes referenced, ${r.poolBytes} bytes ${r.blockStore === 'leveldb' ? 'of block values in LevelDB' : 'in pool files'}`,
     ...r.errors.map((e) => `ERROR: ${e}`),
     ...r.warnings.map((w) => `WARNING: ${w}`),
     ...r.leaks.map((l) => `LEAK: ${l}`),

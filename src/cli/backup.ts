@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Transform } from 'node:stream';
 import { storeDir } from './storeDir.js';
-import { withRegistry } from './offline.js';
-import { readMountInfo } from '../meta/db.js';
+import { BLOCK_STORE_HELP, checkMountedBlockStore, withRegistry, type StoreOptions } from './offline.js';
+import { parseBlockStore, readMountInfo } from '../meta/db.js';
 import { isVdiskError, invalid, VdiskError } from '../errors.js';
 import { findTarget, producerFor } from '../image/snapshotImage.js';
 import { restoreImage, type RestoreTarget } from '../restore/restore.js';
@@ -114,12 +114,15 @@ export function registerBackupCommands(program: Command): void {
     .option('--as <newdisk>', 'create a new disk with the original size and block size')
     .option('--into <disk>', 'write the blocks back into an existing disk (required for incremental images)')
     .option('--store <dir>', 'store directory')
-    .action(async (image: string, o: { as?: string; into?: string; store?: string }) => {
+    .option('--block-store <kind>', BLOCK_STORE_HELP)
+    .action(async (image: string, o: { as?: string; into?: string; store?: string; blockStore?: string }) => {
       if (!!o.as === !!o.into) throw invalid('give exactly one of --as <newdisk> or --into <disk>');
       const target: RestoreTarget = o.as ? { mode: 'new', name: o.as } : { mode: 'into', name: o.into! };
       const dir = storeDir(o.store);
+      const storeOpts: StoreOptions = o.blockStore !== undefined ? { blockStore: parseBlockStore(o.blockStore) } : {};
       const vdisk = await mounted(dir);
       if (vdisk) {
+        await checkMountedBlockStore(dir, vdisk, storeOpts.blockStore);
         const file = join(vdisk, target.mode === 'new' ? 'import' : 'restore', target.name);
         let bytes = 0;
         const count = new Transform({
@@ -143,7 +146,7 @@ export function registerBackupCommands(program: Command): void {
         withRegistry(dir, async (reg) => {
           const r = await restoreImage(reg, src.pipe(progress('restore')), target);
           console.log(`restored ${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`);
-        });
+        }, storeOpts);
       // Open the store only once the image's first bytes arrive: in `vdiskfs backup … | vdiskfs restore -`
       // the backup must get the store first.
       const input = await afterFirstChunk(inputStream(image));

@@ -10,9 +10,10 @@ import { join, resolve } from 'node:path';
 import { mountBackground, mountForeground, runDaemonChild, type MountArgs } from './mount.js';
 import { die } from './exit.js';
 import { storeDir } from './storeDir.js';
-import { query, runControl } from './offline.js';
+import { BLOCK_STORE_HELP, query, runControl } from './offline.js';
 import { renderStatus, storeStatus, type StoreStatus } from '../control/status.js';
 import { formatSize } from '../util/size.js';
+import { parseBlockStore } from '../meta/db.js';
 import { registerBackupCommands } from './backup.js';
 import { registerCheckCommand } from './check.js';
 
@@ -23,23 +24,24 @@ const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 program
   .command('mount', { isDefault: true })
-  .description('mount vdiskfs (fstab: `vdiskfs none MOUNTPOINT -o store=DIR,pool_size=10G`)')
+  .description('mount vdiskfs (fstab: `vdiskfs none MOUNTPOINT -o store=DIR,pool_size=10G,block_store=file`)')
   .argument('<mountpoint-or-source>', 'mountpoint (or a source name/store dir when called as mount.fuse does)')
   .argument('[mountpoint]')
   .option('--store <dir>', 'store directory (default $VDISKFS_STORE or ~/.local/share/vdiskfs)')
   .option('--pool-size <size>', 'pool capacity, e.g. 10G (default unlimited)')
+  .option('--block-store <kind>', BLOCK_STORE_HELP)
   .option('-f, --foreground', 'stay in the foreground, log to stderr too')
   .option('-o, --options <opts>', 'FUSE and vdiskfs options, comma separated (name=value)', collect, [])
   .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
   .addOption(new Option('--daemon-child').hideHelp())
-  .action(async (first: string, second: string | undefined, o: { store?: string; poolSize?: string; foreground?: boolean; options: string[]; logLevel?: string; daemonChild?: boolean }) => {
+  .action(async (first: string, second: string | undefined, o: { store?: string; poolSize?: string; blockStore?: string; foreground?: boolean; options: string[]; logLevel?: string; daemonChild?: boolean }) => {
     let mountpoint = first;
     let store = o.store;
     if (second !== undefined) {
       mountpoint = second;
       if (!store && first.startsWith('/')) store = first;
     }
-    const args: MountArgs = { mountpoint, options: o.options, ...(store ? { store } : {}), ...(o.poolSize ? { poolSize: o.poolSize } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}), ...(o.foreground ? { foreground: true } : {}) };
+    const args: MountArgs = { mountpoint, options: o.options, ...(store ? { store } : {}), ...(o.poolSize ? { poolSize: o.poolSize } : {}), ...(o.blockStore ? { blockStore: o.blockStore } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}), ...(o.foreground ? { foreground: true } : {}) };
     if (o.daemonChild) return runDaemonChild(args);
     if (o.foreground || o.options.some((x) => x.split(',').includes('foreground'))) return mountForeground({ ...args, foreground: true });
     return mountBackground(args);
@@ -67,12 +69,16 @@ function control(name: string, args: string, desc: string, toLine: (...a: string
   storeOpt(c).action(async (...all: unknown[]) => {
     const cmd = all[all.length - 1] as Command;
     const positional = cmd.args;
-    const opts = cmd.opts<{ store?: string; recursive?: boolean; blockSize?: string }>();
+    const opts = cmd.opts<{ store?: string; recursive?: boolean; blockSize?: string; blockStore?: string }>();
     const line = toLine(...positional) + (opts.recursive ? ' -r' : '') + (opts.blockSize ? ` block-size=${opts.blockSize}` : '');
-    console.log(await runControl(storeDir(opts.store), line));
+    const blockStore = opts.blockStore !== undefined ? parseBlockStore(opts.blockStore) : undefined;
+    console.log(await runControl(storeDir(opts.store), line, blockStore ? { blockStore } : {}));
   });
   if (name === 'delete') c.option('-r, --recursive', 'also delete its snapshots');
-  if (name === 'create') c.option('--block-size <size>', 'block size, a power of two from 4K to 1M (default 64K)');
+  if (name === 'create') {
+    c.option('--block-size <size>', 'block size, a power of two from 4K to 1M (default 64K)');
+    c.option('--block-store <kind>', BLOCK_STORE_HELP);
+  }
 }
 
 control('create', '<disk> <size>', 'create a thin disk', (d, s) => `create ${d} ${s}`);

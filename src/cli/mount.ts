@@ -10,7 +10,7 @@ import { Registry } from '../disk/registry.js';
 import { Tree } from '../fuse/nodes.js';
 import { mountTree, type Mounted } from '../fuse/mount.js';
 import { configureLog, logger } from '../log.js';
-import { mountInfoPath } from '../meta/db.js';
+import { mountInfoPath, parseBlockStore } from '../meta/db.js';
 import { parseSize } from '../util/size.js';
 import { errorMessage, invalid } from '../errors.js';
 import { storeDir } from './storeDir.js';
@@ -20,6 +20,8 @@ export interface MountArgs {
   mountpoint: string;
   store?: string;
   poolSize?: string;
+  /** `file` or `leveldb`: where a new store keeps block data; an existing store must match. */
+  blockStore?: string;
   foreground?: boolean;
   options?: string[];
   logLevel?: string;
@@ -37,6 +39,7 @@ export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: s
     const v = eq < 0 ? '' : o.slice(eq + 1);
     if (k === 'store') out.store = v;
     else if (k === 'pool-size') out.poolSize = v;
+    else if (k === 'block-store') out.blockStore = v;
     else if (k === 'log-level') out.logLevel = v;
     else if (k === 'foreground') out.foreground = true;
     else if (!DROPPED.has(o)) out.fuseOptions.push(o);
@@ -55,10 +58,11 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
   const mountpoint = resolve(args.mountpoint);
   const poolSize = args.poolSize ? parseSize(args.poolSize) : undefined;
   if (poolSize !== undefined && poolSize <= 0) throw invalid('pool size must be positive');
+  const blockStore = args.blockStore !== undefined ? parseBlockStore(args.blockStore) : undefined;
   await mkdir(dir, { recursive: true });
   configureLog({ level: args.logLevel ?? 'info', file: join(dir, 'vdiskfs.log'), stderr: !!args.foreground && !notify });
   const log = logger('mount');
-  const reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}) });
+  const reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(blockStore !== undefined ? { blockStore } : {}) });
   let mounted: Mounted | undefined;
   try {
     const tree = new Tree(reg);
@@ -106,6 +110,7 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   const argv = [process.argv[1]!, 'mount', raw.mountpoint, '--daemon-child'];
   if (raw.store) argv.push('--store', raw.store);
   if (raw.poolSize) argv.push('--pool-size', raw.poolSize);
+  if (raw.blockStore) argv.push('--block-store', raw.blockStore);
   if (raw.logLevel) argv.push('--log-level', raw.logLevel);
   for (const o of raw.options ?? []) argv.push('-o', o);
   // FUSE serves requests on several threads; glibc gives each its own malloc arena, which inflates the

@@ -6,12 +6,23 @@
 import { appendFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from '../disk/registry.js';
-import { readMountInfo } from '../meta/db.js';
+import { blockStoreMismatch, readMountInfo } from '../meta/db.js';
+import type { BlockStoreKind } from '../meta/records.js';
 import { isVdiskError, VdiskError, type ErrorCode } from '../errors.js';
 import { runLine } from '../control/commands.js';
+import type { StoreStatus } from '../control/status.js';
 
-export async function withRegistry<T>(dir: string, fn: (reg: Registry) => Promise<T>, poolSize?: number): Promise<T> {
-  const reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}) });
+/** Help for --block-store on the commands that may create the store (mount, create, restore). */
+export const BLOCK_STORE_HELP = "where a new store keeps block data: 'file' (pool files, default) or 'leveldb' (values in the store's LevelDB); an existing store must match";
+
+export interface StoreOptions {
+  poolSize?: number;
+  /** --block-store: the bottom a new store gets; an existing (or mounted) store must have it. */
+  blockStore?: BlockStoreKind;
+}
+
+export async function withRegistry<T>(dir: string, fn: (reg: Registry) => Promise<T>, opts: StoreOptions = {}): Promise<T> {
+  const reg = await Registry.open({ dir, ...opts });
   try {
     return await fn(reg);
   } finally {
@@ -21,15 +32,27 @@ export async function withRegistry<T>(dir: string, fn: (reg: Registry) => Promis
 
 const ERRNO_CODES: Record<string, ErrorCode> = { EINVAL: 'INVALID', ENOENT: 'NOT_FOUND', EEXIST: 'EXISTS', EBUSY: 'BUSY', ENOSPC: 'NO_SPACE', EROFS: 'READ_ONLY', EIO: 'IO' };
 
+/**
+ * A --block-store given for a store that a daemon serves: the mount's status.json says which bottom the
+ * store has (absent in daemons older than the field: those serve only file stores).
+ */
+export async function checkMountedBlockStore(dir: string, vdiskDir: string, wanted: BlockStoreKind | undefined): Promise<void> {
+  if (wanted === undefined) return;
+  const st = JSON.parse(await readFile(join(vdiskDir, 'status.json'), 'utf8')) as Partial<StoreStatus>;
+  const recorded = st.pool?.blockStore ?? 'file';
+  if (recorded !== wanted) throw blockStoreMismatch(dir, recorded, wanted);
+}
+
 /** Run a control line on the store, directly or through the mount that holds it. */
-export async function runControl(dir: string, line: string): Promise<string> {
+export async function runControl(dir: string, line: string, opts: StoreOptions = {}): Promise<string> {
   try {
-    return await withRegistry(dir, (reg) => runLine(reg, line));
+    return await withRegistry(dir, (reg) => runLine(reg, line), opts);
   } catch (e) {
     if (!isVdiskError(e, 'LOCKED')) throw e;
     const info = await readMountInfo(dir);
     if (!info) throw e;
     const vdisk = join(info.mountpoint, '.vdisk');
+    await checkMountedBlockStore(dir, vdisk, opts.blockStore);
     try {
       await appendFile(join(vdisk, 'ctl'), line + '\n');
       return `done through the mount at ${info.mountpoint}`;

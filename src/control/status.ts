@@ -1,6 +1,7 @@
 /** Status of the store (disks, snapshots, pool) as a JSON object and as a human table. */
 import type { Registry } from '../disk/registry.js';
 import { formatSize } from '../util/size.js';
+import type { BlockStoreKind } from '../meta/records.js';
 
 export interface SnapshotStatus { name: string; id: string; created: string; size: number; heldBytes: number }
 export interface DiskStatus {
@@ -14,7 +15,8 @@ export interface DiskStatus {
   snapshots: SnapshotStatus[];
 }
 export interface StoreStatus {
-  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null };
+  /** blockStore: where block data lives (`file`: pool files, `leveldb`: values in the store's LevelDB). */
+  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null; blockStore: BlockStoreKind };
   disks: DiskStatus[];
 }
 
@@ -50,7 +52,7 @@ export function storeStatus(reg: Registry): StoreStatus {
   const cap = ctx.pool.capacity;
   const used = ctx.pool.usedBytes();
   return {
-    pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null },
+    pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null, blockStore: reg.blockStore },
     disks,
   };
 }
@@ -66,6 +68,6 @@ export function renderStatus(st: StoreStatus): string {
   const lines = rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
   const p = st.pool;
   lines.push('');
-  lines.push(`pool: ${formatSize(p.usedBytes)} used` + (p.capacity !== null ? ` of ${formatSize(p.capacity)} (${formatSize(p.freeBytes ?? 0)} free)` : ' (no size limit)'));
+  lines.push(`pool: ${formatSize(p.usedBytes)} used` + (p.capacity !== null ? ` of ${formatSize(p.capacity)} (${formatSize(p.freeBytes ?? 0)} free)` : ' (no size limit)') + `, block data in ${p.blockStore === 'leveldb' ? 'LevelDB' : 'pool files'}`);
   return lines.join('\n') + '\n';
 }

@@ -4,10 +4,12 @@
  * Every command changes the store with one atomic batch; large table clean-ups (a deleted disk's blocks)
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
-import { openDb, type Db } from '../meta/db.js';
+import { openDb } from '../meta/db.js';
 import { DISK_PREFIX, SEQ_KEY, diskKey, historyKey } from '../meta/keys.js';
-import type { DiskRecord, SeqRecord } from '../meta/records.js';
+import type { BlockStoreKind, DiskRecord, SeqRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
+import { bottomFactory } from '../store/bottoms.js';
+import { sweepBlocks } from '../store/levelBlocks.js';
 import { Context, DiskState } from './context.js';
 import type { Table } from '../meta/table.js';
 import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
@@ -24,8 +26,13 @@ export interface OpenOptions {
   dir: string;
   poolSize?: number;
   wrap?: StoreWrapper;
-  /** Purge orphaned tables at open (default true; `check` opens without it to report them). */
+  /** Purge orphaned tables (and unreferenced block values) at open (default true; `check` opens without it to report them). */
   purge?: boolean;
+  /**
+   * Where block data lives: a new store is created with it (default `file`); an existing store must have
+   * been created with it (INVALID otherwise). Undefined: whatever the store recorded.
+   */
+  blockStore?: BlockStoreKind;
 }
 
 export class Registry {
@@ -33,12 +40,14 @@ export class Registry {
     readonly ctx: Context,
     readonly dir: string,
     readonly scan: ScanReport,
+    /** The store's bottom, as recorded in its format record. */
+    readonly blockStore: BlockStoreKind,
   ) {}
 
   static async open(opts: OpenOptions): Promise<Registry> {
-    const db: Db = await openDb(opts.dir);
+    const { db, blockStore } = await openDb(opts.dir, opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {});
     try {
-      const pool = new Pool(opts.dir, opts.poolSize ?? Infinity, opts.wrap);
+      const pool = new Pool(bottomFactory(blockStore, opts.dir, db), opts.poolSize ?? Infinity, opts.wrap);
       const ctx = new Context(db, pool);
       ctx.seq = JSON.parse((await db.getMany([SEQ_KEY]))[0]!) as SeqRecord;
       for await (const [, value] of db.iterator({ gte: DISK_PREFIX, lt: DISK_PREFIX + '~' })) {
@@ -46,8 +55,11 @@ export class Registry {
         ctx.disks.set(rec.name, new DiskState(rec, ctx));
       }
       const scan = await scanTables(ctx);
-      const reg = new Registry(ctx, opts.dir, scan);
+      const reg = new Registry(ctx, opts.dir, scan, blockStore);
       if (scan.orphanTables.size && opts.purge !== false) await purgeOrphans(ctx, scan.orphanTables);
+      // Block values whose discard was lost (a crash after the batch that freed them, a failed delete).
+      // The allocators now hold every referenced pbn, and nothing writes before open returns.
+      if (blockStore === 'leveldb' && opts.purge !== false) await sweepBlocks(db, (bs, pbn) => pool.isUsed(bs, pbn));
       return reg;
     } catch (e) {
       await db.close();

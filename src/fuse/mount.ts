@@ -108,14 +108,29 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     read(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
       const h = handles.get(fd);
       if (!h?.read) return cb(E.EBADF);
-      h.read(buf.subarray(0, len), pos).then(cb, (e) => cb(fail('read', path, e, { offset: pos, length: len })));
+      const dst = buf.subarray(0, len);
+      const failed = (e: unknown) => cb(fail('read', path, e, { offset: pos, length: len }));
+      try {
+        const n = h.readNow?.(dst, pos);
+        if (n !== undefined) return cb(n);
+      } catch (e) {
+        return failed(e);
+      }
+      h.read(dst, pos).then(cb, failed);
     },
     write(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
       const h = handles.get(fd);
       if (!h?.write) return cb(E.EBADF);
+      const failed = (e: unknown) => cb(fail('write', path, e, { offset: pos, length: len }));
+      try {
+        const n = h.writeNow?.(buf.subarray(0, len), pos);
+        if (n !== undefined) return cb(n);
+      } catch (e) {
+        return failed(e);
+      }
       // fuse-native reuses buf after we reply: copy it unless the handle is done with it by then.
       const data = h.usesBufferOnlyUntilReply ? buf.subarray(0, len) : Buffer.from(buf.subarray(0, len));
-      h.write(data, pos).then(cb, (e) => cb(fail('write', path, e, { offset: pos, length: len })));
+      h.write(data, pos).then(cb, failed);
     },
     truncate(path: string, size: number, cb: (err: number) => void) {
       const node = tree.lookup(path);

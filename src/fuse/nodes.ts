@@ -4,7 +4,7 @@
  * errno. Rendered files (status, history) are rendered at open and served from that buffer.
  */
 import type { Registry } from '../disk/registry.js';
-import { readView, writeDisk } from '../disk/io.js';
+import { readView, readViewNow, writeDisk, writeDiskNow } from '../disk/io.js';
 import { runLine } from '../control/commands.js';
 import { renderStatus, storeStatus } from '../control/status.js';
 import { VdiskError, readOnly, invalid } from '../errors.js';
@@ -26,6 +26,9 @@ export interface Handle {
   usesBufferOnlyUntilReply?: boolean;
   read?(dst: Buffer, pos: number): Promise<number>;
   write?(src: Buffer, pos: number): Promise<number>;
+  /** Synchronous attempts at read/write: a byte count, or undefined to take the async method instead. */
+  readNow?(dst: Buffer, pos: number): number | undefined;
+  writeNow?(src: Buffer, pos: number): number | undefined;
   truncate?(size: number): Promise<void>;
   fsync?(): Promise<void>;
   /** Called at every close(2) of a descriptor; its error is close's error (dd reports it). */
@@ -101,10 +104,15 @@ export class Tree {
         if (write) throw readOnly('snapshots are read-only');
         d.snapOpen.set(snap.id, (d.snapOpen.get(snap.id) ?? 0) + 1);
         let released = false;
+        const index = () => d.rec.snapshots.findIndex((s) => s.id === snap.id);
         return {
           read: (dst, pos) => {
-            const idx = d.rec.snapshots.findIndex((s) => s.id === snap.id);
+            const idx = index();
             return idx < 0 ? Promise.resolve(0) : readView(ctx, d, idx, pos, dst);
+          },
+          readNow: (dst, pos) => {
+            const idx = index();
+            return idx < 0 ? 0 : readViewNow(ctx, d, idx, pos, dst);
           },
           write: () => Promise.reject(readOnly('snapshots are read-only')),
           truncate: () => Promise.reject(readOnly('snapshots are read-only')),
@@ -137,10 +145,17 @@ export class Tree {
         return {
           usesBufferOnlyUntilReply: true,
           read: (dst, pos) => readView(ctx, d, -1, pos, dst),
+          readNow: (dst, pos) => readViewNow(ctx, d, -1, pos, dst),
           write: async (src, pos) => {
             if (pos >= d.rec.size) throw new VdiskError('INVALID', `write past the end of disk ${name}`);
             const n = await writeDisk(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src);
             this.mtimes.set(name, new Date());
+            return n;
+          },
+          writeNow: (src, pos) => {
+            if (pos >= d.rec.size) return undefined;
+            const n = writeDiskNow(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src);
+            if (n !== undefined) this.mtimes.set(name, new Date());
             return n;
           },
           truncate: (size) => this.truncateDisk(name, size),

@@ -1,12 +1,20 @@
 /**
  * Key layout of the LevelDB store (see KEYSPACE.md beside this file). Keys are UTF-8 strings whose numeric
  * parts are fixed-width lowercase hex, so LevelDB's byte order equals numeric order and a range of logical
- * blocks is one contiguous key range. Pure functions only.
+ * blocks is one contiguous key range. Values are UTF-8 strings, except block data (`b!`), which is binary.
+ * Pure functions only.
  */
 export const FORMAT_KEY = 'meta!format';
 export const SEQ_KEY = 'meta!seq';
+/** Written with sync:true to make everything before it durable. */
+export const SYNC_KEY = 'meta!sync';
 export const STORE_MAGIC = 'vdiskfs-store';
+/**
+ * Format versions: 1 keeps block data in pool files; 2 keeps it in LevelDB (`b!` keys). A `leveldb` store is
+ * version 2 so that a vdiskfs that knows only version 1 refuses it instead of reading every block as zeros.
+ */
 export const STORE_VERSION = 1;
+export const STORE_VERSION_LEVELDB = 2;
 
 const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
 
@@ -21,6 +29,20 @@ export const snapKey = (snapId: number, lbn: number): string => `s!${hex(snapId,
 export const snapPrefix = (snapId: number): string => `s!${hex(snapId, 8)}!`;
 export const historyKey = (seq: number): string => `h!${hex(seq, 12)}`;
 export const HISTORY_PREFIX = 'h!';
+
+/**
+ * Block data of the LevelDB bottom (LevelBlockStore): b!<blockSize:8>!<pbn:12>, value the block's bytes.
+ * The block size is in the key because pbns are numbered per block size, like the pool files.
+ */
+export const BLOCK_PREFIX = 'b!';
+export const blockKey = (blockSize: number, pbn: number): string => `b!${hex(blockSize, 8)}!${hex(pbn, 12)}`;
+export const blockPrefix = (blockSize: number): string => `b!${hex(blockSize, 8)}!`;
+
+/** The block size and pbn of a block key, or undefined if the key is not one. */
+export function parseBlockKey(key: string): { blockSize: number; pbn: number } | undefined {
+  const m = /^b!([0-9a-f]{8})!([0-9a-f]{12})$/.exec(key);
+  return m ? { blockSize: parseInt(m[1]!, 16), pbn: parseInt(m[2]!, 16) } : undefined;
+}
 
 export function lbnOfKey(key: string): number {
   return parseInt(key.slice(key.length - 12), 16);

@@ -1,4 +1,19 @@
-/** JSON records kept in the store: disks with their snapshot chains, history entries, counters. */
+/** JSON records kept in the store: the format record, disks with their snapshot chains, history entries, counters. */
+
+/**
+ * Where block data lives, fixed when the store is created: `file` — pool files addressed by physical block
+ * number (the default); `leveldb` — one LevelDB value per block in the store's database (for comparison).
+ */
+export type BlockStoreKind = 'file' | 'leveldb';
+export const BLOCK_STORE_KINDS: readonly BlockStoreKind[] = ['file', 'leveldb'];
+
+/** `meta!format`. Stores created before `blockStore` existed lack it: they are file stores. */
+export interface FormatRecord {
+  magic: string;
+  version: number;
+  created?: string;
+  blockStore?: BlockStoreKind;
+}
 export interface SnapshotRecord {
   /** Numeric id: key prefix of the snapshot's table. Unique within the store, never reused. */
   id: number;

@@ -100,6 +100,16 @@ export class Table {
     return mine ?? undefined;
   }
 
+  /**
+   * The entry if it is known without reading LevelDB: an Entry, null (known: no entry), or undefined
+   * (not in memory; use get()).
+   */
+  peek(lbn: number): Entry | null | undefined {
+    const p = this.pending.get(lbn);
+    if (p !== undefined) return p;
+    return this.cache.get(this.key(lbn));
+  }
+
   putOp(lbn: number, e: Entry): BatchOp {
     return { type: 'put', key: this.key(lbn), value: encodeEntry(e, this.withEpoch) };
   }

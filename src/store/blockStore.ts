@@ -1,8 +1,14 @@
 /**
  * The physical block store: fixed-size blocks addressed by physical block number (pbn). It knows nothing
  * of disks, tables or snapshots. One store serves one block size; the pool keeps one store per block size
- * in use. Implementations: PoolFileStore (block data in a file, the default) and LevelBlockStore (block data
- * inside LevelDB, kept for comparison). Layers (fault injection in tests) wrap an inner store.
+ * in use, opened through a BlockStoreFactory (the store's "bottom", chosen when the store is created and
+ * recorded in its format record):
+ * - PoolFileStore (`--block-store file`, the default): block data in `pool-<blockSize>.dat`, pbn at byte
+ *   pbn × blockSize. A freed pbn keeps its stale bytes until reused; the file never shrinks by itself.
+ * - LevelBlockStore (`--block-store leveldb`): one binary LevelDB value per block in the store's database,
+ *   beside the tables; kept to measure the single-database layout side by side (README, Performance).
+ *   A freed pbn's value must be deleted (discard) or the database would only grow.
+ * Layers (fault injection in tests) wrap an inner store and must forward the optional methods they can.
  */
 export interface BlockStore {
   readonly blockSize: number;
@@ -15,7 +21,24 @@ export interface BlockStore {
   readParallel?(pbn: number, dst: Buffer): Promise<void>;
   /** Write `data` (blockSize bytes, or a sub-range at offsetInBlock) to block `pbn`. */
   write(pbn: number, data: Buffer, offsetInBlock?: number): Promise<void>;
+  /**
+   * Synchronous read and write, for stores whose I/O is a copy to or from the page cache (the pool file).
+   * When present, a FUSE request whose blocks are all known in memory is served without an await (see
+   * the fast paths in disk/io.ts). Layers that cannot act synchronously (fault injection) leave them out.
+   */
+  readSync?(pbn: number, dst: Buffer, offsetInBlock?: number): void;
+  writeSync?(pbn: number, data: Buffer, offsetInBlock?: number): void;
+  /**
+   * The pbn is free: drop its data (stores that keep space per block). The pool calls it after the
+   * allocator frees the pbn, which for a referenced block happens only once the batch that dropped its last
+   * reference has committed; a write to the same pbn issued after discard() must not be undone by it.
+   * Losing a discard (a crash) only leaves unreferenced data, which the store removes at open.
+   */
+  discard?(pbn: number): Promise<void>;
   /** Make every completed write durable (fdatasync). */
   sync(): Promise<void>;
   close(): Promise<void>;
 }
+
+/** Opens the bottom store for one block size (the pool calls it once per block size in use). */
+export type BlockStoreFactory = (blockSize: number) => Promise<BlockStore>;

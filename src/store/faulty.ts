@@ -56,6 +56,12 @@ export class FaultyStore implements BlockStore {
     await this.inner.write(pbn, data, offsetInBlock);
   }
 
+  /** Forwarded; unsynced writes of the pbn are dropped with it (a later sync must not bring them back). */
+  async discard(pbn: number): Promise<void> {
+    for (const [k, w] of this.unsynced) if (w.pbn === pbn) this.unsynced.delete(k);
+    await this.inner.discard?.(pbn);
+  }
+
   async sync(): Promise<void> {
     for (const w of this.unsynced.values()) await this.inner.write(w.pbn, w.data, w.offset);
     this.unsynced.clear();

@@ -1,14 +1,17 @@
 /**
  * The pool of physical blocks: one BlockStore and one Allocator per block size, and the capacity limit
  * (--pool-size) across all of them. Capacity counts every used pbn once, whoever references it.
- * This is the one place the stack of block-store layers is assembled (see `wrap`).
+ * This is the one place the stack of block-store layers is assembled: the bottom comes from the factory
+ * the registry chose for the store (bottoms.ts), layers from `wrap`.
+ * Freeing a pbn also discards its data in stores that keep space per block (LevelBlockStore).
  */
-import { join } from 'node:path';
 import { Allocator } from './allocator.js';
-import type { BlockStore } from './blockStore.js';
-import { PoolFileStore } from './poolFile.js';
+import type { BlockStore, BlockStoreFactory } from './blockStore.js';
 import { noSpace } from '../errors.js';
 import { formatSize } from '../util/size.js';
+import { logger } from '../log.js';
+
+const log = logger('pool');
 
 export type StoreWrapper = (inner: BlockStore) => BlockStore;
 
@@ -16,9 +19,11 @@ export class Pool {
   private stores = new Map<number, BlockStore>();
   private allocators = new Map<number, Allocator>();
   private opening = new Map<number, Promise<BlockStore>>();
+  /** pbns freed while their block size's store was still opening: discarded before anyone gets the store. */
+  private discardsAtOpen = new Map<number, number[]>();
 
   constructor(
-    private dir: string,
+    private openBottom: BlockStoreFactory,
     /** Capacity in bytes; Infinity when unlimited. */
     public capacity: number,
     private wrap: StoreWrapper = (s) => s,
@@ -38,14 +43,22 @@ export class Pool {
     if (s) return s;
     let p = this.opening.get(blockSize);
     if (!p) {
-      p = PoolFileStore.open(join(this.dir, `pool-${blockSize}.dat`), blockSize).then((st) => {
+      p = this.openBottom(blockSize).then((st) => {
         const wrapped = this.wrap(st);
         this.stores.set(blockSize, wrapped);
+        // Before any caller gets the store: a write to a pbn freed earlier then comes after its discard.
+        for (const pbn of this.discardsAtOpen.get(blockSize) ?? []) this.discard(wrapped, pbn);
+        this.discardsAtOpen.delete(blockSize);
         return wrapped;
       });
       this.opening.set(blockSize, p);
     }
     return p;
+  }
+
+  /** The store for blockSize if it is open already (the synchronous fast paths never open one). */
+  storeNow(blockSize: number): BlockStore | undefined {
+    return this.stores.get(blockSize);
   }
 
   usedBytes(): number {
@@ -66,15 +79,39 @@ export class Pool {
     return this.allocator(blockSize).allocate();
   }
 
+  /** Whether the pbn is in use (unlike allocator(), creates nothing for a block size never seen). */
+  isUsed(blockSize: number, pbn: number): boolean {
+    return this.allocators.get(blockSize)?.isUsed(pbn) ?? false;
+  }
+
+  /**
+   * The pbn is free again. Callers free a referenced block only after the batch that dropped its last
+   * reference committed, and a reserved one only if no batch referencing it was queued or its batch failed
+   * (see disk/io.ts): either way its data may go. The discard is ordered before any later write to the pbn
+   * (by the store's own per-pbn order, or by discardsAtOpen while the store opens); one that fails leaves
+   * unreferenced data that the store's open-time sweep removes.
+   */
   free(blockSize: number, pbn: number): void {
     this.allocator(blockSize).free(pbn);
+    const s = this.stores.get(blockSize);
+    if (s) return this.discard(s, pbn);
+    let list = this.discardsAtOpen.get(blockSize);
+    if (!list) this.discardsAtOpen.set(blockSize, (list = []));
+    list.push(pbn);
+    void this.store(blockSize).catch(() => undefined);
+  }
+
+  private discard(s: BlockStore, pbn: number): void {
+    s.discard?.(pbn).catch((e: unknown) => log.warn({ err: e, pbn, blockSize: s.blockSize }, 'discarding a freed block failed; the open-time sweep will remove it'));
   }
 
   async sync(): Promise<void> {
+    await Promise.allSettled([...this.opening.values()]); // a store still opening may have discards queued
     await Promise.all([...this.stores.values()].map((s) => s.sync()));
   }
 
   async close(): Promise<void> {
+    await Promise.allSettled([...this.opening.values()]);
     await Promise.all([...this.stores.values()].map((s) => s.close()));
     this.stores.clear();
   }

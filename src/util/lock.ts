@@ -19,6 +19,11 @@ export class KeyedLock {
     };
   }
 
+  /** True while someone holds or waits for `key` (the fast paths then take the locking path). */
+  isLocked(key: number): boolean {
+    return this.tails.has(key);
+  }
+
   /** Acquire many keys in ascending order; returns one release for all. */
   async acquireAll(keys: number[]): Promise<() => void> {
     const sorted = [...new Set(keys)].sort((a, b) => a - b);
@@ -35,6 +40,11 @@ export class Gate {
   private shared = 0;
   private exclusive: Promise<void> | null = null;
   private drained: (() => void) | null = null;
+
+  /** True while a control operation holds the gate or waits for it. */
+  get closed(): boolean {
+    return this.exclusive !== null;
+  }
 
   async enter(): Promise<void> {
     while (this.exclusive) await this.exclusive;

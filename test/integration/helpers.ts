@@ -240,7 +240,7 @@ export interface DiskStatus {
   snapshots: SnapshotStatus[];
 }
 export interface StoreStatus {
-  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null };
+  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null; blockStore?: 'file' | 'leveldb' };
   disks: DiskStatus[];
 }
 

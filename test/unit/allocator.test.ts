@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { Allocator } from '../../src/store/allocator.js';
 import { Pool } from '../../src/store/pool.js';
+import { poolFiles } from '../../src/store/bottoms.js';
 import { VdiskError } from '../../src/errors.js';
 import { prng, tempDir, cleanupDirs } from './helpers.js';
 import { afterAll } from 'vitest';
@@ -104,7 +105,7 @@ describe('Allocator', () => {
 describe('Pool', () => {
   it('counts bytes across block sizes and refuses allocation past capacity with NO_SPACE', async () => {
     const dir = await tempDir();
-    const pool = new Pool(dir, 3 * 4096 + 65536);
+    const pool = new Pool(poolFiles(dir), 3 * 4096 + 65536);
     pool.allocate(65536);
     pool.allocate(4096);
     pool.allocate(4096);
@@ -130,7 +131,7 @@ describe('Pool', () => {
 
   it('stores and reads blocks, including sub-ranges, and reads unwritten space as zeros', async () => {
     const dir = await tempDir();
-    const pool = new Pool(dir, Infinity);
+    const pool = new Pool(poolFiles(dir), Infinity);
     const s = await pool.store(4096);
     expect(await pool.store(4096)).toBe(s);
     const data = Buffer.alloc(4096, 0xab);

@@ -1,10 +1,11 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { Registry } from '../../src/disk/registry.js';
 import type { DiskState } from '../../src/disk/context.js';
-import { writeDisk, readView } from '../../src/disk/io.js';
+import { writeDisk, readView, writeDiskNow, readViewNow } from '../../src/disk/io.js';
 import { createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from '../../src/disk/snapshots.js';
 import { storeStatus, renderStatus } from '../../src/control/status.js';
 import { MAX_VIRTUAL_SIZE } from '../../src/util/size.js';
+import type { BlockStoreKind } from '../../src/meta/records.js';
 import { prng, randomBytes, tempDir, cleanupDirs, expectCode } from './helpers.js';
 
 afterAll(cleanupDirs);
@@ -13,11 +14,13 @@ const K = 1024;
 const M = 1024 * 1024;
 const TiB = 1024 ** 4;
 
-async function fresh(poolSize?: number): Promise<{ dir: string; reg: Registry }> {
+async function freshStore(poolSize?: number, blockStore: BlockStoreKind = 'file'): Promise<{ dir: string; reg: Registry }> {
   const dir = await tempDir();
-  const reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}) });
+  const reg = await Registry.open({ dir, blockStore, ...(poolSize !== undefined ? { poolSize } : {}) });
   return { dir, reg };
 }
+
+const fresh = (poolSize?: number): Promise<{ dir: string; reg: Registry }> => freshStore(poolSize);
 
 async function read(reg: Registry, d: DiskState, offset: number, length: number, snap = -1): Promise<Buffer> {
   const b = Buffer.alloc(length, 0xee);
@@ -124,7 +127,7 @@ describe('create / resize / delete validation', () => {
     await expectCode(writeDisk(reg.ctx, d, -1, Buffer.alloc(1, 1)), 'INVALID');
     const st = storeStatus(reg);
     expect(st.disks[0]).toMatchObject({ name: 'big', size: 16 * TiB, blockSize: 65536, allocatedBytes: 3 * 65536 });
-    expect(st.pool).toEqual({ capacity: null, usedBytes: 3 * 65536, freeBytes: null });
+    expect(st.pool).toEqual({ capacity: null, usedBytes: 3 * 65536, freeBytes: null, blockStore: 'file' });
     expect(renderStatus(st)).toContain('16T');
     await reg.close();
   });
@@ -147,352 +150,357 @@ describe('create / resize / delete validation', () => {
   });
 });
 
-describe('read / write', () => {
-  it('round-trips writes at odd offsets and lengths against a reference buffer (seeded)', async () => {
-    const seed = 777;
-    const rnd = prng(seed);
-    const { reg } = await fresh();
-    for (const [name, size, bs] of [['a', 256 * K, 4096], ['b', M, 65536], ['c', 300 * 512, 8192]] as const) {
-      await reg.create(name, size, bs);
-      const d = reg.disk(name);
-      const ref = Buffer.alloc(size);
-      for (let i = 0; i < 60; i++) {
-        const off = Math.floor(rnd() * size);
-        const len = Math.min(size - off, 1 + Math.floor(rnd() * bs * 3));
-        const buf = rnd() < 0.2 ? Buffer.alloc(len) : randomBytes(rnd, len);
-        await writeDisk(reg.ctx, d, off, buf);
-        buf.copy(ref, off);
-        const roff = Math.floor(rnd() * size);
-        const rlen = 1 + Math.floor(rnd() * bs * 3);
-        const got = await read(reg, d, roff, rlen);
-        expect(got.equals(ref.subarray(roff, Math.min(size, roff + rlen))), `seed ${seed} disk ${name} step ${i}`).toBe(true);
+// The block I/O tests run against both bottoms: pool files and block data inside LevelDB.
+describe.each(['file', 'leveldb'] as const)('block store %s', (bottom) => {
+  const fresh = (poolSize?: number): Promise<{ dir: string; reg: Registry }> => freshStore(poolSize, bottom);
+
+  describe('read / write', () => {
+    it('round-trips writes at odd offsets and lengths against a reference buffer (seeded)', async () => {
+      const seed = 777;
+      const rnd = prng(seed);
+      const { reg } = await fresh();
+      for (const [name, size, bs] of [['a', 256 * K, 4096], ['b', M, 65536], ['c', 300 * 512, 8192]] as const) {
+        await reg.create(name, size, bs);
+        const d = reg.disk(name);
+        const ref = Buffer.alloc(size);
+        for (let i = 0; i < 60; i++) {
+          const off = Math.floor(rnd() * size);
+          const len = Math.min(size - off, 1 + Math.floor(rnd() * bs * 3));
+          const buf = rnd() < 0.2 ? Buffer.alloc(len) : randomBytes(rnd, len);
+          await writeDisk(reg.ctx, d, off, buf);
+          buf.copy(ref, off);
+          const roff = Math.floor(rnd() * size);
+          const rlen = 1 + Math.floor(rnd() * bs * 3);
+          const got = await read(reg, d, roff, rlen);
+          expect(got.equals(ref.subarray(roff, Math.min(size, roff + rlen))), `seed ${seed} disk ${name} step ${i}`).toBe(true);
+        }
+        expect((await read(reg, d, 0, size)).equals(ref), `seed ${seed} disk ${name} full`).toBe(true);
+        let nonZero = 0;
+        for (let lbn = 0; lbn * bs < size; lbn++) if (!ref.subarray(lbn * bs, (lbn + 1) * bs).every((x) => x === 0)) nonZero++;
+        expect(d.allocated, `seed ${seed} disk ${name}`).toBeGreaterThanOrEqual(nonZero);
       }
-      expect((await read(reg, d, 0, size)).equals(ref), `seed ${seed} disk ${name} full`).toBe(true);
-      let nonZero = 0;
-      for (let lbn = 0; lbn * bs < size; lbn++) if (!ref.subarray(lbn * bs, (lbn + 1) * bs).every((x) => x === 0)) nonZero++;
-      expect(d.allocated, `seed ${seed} disk ${name}`).toBeGreaterThanOrEqual(nonZero);
-    }
-    await reg.close();
+      await reg.close();
+    });
+
+    // BUG (minor): readView does not validate its offset like writeDisk does: a negative offset reads
+    // "before the disk" as zeros and returns a full count, a fractional one escapes as Node's
+    // ERR_OUT_OF_RANGE instead of a VdiskError (errors.ts: "the core throws only these").
+    it('readView refuses a negative or fractional offset with INVALID', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      await writeDisk(reg.ctx, d, 0, Buffer.alloc(4096, 1));
+      await expectCode(readView(reg.ctx, d, -1, -8, Buffer.alloc(16)), 'INVALID'); // returns 16 today
+      await expectCode(readView(reg.ctx, d, -1, 1.5, Buffer.alloc(16)), 'INVALID'); // ERR_OUT_OF_RANGE today
+      await reg.close();
+    });
+
+    it('a zero-length write and a read at or past the end do nothing', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      expect(await writeDisk(reg.ctx, d, 64 * K, Buffer.alloc(0))).toBe(0);
+      expect(await writeDisk(reg.ctx, d, 100, Buffer.alloc(0))).toBe(0);
+      expect(await readView(reg.ctx, d, -1, 64 * K, Buffer.alloc(10))).toBe(0);
+      expect(await readView(reg.ctx, d, -1, 64 * K + 4096, Buffer.alloc(10))).toBe(0);
+      expect(d.allocated).toBe(0);
+      await reg.close();
+    });
+
+    it('writing a whole zero block frees the block; zero writes to holes allocate nothing', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      await writeDisk(reg.ctx, d, 0, zeros(64 * K));
+      expect(d.allocated).toBe(0);
+      expect(reg.ctx.pool.usedBytes()).toBe(0);
+      await writeDisk(reg.ctx, d, 4096, Buffer.alloc(3 * 4096, 7));
+      expect(d.allocated).toBe(3);
+      await writeDisk(reg.ctx, d, 4096 * 2, zeros(4096));
+      expect(d.allocated).toBe(2);
+      await reg.ctx.drain(); // plain writes commit asynchronously; the freed block is released after the commit
+      expect(reg.ctx.pool.usedBytes()).toBe(2 * 4096);
+      const got = await read(reg, d, 4096, 3 * 4096);
+      expect(got.equals(Buffer.concat([Buffer.alloc(4096, 7), zeros(4096), Buffer.alloc(4096, 7)]))).toBe(true);
+      // zeros spanning partial + whole blocks
+      await writeDisk(reg.ctx, d, 4096 + 100, zeros(2 * 4096));
+      expect(await read(reg, d, 4096, 100)).toEqual(Buffer.alloc(100, 7));
+      expect(await read(reg, d, 4096 + 100, 2 * 4096)).toEqual(zeros(2 * 4096));
+      expect(await read(reg, d, 3 * 4096 + 100, 4096 - 100)).toEqual(Buffer.alloc(4096 - 100, 7));
+      await reg.close();
+    });
+
+    it('a partial zero write zeroes only its range', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      const data = randomBytes(prng(3), 4096);
+      await writeDisk(reg.ctx, d, 8192, data);
+      await writeDisk(reg.ctx, d, 8192 + 10, zeros(20));
+      const want = Buffer.from(data);
+      want.fill(0, 10, 30);
+      expect(await read(reg, d, 8192, 4096)).toEqual(want);
+      expect(d.allocated).toBe(1);
+      // a partial zero write into a hole allocates nothing
+      await writeDisk(reg.ctx, d, 100, zeros(50));
+      expect(d.allocated).toBe(1);
+      expect(reg.ctx.pool.usedBytes()).toBe(4096);
+      await reg.close();
+    });
+
+    it('partial writes into a hole keep the rest of the block zero', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 65536);
+      const d = reg.disk('d');
+      await writeDisk(reg.ctx, d, 1000, Buffer.from('abc'));
+      const got = await read(reg, d, 0, 64 * K);
+      const want = zeros(64 * K);
+      want.write('abc', 1000);
+      expect(got.equals(want)).toBe(true);
+      await reg.close();
+    });
   });
 
-  // BUG (minor): readView does not validate its offset like writeDisk does: a negative offset reads
-  // "before the disk" as zeros and returns a full count, a fractional one escapes as Node's
-  // ERR_OUT_OF_RANGE instead of a VdiskError (errors.ts: "the core throws only these").
-  it('readView refuses a negative or fractional offset with INVALID', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    await writeDisk(reg.ctx, d, 0, Buffer.alloc(4096, 1));
-    await expectCode(readView(reg.ctx, d, -1, -8, Buffer.alloc(16)), 'INVALID'); // returns 16 today
-    await expectCode(readView(reg.ctx, d, -1, 1.5, Buffer.alloc(16)), 'INVALID'); // ERR_OUT_OF_RANGE today
-    await reg.close();
+  describe('resize', () => {
+    it('shrink frees blocks past the end, zeroes the tail, and growing again reads zeros', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      const data = randomBytes(prng(5), 64 * K);
+      await writeDisk(reg.ctx, d, 0, data);
+      expect(d.allocated).toBe(16);
+      await reg.resize('d', 5 * 4096 + 1024);
+      expect(d.rec.size).toBe(5 * 4096 + 1024);
+      expect(d.allocated).toBe(6);
+      expect(reg.ctx.pool.usedBytes()).toBe(6 * 4096);
+      expect(await read(reg, d, 0, 64 * K)).toEqual(data.subarray(0, 5 * 4096 + 1024));
+      await expectCode(writeDisk(reg.ctx, d, 5 * 4096 + 1024, Buffer.alloc(1, 1)), 'INVALID');
+      await reg.resize('d', 64 * K);
+      const got = await read(reg, d, 0, 64 * K);
+      expect(got.subarray(0, 5 * 4096 + 1024)).toEqual(data.subarray(0, 5 * 4096 + 1024));
+      expect(got.subarray(5 * 4096 + 1024).equals(zeros(64 * K - 5 * 4096 - 1024))).toBe(true);
+      expect(d.allocated).toBe(6);
+      await reg.close();
+    });
+
+    it('shrink to a block boundary and to one sector', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      await writeDisk(reg.ctx, d, 0, Buffer.alloc(64 * K, 9));
+      await reg.resize('d', 8192);
+      expect(d.allocated).toBe(2);
+      await reg.resize('d', 512);
+      expect(d.allocated).toBe(1);
+      await reg.resize('d', 8192);
+      const got = await read(reg, d, 0, 8192);
+      expect(got.subarray(0, 512)).toEqual(Buffer.alloc(512, 9));
+      expect(got.subarray(512).equals(zeros(8192 - 512))).toBe(true);
+      await reg.close();
+    });
+
+    it('shrink keeps the latest snapshot intact and rollback restores the old size and data', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      const data = randomBytes(prng(6), 64 * K);
+      await writeDisk(reg.ctx, d, 0, data);
+      await createSnapshot(reg.ctx, d, 's');
+      await reg.resize('d', 3000 + 1096); // 4096: one block
+      await reg.resize('d', 3 * 4096 + 512);
+      expect(await read(reg, d, 0, 64 * K)).toEqual(Buffer.concat([data.subarray(0, 4096), zeros(2 * 4096 + 512)]));
+      expect((await read(reg, d, 0, 64 * K, 0)).equals(data)).toBe(true);
+      expect(reg.ctx.pool.usedBytes()).toBe(16 * 4096);
+      await rollback(reg.ctx, d, 's');
+      expect(d.rec.size).toBe(64 * K);
+      expect((await read(reg, d, 0, 64 * K)).equals(data)).toBe(true);
+      await reg.close();
+    });
   });
 
-  it('a zero-length write and a read at or past the end do nothing', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    expect(await writeDisk(reg.ctx, d, 64 * K, Buffer.alloc(0))).toBe(0);
-    expect(await writeDisk(reg.ctx, d, 100, Buffer.alloc(0))).toBe(0);
-    expect(await readView(reg.ctx, d, -1, 64 * K, Buffer.alloc(10))).toBe(0);
-    expect(await readView(reg.ctx, d, -1, 64 * K + 4096, Buffer.alloc(10))).toBe(0);
-    expect(d.allocated).toBe(0);
-    await reg.close();
+  describe('pool full', () => {
+    it('fails a write with NO_SPACE and changes nothing; in-place overwrites still work', async () => {
+      const { reg } = await fresh(4 * 4096);
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      const rnd = prng(11);
+      const first = randomBytes(rnd, 4 * 4096);
+      await writeDisk(reg.ctx, d, 0, first);
+      expect(reg.ctx.pool.usedBytes()).toBe(4 * 4096);
+      // A write overlapping an allocated block (in place) and a hole (needs a new block) fails as a whole.
+      const spanning = randomBytes(rnd, 2 * 4096);
+      await expectCode(writeDisk(reg.ctx, d, 3 * 4096, spanning), 'NO_SPACE');
+      await expectCode(writeDisk(reg.ctx, d, 10 * 4096, Buffer.alloc(1, 1)), 'NO_SPACE');
+      expect((await read(reg, d, 0, 64 * K)).equals(Buffer.concat([first, zeros(64 * K - first.length)]))).toBe(true);
+      expect(d.allocated).toBe(4);
+      expect(reg.ctx.pool.usedBytes()).toBe(4 * 4096);
+      // in place
+      const over = randomBytes(rnd, 5000);
+      await writeDisk(reg.ctx, d, 1000, over);
+      over.copy(first, 1000);
+      expect((await read(reg, d, 0, 4 * 4096)).equals(first)).toBe(true);
+      // freeing a block makes room again (once its commit is through)
+      await writeDisk(reg.ctx, d, 0, zeros(4096));
+      await reg.ctx.drain();
+      await writeDisk(reg.ctx, d, 10 * 4096, Buffer.alloc(4096, 3));
+      expect(await read(reg, d, 10 * 4096, 4096)).toEqual(Buffer.alloc(4096, 3));
+      await reg.ctx.drain();
+      expect(reg.ctx.pool.usedBytes()).toBe(4 * 4096);
+      await reg.close();
+    });
+
+    // Regression (broken by the group commit in 6e73131, fixed in 7ae2d1a): a plain write returns before its
+    // batch commits and the blocks it stops referencing are freed only after that commit, so on a full pool
+    // the space freed by a zero write (discard) was not available to the very next write (NO_SPACE).
+    it('space freed by a zero write is reusable by the next write on a full pool', async () => {
+      const { reg } = await fresh(4096);
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      await writeDisk(reg.ctx, d, 0, Buffer.alloc(4096, 7));
+      await writeDisk(reg.ctx, d, 0, zeros(4096));
+      expect(d.allocated).toBe(0);
+      await writeDisk(reg.ctx, d, 8192, Buffer.alloc(4096, 1));
+      expect(await read(reg, d, 8192, 4096)).toEqual(Buffer.alloc(4096, 1));
+      await reg.close();
+    });
+
+    it('a copy-on-write overwrite after a snapshot needs space; NO_SPACE keeps both views intact', async () => {
+      const { reg } = await fresh(2 * 4096);
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      await writeDisk(reg.ctx, d, 0, Buffer.alloc(2 * 4096, 1));
+      await createSnapshot(reg.ctx, d, 's');
+      await expectCode(writeDisk(reg.ctx, d, 10, Buffer.alloc(10, 2)), 'NO_SPACE');
+      expect(await read(reg, d, 0, 8192)).toEqual(Buffer.alloc(8192, 1));
+      expect(await read(reg, d, 0, 8192, 0)).toEqual(Buffer.alloc(8192, 1));
+      // whole zero writes need no space even after a snapshot
+      await writeDisk(reg.ctx, d, 0, zeros(4096));
+      expect(await read(reg, d, 0, 4096)).toEqual(zeros(4096));
+      expect(await read(reg, d, 0, 4096, 0)).toEqual(Buffer.alloc(4096, 1));
+      expect(reg.ctx.pool.usedBytes()).toBe(2 * 4096);
+      // rollback needs a block for the changed data block: NO_SPACE, nothing changed
+      await expectCode(rollback(reg.ctx, d, 's'), 'NO_SPACE');
+      expect(await read(reg, d, 0, 4096)).toEqual(zeros(4096));
+      expect(d.rec.snapshots.length).toBe(1);
+      expect(reg.ctx.pool.usedBytes()).toBe(2 * 4096);
+      await deleteSnapshot(reg.ctx, d, 's');
+      expect(reg.ctx.pool.usedBytes()).toBe(4096);
+      await reg.close();
+    });
   });
 
-  it('writing a whole zero block frees the block; zero writes to holes allocate nothing', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    await writeDisk(reg.ctx, d, 0, zeros(64 * K));
-    expect(d.allocated).toBe(0);
-    expect(reg.ctx.pool.usedBytes()).toBe(0);
-    await writeDisk(reg.ctx, d, 4096, Buffer.alloc(3 * 4096, 7));
-    expect(d.allocated).toBe(3);
-    await writeDisk(reg.ctx, d, 4096 * 2, zeros(4096));
-    expect(d.allocated).toBe(2);
-    await reg.ctx.drain(); // plain writes commit asynchronously; the freed block is released after the commit
-    expect(reg.ctx.pool.usedBytes()).toBe(2 * 4096);
-    const got = await read(reg, d, 4096, 3 * 4096);
-    expect(got.equals(Buffer.concat([Buffer.alloc(4096, 7), zeros(4096), Buffer.alloc(4096, 7)]))).toBe(true);
-    // zeros spanning partial + whole blocks
-    await writeDisk(reg.ctx, d, 4096 + 100, zeros(2 * 4096));
-    expect(await read(reg, d, 4096, 100)).toEqual(Buffer.alloc(100, 7));
-    expect(await read(reg, d, 4096 + 100, 2 * 4096)).toEqual(zeros(2 * 4096));
-    expect(await read(reg, d, 3 * 4096 + 100, 4096 - 100)).toEqual(Buffer.alloc(4096 - 100, 7));
-    await reg.close();
+  describe('snapshots, clones, rollback (basic)', () => {
+    it('snapshot is instant and keeps its content; clone reads through; rollback restores', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const d = reg.disk('d');
+      const rnd = prng(21);
+      const v1 = randomBytes(rnd, 64 * K);
+      await writeDisk(reg.ctx, d, 0, v1);
+      const used = reg.ctx.pool.usedBytes();
+      await createSnapshot(reg.ctx, d, 's1');
+      expect(reg.ctx.pool.usedBytes()).toBe(used);
+      const patch = randomBytes(rnd, 5000);
+      await writeDisk(reg.ctx, d, 3000, patch);
+      const v2 = Buffer.from(v1);
+      patch.copy(v2, 3000);
+      expect((await read(reg, d, 0, 64 * K)).equals(v2)).toBe(true);
+      expect((await read(reg, d, 0, 64 * K, 0)).equals(v1)).toBe(true);
+      expect(d.held.get(d.rec.snapshots[0]!.id)).toBe(2); // [3000, 8000) touches blocks 0 and 1
+      await cloneSnapshot(reg.ctx, d, 's1', 'c');
+      const c = reg.disk('c');
+      expect((await read(reg, c, 0, 64 * K)).equals(v1)).toBe(true);
+      expect(c.allocated).toBe(0);
+      await writeDisk(reg.ctx, c, 0, zeros(4096));
+      expect(await read(reg, c, 0, 4096)).toEqual(zeros(4096));
+      expect(await read(reg, d, 0, 4096, 0)).toEqual(v1.subarray(0, 4096));
+      await expectCode(deleteSnapshot(reg.ctx, d, 's1'), 'BUSY');
+      await expectCode(reg.delete('d', { recursive: true }), 'BUSY');
+      await rollback(reg.ctx, d, 's1');
+      expect((await read(reg, d, 0, 64 * K)).equals(v1)).toBe(true);
+      await reg.delete('c');
+      await deleteSnapshot(reg.ctx, d, 's1');
+      await reg.ctx.drain();
+      expect(reg.ctx.pool.usedBytes()).toBe(d.allocated * 4096);
+      expect(d.allocated).toBe(16);
+      await reg.close();
+    });
   });
 
-  it('a partial zero write zeroes only its range', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    const data = randomBytes(prng(3), 4096);
-    await writeDisk(reg.ctx, d, 8192, data);
-    await writeDisk(reg.ctx, d, 8192 + 10, zeros(20));
-    const want = Buffer.from(data);
-    want.fill(0, 10, 30);
-    expect(await read(reg, d, 8192, 4096)).toEqual(want);
-    expect(d.allocated).toBe(1);
-    // a partial zero write into a hole allocates nothing
-    await writeDisk(reg.ctx, d, 100, zeros(50));
-    expect(d.allocated).toBe(1);
-    expect(reg.ctx.pool.usedBytes()).toBe(4096);
-    await reg.close();
+  describe('table cache', () => {
+    // BUG: commitChanges stages the preserved entry of a hole as `preservedOf(c)` = a *new* {kind:'inherit'}
+    // object, and after the commit calls snapTable.committed(lbn, preservedOf(c)) with another new object;
+    // Table.committed compares with `===`, so the staged entry is never taken out of `pending` (which is
+    // never evicted). Every hole first written after a snapshot leaks one pending entry for as long as the
+    // snapshot lives: filling a fresh 500G disk (64K blocks) after a snapshot leaves ~8M entries in memory.
+    it('committed changes leave no pending entries behind (white-box)', async () => {
+      const { reg } = await fresh();
+      await reg.create('d', 256 * K, 4096);
+      const d = reg.disk('d');
+      await writeDisk(reg.ctx, d, 0, Buffer.alloc(8 * 4096, 1));
+      await createSnapshot(reg.ctx, d, 's');
+      await writeDisk(reg.ctx, d, 0, Buffer.alloc(64 * 4096, 2)); // 8 preserved data blocks, 56 preserved holes
+      await reg.ctx.drain();
+      const pending = (t: unknown) => (t as { pending: Map<number, unknown> }).pending.size;
+      expect(pending(d.live)).toBe(0);
+      expect(pending(d.snapTable(d.rec.snapshots[0]!.id))).toBe(0); // 56 today
+      await reg.close();
+    });
   });
 
-  it('partial writes into a hole keep the rest of the block zero', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 65536);
-    const d = reg.disk('d');
-    await writeDisk(reg.ctx, d, 1000, Buffer.from('abc'));
-    const got = await read(reg, d, 0, 64 * K);
-    const want = zeros(64 * K);
-    want.write('abc', 1000);
-    expect(got.equals(want)).toBe(true);
-    await reg.close();
-  });
-});
+  describe('clones of clones, shrink and rollback', () => {
+    it('shrinking a clone of a clone keeps its snapshot, growing reads zeros, rollback restores (across reopen)', async () => {
+      const { dir, reg } = await fresh();
+      await reg.create('d', 64 * K, 4096);
+      const rnd = prng(44);
+      const base = randomBytes(rnd, 64 * K);
+      await writeDisk(reg.ctx, reg.disk('d'), 0, base);
+      await createSnapshot(reg.ctx, reg.disk('d'), 's');
+      await cloneSnapshot(reg.ctx, reg.disk('d'), 's', 'c1');
+      const b3 = randomBytes(rnd, 4096);
+      await writeDisk(reg.ctx, reg.disk('c1'), 3 * 4096, b3);
+      await writeDisk(reg.ctx, reg.disk('c1'), 9 * 4096, zeros(4096));
+      await createSnapshot(reg.ctx, reg.disk('c1'), 't');
+      await cloneSnapshot(reg.ctx, reg.disk('c1'), 't', 'c2');
+      await writeDisk(reg.ctx, reg.disk('d'), 0, Buffer.alloc(64 * K, 0x11)); // the origin moves on
+      const want = Buffer.from(base);
+      b3.copy(want, 3 * 4096);
+      want.fill(0, 9 * 4096, 10 * 4096);
+      const c2 = reg.disk('c2');
+      expect((await read(reg, c2, 0, 64 * K)).equals(want)).toBe(true);
+      await writeDisk(reg.ctx, c2, 12 * 4096 + 5, Buffer.from('tail'));
+      want.write('tail', 12 * 4096 + 5);
+      await createSnapshot(reg.ctx, c2, 'u');
+      await reg.resize('c2', 4 * 4096 + 512);
+      expect((await read(reg, c2, 0, 64 * K, 0)).equals(want)).toBe(true);
+      await reg.resize('c2', 64 * K);
+      const shrunk = Buffer.alloc(64 * K);
+      want.copy(shrunk, 0, 0, 4 * 4096 + 512);
+      expect((await read(reg, c2, 0, 64 * K)).equals(shrunk)).toBe(true);
+      expect((await read(reg, c2, 0, 64 * K, 0)).equals(want)).toBe(true);
+      await createSnapshot(reg.ctx, c2, 'v');
+      await reg.close();
 
-describe('resize', () => {
-  it('shrink frees blocks past the end, zeroes the tail, and growing again reads zeros', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    const data = randomBytes(prng(5), 64 * K);
-    await writeDisk(reg.ctx, d, 0, data);
-    expect(d.allocated).toBe(16);
-    await reg.resize('d', 5 * 4096 + 1024);
-    expect(d.rec.size).toBe(5 * 4096 + 1024);
-    expect(d.allocated).toBe(6);
-    expect(reg.ctx.pool.usedBytes()).toBe(6 * 4096);
-    expect(await read(reg, d, 0, 64 * K)).toEqual(data.subarray(0, 5 * 4096 + 1024));
-    await expectCode(writeDisk(reg.ctx, d, 5 * 4096 + 1024, Buffer.alloc(1, 1)), 'INVALID');
-    await reg.resize('d', 64 * K);
-    const got = await read(reg, d, 0, 64 * K);
-    expect(got.subarray(0, 5 * 4096 + 1024)).toEqual(data.subarray(0, 5 * 4096 + 1024));
-    expect(got.subarray(5 * 4096 + 1024).equals(zeros(64 * K - 5 * 4096 - 1024))).toBe(true);
-    expect(d.allocated).toBe(6);
-    await reg.close();
-  });
-
-  it('shrink to a block boundary and to one sector', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    await writeDisk(reg.ctx, d, 0, Buffer.alloc(64 * K, 9));
-    await reg.resize('d', 8192);
-    expect(d.allocated).toBe(2);
-    await reg.resize('d', 512);
-    expect(d.allocated).toBe(1);
-    await reg.resize('d', 8192);
-    const got = await read(reg, d, 0, 8192);
-    expect(got.subarray(0, 512)).toEqual(Buffer.alloc(512, 9));
-    expect(got.subarray(512).equals(zeros(8192 - 512))).toBe(true);
-    await reg.close();
-  });
-
-  it('shrink keeps the latest snapshot intact and rollback restores the old size and data', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    const data = randomBytes(prng(6), 64 * K);
-    await writeDisk(reg.ctx, d, 0, data);
-    await createSnapshot(reg.ctx, d, 's');
-    await reg.resize('d', 3000 + 1096); // 4096: one block
-    await reg.resize('d', 3 * 4096 + 512);
-    expect(await read(reg, d, 0, 64 * K)).toEqual(Buffer.concat([data.subarray(0, 4096), zeros(2 * 4096 + 512)]));
-    expect((await read(reg, d, 0, 64 * K, 0)).equals(data)).toBe(true);
-    expect(reg.ctx.pool.usedBytes()).toBe(16 * 4096);
-    await rollback(reg.ctx, d, 's');
-    expect(d.rec.size).toBe(64 * K);
-    expect((await read(reg, d, 0, 64 * K)).equals(data)).toBe(true);
-    await reg.close();
-  });
-});
-
-describe('pool full', () => {
-  it('fails a write with NO_SPACE and changes nothing; in-place overwrites still work', async () => {
-    const { reg } = await fresh(4 * 4096);
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    const rnd = prng(11);
-    const first = randomBytes(rnd, 4 * 4096);
-    await writeDisk(reg.ctx, d, 0, first);
-    expect(reg.ctx.pool.usedBytes()).toBe(4 * 4096);
-    // A write overlapping an allocated block (in place) and a hole (needs a new block) fails as a whole.
-    const spanning = randomBytes(rnd, 2 * 4096);
-    await expectCode(writeDisk(reg.ctx, d, 3 * 4096, spanning), 'NO_SPACE');
-    await expectCode(writeDisk(reg.ctx, d, 10 * 4096, Buffer.alloc(1, 1)), 'NO_SPACE');
-    expect((await read(reg, d, 0, 64 * K)).equals(Buffer.concat([first, zeros(64 * K - first.length)]))).toBe(true);
-    expect(d.allocated).toBe(4);
-    expect(reg.ctx.pool.usedBytes()).toBe(4 * 4096);
-    // in place
-    const over = randomBytes(rnd, 5000);
-    await writeDisk(reg.ctx, d, 1000, over);
-    over.copy(first, 1000);
-    expect((await read(reg, d, 0, 4 * 4096)).equals(first)).toBe(true);
-    // freeing a block makes room again (once its commit is through)
-    await writeDisk(reg.ctx, d, 0, zeros(4096));
-    await reg.ctx.drain();
-    await writeDisk(reg.ctx, d, 10 * 4096, Buffer.alloc(4096, 3));
-    expect(await read(reg, d, 10 * 4096, 4096)).toEqual(Buffer.alloc(4096, 3));
-    await reg.ctx.drain();
-    expect(reg.ctx.pool.usedBytes()).toBe(4 * 4096);
-    await reg.close();
-  });
-
-  // Regression (broken by the group commit in 6e73131, fixed in 7ae2d1a): a plain write returns before its
-  // batch commits and the blocks it stops referencing are freed only after that commit, so on a full pool
-  // the space freed by a zero write (discard) was not available to the very next write (NO_SPACE).
-  it('space freed by a zero write is reusable by the next write on a full pool', async () => {
-    const { reg } = await fresh(4096);
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    await writeDisk(reg.ctx, d, 0, Buffer.alloc(4096, 7));
-    await writeDisk(reg.ctx, d, 0, zeros(4096));
-    expect(d.allocated).toBe(0);
-    await writeDisk(reg.ctx, d, 8192, Buffer.alloc(4096, 1));
-    expect(await read(reg, d, 8192, 4096)).toEqual(Buffer.alloc(4096, 1));
-    await reg.close();
-  });
-
-  it('a copy-on-write overwrite after a snapshot needs space; NO_SPACE keeps both views intact', async () => {
-    const { reg } = await fresh(2 * 4096);
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    await writeDisk(reg.ctx, d, 0, Buffer.alloc(2 * 4096, 1));
-    await createSnapshot(reg.ctx, d, 's');
-    await expectCode(writeDisk(reg.ctx, d, 10, Buffer.alloc(10, 2)), 'NO_SPACE');
-    expect(await read(reg, d, 0, 8192)).toEqual(Buffer.alloc(8192, 1));
-    expect(await read(reg, d, 0, 8192, 0)).toEqual(Buffer.alloc(8192, 1));
-    // whole zero writes need no space even after a snapshot
-    await writeDisk(reg.ctx, d, 0, zeros(4096));
-    expect(await read(reg, d, 0, 4096)).toEqual(zeros(4096));
-    expect(await read(reg, d, 0, 4096, 0)).toEqual(Buffer.alloc(4096, 1));
-    expect(reg.ctx.pool.usedBytes()).toBe(2 * 4096);
-    // rollback needs a block for the changed data block: NO_SPACE, nothing changed
-    await expectCode(rollback(reg.ctx, d, 's'), 'NO_SPACE');
-    expect(await read(reg, d, 0, 4096)).toEqual(zeros(4096));
-    expect(d.rec.snapshots.length).toBe(1);
-    expect(reg.ctx.pool.usedBytes()).toBe(2 * 4096);
-    await deleteSnapshot(reg.ctx, d, 's');
-    expect(reg.ctx.pool.usedBytes()).toBe(4096);
-    await reg.close();
-  });
-});
-
-describe('snapshots, clones, rollback (basic)', () => {
-  it('snapshot is instant and keeps its content; clone reads through; rollback restores', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const d = reg.disk('d');
-    const rnd = prng(21);
-    const v1 = randomBytes(rnd, 64 * K);
-    await writeDisk(reg.ctx, d, 0, v1);
-    const used = reg.ctx.pool.usedBytes();
-    await createSnapshot(reg.ctx, d, 's1');
-    expect(reg.ctx.pool.usedBytes()).toBe(used);
-    const patch = randomBytes(rnd, 5000);
-    await writeDisk(reg.ctx, d, 3000, patch);
-    const v2 = Buffer.from(v1);
-    patch.copy(v2, 3000);
-    expect((await read(reg, d, 0, 64 * K)).equals(v2)).toBe(true);
-    expect((await read(reg, d, 0, 64 * K, 0)).equals(v1)).toBe(true);
-    expect(d.held.get(d.rec.snapshots[0]!.id)).toBe(2); // [3000, 8000) touches blocks 0 and 1
-    await cloneSnapshot(reg.ctx, d, 's1', 'c');
-    const c = reg.disk('c');
-    expect((await read(reg, c, 0, 64 * K)).equals(v1)).toBe(true);
-    expect(c.allocated).toBe(0);
-    await writeDisk(reg.ctx, c, 0, zeros(4096));
-    expect(await read(reg, c, 0, 4096)).toEqual(zeros(4096));
-    expect(await read(reg, d, 0, 4096, 0)).toEqual(v1.subarray(0, 4096));
-    await expectCode(deleteSnapshot(reg.ctx, d, 's1'), 'BUSY');
-    await expectCode(reg.delete('d', { recursive: true }), 'BUSY');
-    await rollback(reg.ctx, d, 's1');
-    expect((await read(reg, d, 0, 64 * K)).equals(v1)).toBe(true);
-    await reg.delete('c');
-    await deleteSnapshot(reg.ctx, d, 's1');
-    await reg.ctx.drain();
-    expect(reg.ctx.pool.usedBytes()).toBe(d.allocated * 4096);
-    expect(d.allocated).toBe(16);
-    await reg.close();
-  });
-});
-
-describe('table cache', () => {
-  // BUG: commitChanges stages the preserved entry of a hole as `preservedOf(c)` = a *new* {kind:'inherit'}
-  // object, and after the commit calls snapTable.committed(lbn, preservedOf(c)) with another new object;
-  // Table.committed compares with `===`, so the staged entry is never taken out of `pending` (which is
-  // never evicted). Every hole first written after a snapshot leaks one pending entry for as long as the
-  // snapshot lives: filling a fresh 500G disk (64K blocks) after a snapshot leaves ~8M entries in memory.
-  it('committed changes leave no pending entries behind (white-box)', async () => {
-    const { reg } = await fresh();
-    await reg.create('d', 256 * K, 4096);
-    const d = reg.disk('d');
-    await writeDisk(reg.ctx, d, 0, Buffer.alloc(8 * 4096, 1));
-    await createSnapshot(reg.ctx, d, 's');
-    await writeDisk(reg.ctx, d, 0, Buffer.alloc(64 * 4096, 2)); // 8 preserved data blocks, 56 preserved holes
-    await reg.ctx.drain();
-    const pending = (t: unknown) => (t as { pending: Map<number, unknown> }).pending.size;
-    expect(pending(d.live)).toBe(0);
-    expect(pending(d.snapTable(d.rec.snapshots[0]!.id))).toBe(0); // 56 today
-    await reg.close();
-  });
-});
-
-describe('clones of clones, shrink and rollback', () => {
-  it('shrinking a clone of a clone keeps its snapshot, growing reads zeros, rollback restores (across reopen)', async () => {
-    const { dir, reg } = await fresh();
-    await reg.create('d', 64 * K, 4096);
-    const rnd = prng(44);
-    const base = randomBytes(rnd, 64 * K);
-    await writeDisk(reg.ctx, reg.disk('d'), 0, base);
-    await createSnapshot(reg.ctx, reg.disk('d'), 's');
-    await cloneSnapshot(reg.ctx, reg.disk('d'), 's', 'c1');
-    const b3 = randomBytes(rnd, 4096);
-    await writeDisk(reg.ctx, reg.disk('c1'), 3 * 4096, b3);
-    await writeDisk(reg.ctx, reg.disk('c1'), 9 * 4096, zeros(4096));
-    await createSnapshot(reg.ctx, reg.disk('c1'), 't');
-    await cloneSnapshot(reg.ctx, reg.disk('c1'), 't', 'c2');
-    await writeDisk(reg.ctx, reg.disk('d'), 0, Buffer.alloc(64 * K, 0x11)); // the origin moves on
-    const want = Buffer.from(base);
-    b3.copy(want, 3 * 4096);
-    want.fill(0, 9 * 4096, 10 * 4096);
-    const c2 = reg.disk('c2');
-    expect((await read(reg, c2, 0, 64 * K)).equals(want)).toBe(true);
-    await writeDisk(reg.ctx, c2, 12 * 4096 + 5, Buffer.from('tail'));
-    want.write('tail', 12 * 4096 + 5);
-    await createSnapshot(reg.ctx, c2, 'u');
-    await reg.resize('c2', 4 * 4096 + 512);
-    expect((await read(reg, c2, 0, 64 * K, 0)).equals(want)).toBe(true);
-    await reg.resize('c2', 64 * K);
-    const shrunk = Buffer.alloc(64 * K);
-    want.copy(shrunk, 0, 0, 4 * 4096 + 512);
-    expect((await read(reg, c2, 0, 64 * K)).equals(shrunk)).toBe(true);
-    expect((await read(reg, c2, 0, 64 * K, 0)).equals(want)).toBe(true);
-    await createSnapshot(reg.ctx, c2, 'v');
-    await reg.close();
-
-    const reg2 = await Registry.open({ dir });
-    const c2b = reg2.disk('c2');
-    expect((await read(reg2, c2b, 0, 64 * K, 0)).equals(want)).toBe(true);
-    expect((await read(reg2, c2b, 0, 64 * K, 1)).equals(shrunk)).toBe(true);
-    await rollback(reg2.ctx, c2b, 'u');
-    expect((await read(reg2, c2b, 0, 64 * K)).equals(want)).toBe(true);
-    await rollback(reg2.ctx, c2b, 'v');
-    expect((await read(reg2, c2b, 0, 64 * K)).equals(shrunk)).toBe(true);
-    await deleteSnapshot(reg2.ctx, c2b, 'u');
-    expect((await read(reg2, c2b, 0, 64 * K, 0)).equals(shrunk)).toBe(true);
-    await rollback(reg2.ctx, c2b, 'v');
-    await reg2.ctx.drain();
-    let sum = 0;
-    for (const n of reg2.names()) {
-      const x = reg2.disk(n);
-      sum += (x.allocated + [...x.held.values()].reduce((a, b) => a + b, 0)) * 4096;
-    }
-    expect(reg2.ctx.pool.usedBytes()).toBe(sum);
-    await reg2.close();
+      const reg2 = await Registry.open({ dir });
+      const c2b = reg2.disk('c2');
+      expect((await read(reg2, c2b, 0, 64 * K, 0)).equals(want)).toBe(true);
+      expect((await read(reg2, c2b, 0, 64 * K, 1)).equals(shrunk)).toBe(true);
+      await rollback(reg2.ctx, c2b, 'u');
+      expect((await read(reg2, c2b, 0, 64 * K)).equals(want)).toBe(true);
+      await rollback(reg2.ctx, c2b, 'v');
+      expect((await read(reg2, c2b, 0, 64 * K)).equals(shrunk)).toBe(true);
+      await deleteSnapshot(reg2.ctx, c2b, 'u');
+      expect((await read(reg2, c2b, 0, 64 * K, 0)).equals(shrunk)).toBe(true);
+      await rollback(reg2.ctx, c2b, 'v');
+      await reg2.ctx.drain();
+      let sum = 0;
+      for (const n of reg2.names()) {
+        const x = reg2.disk(n);
+        sum += (x.allocated + [...x.held.values()].reduce((a, b) => a + b, 0)) * 4096;
+      }
+      expect(reg2.ctx.pool.usedBytes()).toBe(sum);
+      await reg2.close();
+    });
   });
 });
 
@@ -583,5 +591,50 @@ describe('persistence', () => {
     expect(h.map((x) => x.command)).toEqual(['create a 1M', 'delete b', 'third']);
     expect((await reg2.history(2)).map((x) => x.command)).toEqual(['delete b', 'third']);
     await reg2.close();
+  });
+});
+
+describe('synchronous fast paths (readViewNow / writeDiskNow)', () => {
+  it('serve cached, unlocked blocks and decline when a block is locked, the gate is closed or an entry is not cached', async () => {
+    const { reg } = await fresh();
+    await reg.create('f', 4 * M, 64 * K);
+    const d = reg.disk('f');
+    const ctx = reg.ctx;
+    const data = randomBytes(prng(7), 128 * K);
+    // A brand-new disk: the entries of block 0 and 1 are not in memory yet (nothing read or written).
+    expect(writeDiskNow(ctx, d, 0, data)).toBeUndefined();
+    await writeDisk(ctx, d, 0, data); // the async path reads a run of entries into the cache
+    // Now whole-block writes and reads go without an await, and match.
+    const again = randomBytes(prng(8), 128 * K);
+    expect(writeDiskNow(ctx, d, 0, again)).toBe(128 * K);
+    const b = Buffer.alloc(128 * K);
+    expect(readViewNow(ctx, d, -1, 0, b)).toBe(128 * K);
+    expect(b.equals(again)).toBe(true);
+    // A hole next to it reads as zeros from memory too (the prefetch cached "no entry").
+    const hole = Buffer.alloc(64 * K, 0xee);
+    expect(readViewNow(ctx, d, -1, 2 * 64 * K, hole)).toBe(64 * K);
+    expect(hole.equals(Buffer.alloc(64 * K))).toBe(true);
+    // Declines: partial write needing a merge, zeros (may free a block), a locked block, a closed gate.
+    expect(writeDiskNow(ctx, d, 3 * 64 * K + 10, Buffer.alloc(100, 1))).toBeUndefined();
+    expect(writeDiskNow(ctx, d, 0, Buffer.alloc(64 * K))).toBeUndefined();
+    const release = await d.lock.acquire(1);
+    expect(writeDiskNow(ctx, d, 64 * K, again.subarray(0, 64 * K))).toBeUndefined();
+    expect(readViewNow(ctx, d, -1, 64 * K, b)).toBeUndefined();
+    release();
+    let inside!: () => void;
+    const held = d.gate.exclusively(() => new Promise<void>((r) => (inside = r)));
+    await new Promise((r) => setTimeout(r, 0));
+    expect(readViewNow(ctx, d, -1, 0, b)).toBeUndefined();
+    expect(writeDiskNow(ctx, d, 0, again)).toBeUndefined();
+    inside();
+    await held;
+    // In-place overwrites after a snapshot must preserve: the fast path redirects and the snapshot keeps the old data.
+    await createSnapshot(ctx, d, 's');
+    const third = randomBytes(prng(9), 128 * K);
+    const n = writeDiskNow(ctx, d, 0, third) ?? (await writeDisk(ctx, d, 0, third));
+    expect(n).toBe(128 * K);
+    expect((await read(reg, d, 0, 128 * K)).equals(third)).toBe(true);
+    expect((await read(reg, d, 0, 128 * K, 0)).equals(again)).toBe(true);
+    await reg.close();
   });
 });

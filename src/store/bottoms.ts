@@ -1,0 +1,26 @@
+/**
+ * The bottoms a store can keep its block data in, as factories for the Pool. Which one a store uses is
+ * fixed when it is created and recorded in its format record (meta/db.ts).
+ */
+import { join } from 'node:path';
+import type { BlockStoreFactory } from './blockStore.js';
+import { PoolFileStore } from './poolFile.js';
+import { LevelBlockStore } from './levelBlocks.js';
+import type { Db } from '../meta/db.js';
+import type { BlockStoreKind } from '../meta/records.js';
+
+/** `pool-<blockSize>.dat` files in the store directory. */
+export const poolFiles =
+  (dir: string): BlockStoreFactory =>
+  (blockSize) =>
+    PoolFileStore.open(join(dir, `pool-${blockSize}.dat`), blockSize);
+
+/** Values in the store's LevelDB database (shares the registry's handle; the registry closes it). */
+export const levelBlocks =
+  (db: Db): BlockStoreFactory =>
+  (blockSize) =>
+    Promise.resolve(new LevelBlockStore(db, blockSize));
+
+export function bottomFactory(kind: BlockStoreKind, dir: string, db: Db): BlockStoreFactory {
+  return kind === 'leveldb' ? levelBlocks(db) : poolFiles(dir);
+}

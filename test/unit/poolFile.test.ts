@@ -1,0 +1,87 @@
+/**
+ * PoolFileStore: the synchronous and asynchronous I/O agree, and the readahead chunks that serve sequential
+ * readers never return data older than the last write (writes drop the chunks they overlap, and a chunk
+ * whose read was in flight during a write is discarded).
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { join } from 'node:path';
+import { PoolFileStore } from '../../src/store/poolFile.js';
+import { prng, randomBytes, tempDir, cleanupDirs } from './helpers.js';
+
+afterAll(cleanupDirs);
+
+const BS = 64 * 1024;
+const BLOCKS = 256; // 16 MiB: more than the readahead window
+
+/** Let the thread pool finish the readahead reads in flight. */
+const settle = () => new Promise((r) => setTimeout(r, 50));
+
+async function filledStore(seed: number): Promise<{ store: PoolFileStore; model: Buffer[] }> {
+  const store = await PoolFileStore.open(join(await tempDir(), 'pool.dat'), BS);
+  const rnd = prng(seed);
+  const model: Buffer[] = [];
+  for (let pbn = 0; pbn < BLOCKS; pbn++) {
+    model.push(randomBytes(rnd, BS));
+    store.writeSync(pbn, model[pbn]!);
+  }
+  return { store, model };
+}
+
+function readSeq(store: PoolFileStore, from: number, to: number, model: Buffer[]): void {
+  const b = Buffer.alloc(BS);
+  for (let pbn = from; pbn < to; pbn++) {
+    store.readSync(pbn, b);
+    if (!b.equals(model[pbn]!)) throw new Error(`block ${pbn} differs`);
+  }
+}
+
+describe('PoolFileStore readahead chunks', () => {
+  it('a sequential read sees every write made while chunks were in flight or ready', async () => {
+    const { store, model } = await filledStore(1);
+    const rnd = prng(2);
+    try {
+      for (let round = 0; round < 20; round++) {
+        const start = Math.floor(rnd() * 64);
+        readSeq(store, start, start + 8, model); // starts the readahead ahead of block start+8
+        if (round % 2) await settle(); // chunks arrived (else: still in flight)
+        // overwrite whole and partial blocks ahead of the reader, inside the readahead window
+        for (let i = 0; i < 4; i++) {
+          const pbn = start + 8 + Math.floor(rnd() * 100);
+          const off = rnd() < 0.5 ? 0 : Math.floor(rnd() * BS);
+          const data = randomBytes(rnd, Math.min(BS - off, 1 + Math.floor(rnd() * BS)));
+          store.writeSync(pbn, data, off);
+          data.copy(model[pbn]!, off);
+        }
+        await settle();
+        readSeq(store, start + 8, start + 120, model);
+      }
+      // partial reads at odd offsets come from the chunks too
+      readSeq(store, 0, 4, model);
+      await settle();
+      const part = Buffer.alloc(1000);
+      store.readSync(5, part, 12345);
+      expect(part.equals(model[5]!.subarray(12345, 13345))).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('async read, readParallel and readSync agree after writes', async () => {
+    const { store, model } = await filledStore(3);
+    try {
+      readSeq(store, 0, 16, model);
+      const fresh = randomBytes(prng(4), BS);
+      store.writeSync(20, fresh);
+      model[20] = fresh;
+      const a = Buffer.alloc(BS);
+      const b = Buffer.alloc(BS);
+      await store.read(20, a);
+      await store.readParallel(20, b);
+      expect(a.equals(fresh)).toBe(true);
+      expect(b.equals(fresh)).toBe(true);
+      readSeq(store, 16, 64, model);
+    } finally {
+      await store.close();
+    }
+  });
+});
