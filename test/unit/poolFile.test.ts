@@ -1,7 +1,6 @@
 /**
- * PoolFileStore: the synchronous and asynchronous I/O agree, and the readahead chunks that serve sequential
- * readers never return data older than the last write (writes drop the chunks they overlap, and a chunk
- * whose read was in flight during a write is discarded).
+ * PoolFileStore: the synchronous and asynchronous I/O agree, and sequential reads (which start readahead on
+ * the thread pool) never return data older than the last write, whether the readahead was in flight or done.
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
@@ -35,7 +34,7 @@ function readSeq(store: PoolFileStore, from: number, to: number, model: Buffer[]
   }
 }
 
-describe('PoolFileStore readahead chunks', () => {
+describe('PoolFileStore with readahead', () => {
   it('a sequential read sees every write made while chunks were in flight or ready', async () => {
     const { store, model } = await filledStore(1);
     const rnd = prng(2);
@@ -55,7 +54,7 @@ describe('PoolFileStore readahead chunks', () => {
         await settle();
         readSeq(store, start + 8, start + 120, model);
       }
-      // partial reads at odd offsets come from the chunks too
+      // partial reads at odd offsets
       readSeq(store, 0, 4, model);
       await settle();
       const part = Buffer.alloc(1000);
