@@ -95,11 +95,12 @@ export class Context {
    * Every metadata change goes through one ordered commit pipeline: batches queued while one is being
    * written are merged into the next LevelDB batch (group commit), in queue order, so changes to the
    * same key always land in the order they were made. `commit` resolves once the change is in LevelDB.
+   * A batch whose blocks are still being written behind (`ready`) waits for them: data before reference.
    */
-  commit(ops: BatchOp[], sync = false, urgent = true): Promise<void> {
+  commit(ops: BatchOp[], sync = false, urgent = true, ready?: Promise<unknown>): Promise<void> {
     if (ops.length === 0 && !sync) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ops, sync, resolve, reject });
+      this.queue.push({ ops, sync, resolve, reject, ready });
       this.backlog += ops.length;
       this.kick(urgent);
     });
@@ -141,7 +142,8 @@ export class Context {
 
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
-  private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  /** `ready`: the pool writes the batch's entries point at (written behind); the batch waits for them. */
+  private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void; ready?: Promise<unknown> | undefined }[] = [];
   private pumping = false;
 
   private async pump(): Promise<void> {
@@ -161,6 +163,8 @@ export class Context {
         };
         const sync = group.some((g) => g.sync);
         try {
+          const ready = group.flatMap((g) => (g.ready ? [g.ready] : []));
+          if (ready.length) await Promise.all(ready);
           if (ops.length) await this.db.batch(ops, { sync });
           else if (sync) await this.db.put('meta!sync', new Date().toISOString(), { sync: true });
           settle();

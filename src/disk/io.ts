@@ -63,11 +63,13 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
 
 /**
  * Fast paths. A request whose blocks nobody holds a lock on, whose table entries are all in memory and whose
- * store can do synchronous I/O is served without a single await: nothing can run in between on the event
- * loop, so it needs neither the gate nor the block locks, and it skips the promise machinery that costs
- * more than the I/O itself for a 128 KiB FUSE request (see README, Performance). Anything else — an entry
- * not cached, a locked block, a control operation at the gate, a clone's backing, a partial write that
- * must merge, zeros that may free a block, a full pool, a long commit backlog — returns undefined and the
+ * store can read synchronously and write behind (the pool file) is served without a single await: nothing
+ * can run in between on the event loop, so it needs neither the gate nor the block locks, and it skips the
+ * promise machinery that cost as much as the I/O itself for a 128 KiB FUSE request (see README,
+ * Performance). Writes are written behind (store/poolFile.ts): the batch that references a new block waits
+ * for its write. Anything else — an entry not cached, a locked block, a block with a write in flight (for
+ * reads), a control operation at the gate, a clone's backing, a partial write that must merge, zeros that
+ * may free a block, a full pool, a long commit backlog or write-behind queue — returns undefined and the
  * caller takes the async path, which handles every case (and reports every error).
  */
 
@@ -88,7 +90,7 @@ export function readViewNow(ctx: Context, disk: DiskState, snapIndex: number, of
     else return undefined; // read through to the backing snapshot
   }
   const store = ctx.pool.storeNow(disk.blockSize);
-  if (pbns.some((pbn) => pbn >= 0) && !store?.readSync) return undefined;
+  if (pbns.some((pbn) => pbn >= 0 && (!store?.readSync || store.busy?.(pbn)))) return undefined;
   pieces.forEach((p, i) => {
     const part = dst.subarray(p.bufOffset, p.bufOffset + p.length);
     const pbn = pbns[i]!;
@@ -115,7 +117,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   if (disk.gate.closed || ctx.failure || ctx.backlog > MAX_BACKLOG) return undefined;
   if (!Number.isSafeInteger(offset) || offset < 0 || src.length === 0 || offset + src.length > disk.rec.size) return undefined;
   const store = ctx.pool.storeNow(disk.blockSize);
-  if (!store?.writeSync) return undefined;
+  if (!store?.writeBehind || !store.behindRoom?.(src.length)) return undefined;
   const pieces = splitRange(offset, src.length, disk.blockSize);
   const L = disk.latest();
   const epoch = disk.rec.epoch;
@@ -150,14 +152,13 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     if (isVdiskError(e, 'NO_SPACE')) return undefined; // the async path drains the pipeline and retries
     throw e;
   }
-  try {
-    for (const w of inPlace) store.writeSync(w.pbn, w.data, w.offsetInBlock);
-    for (const c of changes) store.writeSync((c.next as { pbn: number }).pbn, c.block!);
-  } catch (e) {
-    for (const pbn of reserved) ctx.pool.free(disk.blockSize, pbn);
-    throw e;
+  // Written behind: in-place writes need nothing more (a failure fails the next fsync); the batch that
+  // references new blocks waits for their writes, and if one fails the batch fails and frees them.
+  for (const w of inPlace) store.writeBehind(w.pbn, w.data, w.offsetInBlock).catch(() => undefined);
+  const written = changes.map((c) => store.writeBehind!((c.next as { pbn: number }).pbn, c.block!));
+  if (changes.length || disk.rec.contentUid != null) {
+    stageCommit(ctx, disk, changes, reserved, [], false, written.length ? Promise.all(written) : undefined).catch(() => undefined);
   }
-  if (changes.length || disk.rec.contentUid != null) stageCommit(ctx, disk, changes, reserved, [], false).catch(() => undefined);
   return src.length;
 }
 
@@ -310,7 +311,15 @@ export async function commitChanges(
  * The synchronous part of commitChanges: stage the changes and queue their batch (`urgent`: someone waits
  * for it, so skip the group-commit delay); the promise settles when the batch commits.
  */
-function stageCommit(ctx: Context, disk: DiskState, changes: Change[], reserved: number[], extra: BatchOp[], urgent: boolean): Promise<void> {
+function stageCommit(
+  ctx: Context,
+  disk: DiskState,
+  changes: Change[],
+  reserved: number[],
+  extra: BatchOp[],
+  urgent: boolean,
+  ready?: Promise<unknown>,
+): Promise<void> {
   const L = disk.latest();
   const ops: BatchOp[] = [...extra];
   const frees: number[] = [];
@@ -339,7 +348,7 @@ function stageCommit(ctx: Context, disk: DiskState, changes: Change[], reserved:
   }
   disk.allocated += allocDelta;
   if (L && heldDelta) disk.held.set(L.id, (disk.held.get(L.id) ?? 0) + heldDelta);
-  return ctx.commit(ops, false, urgent).then(
+  return ctx.commit(ops, false, urgent, ready).then(
     () => {
       for (const c of changes) {
         disk.live.committed(c.lbn, c.next);

@@ -29,6 +29,14 @@ export interface BlockStore {
   readSync?(pbn: number, dst: Buffer, offsetInBlock?: number): void;
   writeSync?(pbn: number, data: Buffer, offsetInBlock?: number): void;
   /**
+   * Write-behind (with readSync): writeBehind copies the data and writes it later, in order with every other
+   * write to the pbn, settling when it is written; busy(pbn) is true while a write to pbn is in flight (then
+   * readSync must not be used); behindRoom(bytes) says whether writeBehind may take that much more now.
+   */
+  writeBehind?(pbn: number, data: Buffer, offsetInBlock?: number): Promise<void>;
+  busy?(pbn: number): boolean;
+  behindRoom?(bytes: number): boolean;
+  /**
    * The pbn is free: drop its data (stores that keep space per block). The pool calls it after the
    * allocator frees the pbn, which for a referenced block happens only once the batch that dropped its last
    * reference has committed; a write to the same pbn issued after discard() must not be undone by it.

@@ -4,18 +4,30 @@
  * references it is committed, so a crash can leave only unreferenced (free) blocks with garbage, never a
  * table entry pointing at missing data. Free space is whatever no table references (see allocator.ts).
  * Concurrency: positional reads and writes on one descriptor; callers serialise writes per block.
- * I/O is synchronous pread/pwrite on purpose: a block-sized copy to or from the page cache takes tens of
- * microseconds, far less than the thread-pool round trip of the async API, and FUSE requests for one
- * stream arrive one after another, so latency is throughput here (measured: see README, Performance).
- * Because a synchronous read that misses the page cache stalls the event loop, sequential reads start an
- * asynchronous read of the next READAHEAD bytes on the thread pool (into a scratch buffer, discarded) so
- * that the blocks are in the page cache by the time they are asked for.
+ * Reads are synchronous preads on purpose: a block-sized copy from the page cache takes tens of microseconds,
+ * far less than the thread-pool round trip of the async API, and FUSE requests for one stream arrive one
+ * after another, so latency is throughput here (measured: see README, Performance). Because a synchronous
+ * read that misses the page cache stalls the event loop, sequential reads start an asynchronous read of the
+ * next READAHEAD bytes on the thread pool (into a scratch buffer, discarded) so that the blocks are in the
+ * page cache by the time they are asked for.
+ * Writes from the FUSE fast path are written behind (writeBehind): the data is copied and the pwrite runs on
+ * the thread pool, on the other core, while the next request travels through FUSE; the pwrite into the page
+ * cache was the largest single cost of a 128 KiB write on the event loop. Rules that keep this exact:
+ * - all writes to one pbn (behind or not) run in the order they were issued (a per-pbn chain);
+ * - a pbn with a write in flight is never read from the file: read() waits for the chain, and readSync
+ *   callers ask busy() first;
+ * - the table batch that references a new block waits for that block's write (disk/io.ts passes the write's
+ *   promise to the commit pipeline), so a crash never leaves an entry pointing at unwritten data;
+ * - sync() waits for every write in flight; a write that failed fails every later sync() (like a disk whose
+ *   write cache lost data) and ends write-behind;
+ * - at most BEHIND_LIMIT bytes are in flight; past that the fast path declines and writes wait.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { readSync, writeSync } from 'node:fs';
+import { readSync, writeSync, write as writeCb } from 'node:fs';
 import type { BlockStore } from './blockStore.js';
 
 const READAHEAD = 4 * 1024 * 1024;
+const BEHIND_LIMIT = 8 * 1024 * 1024;
 
 export class PoolFileStore implements BlockStore {
   /** Next byte a sequential reader would ask for, and how far the readahead has been issued. */
@@ -23,6 +35,12 @@ export class PoolFileStore implements BlockStore {
   private aheadTo = 0;
   private aheadBusy = false;
   private scratch: Buffer | null = null;
+  /** Per pbn, the tail of its chain of writes in flight (removed when the last one settles). */
+  private inflight = new Map<number, Promise<void>>();
+  private behindBytes = 0;
+  private spare: Buffer[] = [];
+  /** The first write-behind failure: every later sync() reports it. */
+  private failed: Error | null = null;
 
   private constructor(
     readonly blockSize: number,
@@ -39,7 +57,17 @@ export class PoolFileStore implements BlockStore {
   }
 
   async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
+    await this.settled(pbn);
     this.readSync(pbn, dst, offsetInBlock);
+  }
+
+  /** A write to pbn is in flight: readSync would see the file's older bytes. */
+  busy(pbn: number): boolean {
+    return this.inflight.has(pbn);
+  }
+
+  private async settled(pbn: number): Promise<void> {
+    for (let t = this.inflight.get(pbn); t; t = this.inflight.get(pbn)) await t.catch(() => undefined);
   }
 
   readSync(pbn: number, dst: Buffer, offsetInBlock = 0): void {
@@ -58,6 +86,7 @@ export class PoolFileStore implements BlockStore {
   }
 
   async readParallel(pbn: number, dst: Buffer): Promise<void> {
+    await this.settled(pbn);
     let done = 0;
     while (done < dst.length) {
       const { bytesRead } = await this.fh.read(dst, done, dst.length - done, pbn * this.blockSize + done);
@@ -90,20 +119,74 @@ export class PoolFileStore implements BlockStore {
   }
 
   async write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
-    this.writeSync(pbn, data, offsetInBlock);
+    if (!this.inflight.has(pbn)) return this.writeSync(pbn, data, offsetInBlock);
+    await this.chain(pbn, async () => this.writeSync(pbn, data, offsetInBlock));
   }
 
+  /** Only for a pbn that is not busy() (the caller checks; write() orders itself). */
   writeSync(pbn: number, data: Buffer, offsetInBlock = 0): void {
     const pos = pbn * this.blockSize + offsetInBlock;
     let done = 0;
     while (done < data.length) done += writeSync(this.fh.fd, data, done, data.length - done, pos + done);
   }
 
+  /** Whether writeBehind() may take `bytes` more now. */
+  behindRoom(bytes: number): boolean {
+    return this.failed === null && this.behindBytes + bytes <= BEHIND_LIMIT;
+  }
+
+  /**
+   * Copy `data` and write it on the thread pool after every earlier write to pbn; `data` is free for reuse
+   * when this returns. The promise settles when the bytes are in the file (page cache).
+   */
+  writeBehind(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
+    const copy = this.spare.pop() ?? Buffer.allocUnsafe(this.blockSize);
+    data.copy(copy);
+    const length = data.length;
+    const pos = pbn * this.blockSize + offsetInBlock;
+    this.behindBytes += length;
+    return this.chain(pbn, () =>
+      new Promise<void>((resolve, reject) => {
+        const step = (done: number): void => {
+          if (done >= length) return finish(null);
+          try {
+            writeCb(this.fh.fd, copy, done, length - done, pos + done, (err, n) => (err ? finish(err) : step(done + n)));
+          } catch (e) {
+            finish(e as Error); // an argument the call refuses outright (a closed descriptor)
+          }
+        };
+        const finish = (err: Error | null): void => {
+          this.behindBytes -= length;
+          this.spare.push(copy);
+          if (!err) return resolve();
+          this.failed ??= err;
+          reject(err);
+        };
+        step(0);
+      }),
+    );
+  }
+
+  /** Run `op` after every write to pbn issued before it; returns op's promise. */
+  private chain(pbn: number, op: () => Promise<void>): Promise<void> {
+    const prev = this.inflight.get(pbn);
+    const p = prev ? prev.then(op, op) : op();
+    this.inflight.set(pbn, p);
+    const clear = (): void => {
+      if (this.inflight.get(pbn) === p) this.inflight.delete(pbn);
+    };
+    p.then(clear, clear);
+    return p;
+  }
+
   async sync(): Promise<void> {
+    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
+    if (this.failed) throw this.failed;
     await this.fh.datasync();
   }
 
   async close(): Promise<void> {
+    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
     await this.fh.close();
   }
 }

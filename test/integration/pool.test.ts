@@ -43,7 +43,7 @@ describe('pool', () => {
 
   it('df reports the pool size, empty', async () => {
     const st = await m.status();
-    expect(st.pool).toEqual({ capacity: POOL, usedBytes: 0, freeBytes: POOL });
+    expect(st.pool).toEqual({ capacity: POOL, usedBytes: 0, freeBytes: POOL, blockStore: 'file' });
     expect(await df()).toEqual(dfOf(0));
   });
 
@@ -59,7 +59,7 @@ describe('pool', () => {
     // The whole pool went to this disk: exactly POOL bytes were accepted, no more, no less.
     expect(written).toBe(POOL);
     const st = await m.status();
-    expect(st.pool).toEqual({ capacity: POOL, usedBytes: POOL, freeBytes: 0 });
+    expect(st.pool).toEqual({ capacity: POOL, usedBytes: POOL, freeBytes: 0, blockStore: 'file' });
     expect(st.disks.find((d) => d.name === 'fill')!.allocatedBytes).toBe(POOL);
     expect(await duBytes(m.disk('fill'))).toBe(POOL);
     // Data before the error intact, the rest of the disk zeros.
@@ -104,7 +104,7 @@ describe('pool', () => {
     // Deleting the big disk frees all of its space.
     await m.ctlOk('delete fill');
     const st = await m.status();
-    expect(st.pool).toEqual({ capacity: POOL, usedBytes: BS, freeBytes: POOL - BS });
+    expect(st.pool).toEqual({ capacity: POOL, usedBytes: BS, freeBytes: POOL - BS, blockStore: 'file' });
     expect(await df()).toEqual(dfOf(BS));
     expect((await df()).avail).toBe(7 * M);
     const more = randomBuffer(7, 3 * M);
@@ -125,7 +125,7 @@ describe('pool', () => {
     const n = ddBytes(r);
     expect(n).toBe(POOL - BS - 3 * M);
     expect(sha256(await readRange(m.disk('refill'), 0, n))).toBe(sha256(data.subarray(0, n)));
-    expect((await m.status()).pool).toEqual({ capacity: POOL, usedBytes: POOL, freeBytes: 0 });
+    expect((await m.status()).pool).toEqual({ capacity: POOL, usedBytes: POOL, freeBytes: 0, blockStore: 'file' });
   });
 
   it('when full, copy-on-write for a snapshot fails with ENOSPC and changes nothing', async () => {
@@ -143,7 +143,7 @@ describe('pool', () => {
     const rb = await m.ctl('rollback refill s');
     expect(rb.ok || rb.code === 'ENOSPC').toBe(true);
     expect((await readRange(m.disk('refill'), 0, 16 * M)).equals(before)).toBe(true);
-    expect((await m.status()).pool).toEqual({ capacity: POOL, usedBytes: POOL, freeBytes: 0 });
+    expect((await m.status()).pool).toEqual({ capacity: POOL, usedBytes: POOL, freeBytes: 0, blockStore: 'file' });
     // Dropping the snapshot makes the blocks the live disk's alone: in-place overwrite works again.
     await m.ctlOk('delete-snapshot refill s');
     const patch = randomBuffer(10, 1000);

@@ -595,7 +595,7 @@ describe('persistence', () => {
 });
 
 describe('synchronous fast paths (readViewNow / writeDiskNow)', () => {
-  it('serve cached, unlocked blocks and decline when a block is locked, the gate is closed or an entry is not cached', async () => {
+  it('serve cached, unlocked blocks (writes behind) and decline when a block is locked, the gate is closed or an entry is not cached', async () => {
     const { reg } = await fresh();
     await reg.create('f', 4 * M, 64 * K);
     const d = reg.disk('f');
@@ -607,7 +607,14 @@ describe('synchronous fast paths (readViewNow / writeDiskNow)', () => {
     // Now whole-block writes and reads go without an await, and match.
     const again = randomBytes(prng(8), 128 * K);
     expect(writeDiskNow(ctx, d, 0, again)).toBe(128 * K);
+    again.fill(0x33, 0, 10); // the caller's buffer is free once the call returns (the store copied it)
     const b = Buffer.alloc(128 * K);
+    // Written behind: until the write is in the file, the fast read declines and the async read waits for it.
+    expect(readViewNow(ctx, d, -1, 0, b)).toBeUndefined();
+    await readView(ctx, d, -1, 0, b);
+    expect(b.subarray(10).equals(again.subarray(10))).toBe(true);
+    expect(b.subarray(0, 10).equals(Buffer.alloc(10, 0x33))).toBe(false);
+    b.copy(again); // what the disk holds
     expect(readViewNow(ctx, d, -1, 0, b)).toBe(128 * K);
     expect(b.equals(again)).toBe(true);
     // A hole next to it reads as zeros from memory too (the prefetch cached "no entry").

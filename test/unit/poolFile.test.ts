@@ -35,7 +35,7 @@ function readSeq(store: PoolFileStore, from: number, to: number, model: Buffer[]
 }
 
 describe('PoolFileStore with readahead', () => {
-  it('a sequential read sees every write made while chunks were in flight or ready', async () => {
+  it('a sequential read sees every write made while readahead was in flight or done', async () => {
     const { store, model } = await filledStore(1);
     const rnd = prng(2);
     try {
@@ -81,6 +81,74 @@ describe('PoolFileStore with readahead', () => {
       readSeq(store, 16, 64, model);
     } finally {
       await store.close();
+    }
+  });
+
+  it('write-behind keeps every write to a pbn in issue order, and reads wait for it', async () => {
+    const store = await PoolFileStore.open(join(await tempDir(), 'pool.dat'), BS);
+    const rnd = prng(5);
+    try {
+      const model = Array.from({ length: 8 }, () => Buffer.alloc(BS));
+      const pending: Promise<void>[] = [];
+      for (let i = 0; i < 400; i++) {
+        const pbn = Math.floor(rnd() * 8);
+        const off = rnd() < 0.5 ? 0 : Math.floor(rnd() * BS);
+        const data = randomBytes(rnd, Math.min(BS - off, 1 + Math.floor(rnd() * BS)));
+        data.copy(model[pbn]!, off);
+        if (rnd() < 0.7) {
+          pending.push(store.writeBehind(pbn, data, off));
+          data.fill(0); // the store took a copy
+        } else pending.push(store.write(pbn, data, off));
+        if (rnd() < 0.1) {
+          const b = Buffer.alloc(BS);
+          await store.read(pbn, b); // waits for the chain of pbn
+          expect(b.equals(model[pbn]!), `read of ${pbn} after write ${i}`).toBe(true);
+        }
+      }
+      expect([...Array(8).keys()].some((pbn) => store.busy(pbn))).toBe(true);
+      await store.sync();
+      expect([...Array(8).keys()].some((pbn) => store.busy(pbn))).toBe(false);
+      await Promise.all(pending);
+      for (let pbn = 0; pbn < 8; pbn++) {
+        const b = Buffer.alloc(BS);
+        store.readSync(pbn, b);
+        expect(b.equals(model[pbn]!), `block ${pbn}`).toBe(true);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('back-to-back write-behinds of one block: the last one issued is what the block holds', async () => {
+    const store = await PoolFileStore.open(join(await tempDir(), 'pool.dat'), BS);
+    try {
+      for (let round = 0; round < 50; round++) {
+        const ws: Promise<void>[] = [];
+        // a big write, then small ones: without ordering the small last one tends to finish first
+        for (let i = 0; i < 8; i++) ws.push(store.writeBehind(0, Buffer.alloc(i === 7 ? 512 : BS, i + round * 8 + 1)));
+        await Promise.all(ws);
+        const b = Buffer.alloc(512);
+        store.readSync(0, b);
+        expect(b.equals(Buffer.alloc(512, 7 + round * 8 + 1)), `round ${round}`).toBe(true);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a failed write-behind fails every later sync and stops taking writes', async () => {
+    const store = await PoolFileStore.open(join(await tempDir(), 'pool.dat'), BS);
+    try {
+      expect(store.behindRoom(BS)).toBe(true);
+      await store.writeBehind(0, Buffer.alloc(BS, 1));
+      // Take the descriptor away underneath: the next pwrite on the thread pool fails (EBADF).
+      await (store as unknown as { fh: { close(): Promise<void> } }).fh.close();
+      await expect(store.writeBehind(1, Buffer.alloc(BS, 2))).rejects.toThrow();
+      expect(store.behindRoom(BS)).toBe(false);
+      await expect(store.sync()).rejects.toThrow();
+      await expect(store.sync()).rejects.toThrow();
+    } finally {
+      await store.close().catch(() => undefined);
     }
   });
 });
