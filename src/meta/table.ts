@@ -73,12 +73,32 @@ export class Table {
     return this.prefix + lbn.toString(16).padStart(12, '0');
   }
 
+  /** Prefetches in flight: a get inside one waits for it instead of reading the same run again. */
+  private fetching: { from: number; done: Promise<unknown> }[] = [];
+
   async get(lbn: number): Promise<Entry | undefined> {
     const p = this.pending.get(lbn);
     if (p !== undefined) return p ?? undefined;
     const k = this.key(lbn);
     const hit = this.cache.get(k);
     if (hit !== undefined) return hit ?? undefined;
+    // A multi-block request misses on all its blocks at once; one LevelDB read serves them all.
+    const running = this.fetching.find((f) => lbn >= f.from && lbn < f.from + PREFETCH);
+    if (running) {
+      await running.done;
+      const again = this.pending.get(lbn) ?? this.cache.get(k);
+      if (again !== undefined) return again ?? undefined;
+    }
+    const fetch = { from: lbn, done: this.fetch(lbn, k) };
+    this.fetching.push(fetch);
+    try {
+      return await fetch.done;
+    } finally {
+      this.fetching.splice(this.fetching.indexOf(fetch), 1);
+    }
+  }
+
+  private async fetch(lbn: number, k: string): Promise<Entry | undefined> {
     const gen = this.gen;
     const found = new Map<number, Entry>();
     const it = this.db.iterator({ gte: k, lt: this.key(lbn + PREFETCH) });
