@@ -1,4 +1,4 @@
-import { describe, it, expect, afterAll } from 'vitest';
+import { describe, it, expect, afterAll, vi } from 'vitest';
 import { Registry } from '../../src/disk/registry.js';
 import type { DiskState } from '../../src/disk/context.js';
 import { writeDisk, readView, writeDiskNow, readViewNow } from '../../src/disk/io.js';
@@ -643,5 +643,22 @@ describe('synchronous fast paths (readViewNow / writeDiskNow)', () => {
     expect((await read(reg, d, 0, 128 * K)).equals(third)).toBe(true);
     expect((await read(reg, d, 0, 128 * K, 0)).equals(again)).toBe(true);
     await reg.close();
+  });
+});
+
+describe('table prefetch', () => {
+  it('a read that misses on many blocks at once reads their entries with one LevelDB iterator', async () => {
+    const { dir, reg } = await fresh();
+    await reg.create('f4', 4 * M, 4 * K);
+    const data = randomBytes(prng(11), 64 * K);
+    await writeDisk(reg.ctx, reg.disk('f4'), 8 * K, data);
+    await reg.close();
+    const again = await Registry.open({ dir });
+    const iterator = vi.spyOn(again.ctx.db, 'iterator');
+    const b = Buffer.alloc(64 * K);
+    await readView(again.ctx, again.disk('f4'), -1, 8 * K, b); // 16 blocks, none cached after the reopen
+    expect(b.equals(data)).toBe(true);
+    expect(iterator).toHaveBeenCalledTimes(1);
+    await again.close();
   });
 });
