@@ -123,8 +123,13 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
       if (!h?.write) return cb(E.EBADF);
       const failed = (e: unknown) => cb(fail('write', path, e, { offset: pos, length: len }));
       try {
-        const n = h.writeNow?.(buf.subarray(0, len), pos);
-        if (n !== undefined) return cb(n);
+        let work: (() => void) | undefined;
+        const n = h.writeNow?.(buf.subarray(0, len), pos, (w) => (work = w));
+        if (n !== undefined) {
+          cb(n); // fuse-native sends the reply on the next tick: queue the rest of the write after it
+          if (work) process.nextTick(work);
+          return;
+        }
       } catch (e) {
         return failed(e);
       }

@@ -28,7 +28,8 @@ export interface Handle {
   write?(src: Buffer, pos: number): Promise<number>;
   /** Synchronous attempts at read/write: a byte count, or undefined to take the async method instead. */
   readNow?(dst: Buffer, pos: number): number | undefined;
-  writeNow?(src: Buffer, pos: number): number | undefined;
+  /** `later`: work to run once the reply is queued (see disk/io.ts writeDiskNow). */
+  writeNow?(src: Buffer, pos: number, later: (work: () => void) => void): number | undefined;
   truncate?(size: number): Promise<void>;
   fsync?(): Promise<void>;
   /** Called at every close(2) of a descriptor; its error is close's error (dd reports it). */
@@ -152,9 +153,9 @@ export class Tree {
             this.mtimes.set(name, new Date());
             return n;
           },
-          writeNow: (src, pos) => {
+          writeNow: (src, pos, later) => {
             if (pos >= d.rec.size) return undefined;
-            const n = writeDiskNow(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src);
+            const n = writeDiskNow(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src, later);
             if (n !== undefined) this.mtimes.set(name, new Date());
             return n;
           },

@@ -29,11 +29,13 @@ export interface BlockStore {
   readSync?(pbn: number, dst: Buffer, offsetInBlock?: number): void;
   writeSync?(pbn: number, data: Buffer, offsetInBlock?: number): void;
   /**
-   * Write-behind (with readSync): writeBehind copies the data and writes it later, in order with every other
-   * write to the pbn, settling when it is written; busy(pbn) is true while a write to pbn is in flight (then
-   * readSync must not be used); behindRoom(bytes) says whether writeBehind may take that much more now.
+   * Write-behind (with readSync): copyForBehind takes a private copy of the data; writeBehind writes such a
+   * copy later, in order with every other write to the pbn, settling when it is written; busy(pbn) is true
+   * while a write to pbn is in flight (then readSync must not be used); behindRoom(bytes) says whether
+   * writeBehind may take that much more now.
    */
-  writeBehind?(pbn: number, data: Buffer, offsetInBlock?: number): Promise<void>;
+  copyForBehind?(data: Buffer): Buffer;
+  writeBehind?(pbn: number, copy: Buffer, offsetInBlock?: number): Promise<void>;
   busy?(pbn: number): boolean;
   behindRoom?(bytes: number): boolean;
   /**

@@ -135,14 +135,19 @@ export class PoolFileStore implements BlockStore {
     return this.failed === null && this.behindBytes + bytes <= BEHIND_LIMIT;
   }
 
-  /**
-   * Copy `data` and write it on the thread pool after every earlier write to pbn; `data` is free for reuse
-   * when this returns. The promise settles when the bytes are in the file (page cache).
-   */
-  writeBehind(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
+  /** A private copy of `data` for writeBehind, so that the caller may reuse its buffer at once. */
+  copyForBehind(data: Buffer): Buffer {
     const copy = this.spare.pop() ?? Buffer.allocUnsafe(this.blockSize);
     data.copy(copy);
-    const length = data.length;
+    return copy.subarray(0, data.length);
+  }
+
+  /**
+   * Write `copy` (from copyForBehind; the store reclaims it) on the thread pool after every earlier write to
+   * pbn. The promise settles when the bytes are in the file (page cache).
+   */
+  writeBehind(pbn: number, copy: Buffer, offsetInBlock = 0): Promise<void> {
+    const length = copy.length;
     const pos = pbn * this.blockSize + offsetInBlock;
     this.behindBytes += length;
     return this.chain(pbn, () =>
@@ -157,7 +162,8 @@ export class PoolFileStore implements BlockStore {
         };
         const finish = (err: Error | null): void => {
           this.behindBytes -= length;
-          this.spare.push(copy);
+          // the whole block-sized buffer copyForBehind took (its own ArrayBuffer: blockSize >= 4 KiB is never pooled)
+          this.spare.push(Buffer.from(copy.buffer, copy.byteOffset, this.blockSize));
           if (!err) return resolve();
           this.failed ??= err;
           reject(err);

@@ -60,9 +60,21 @@ class Run {
     this.stats[k] = (this.stats[k] ?? 0) + 1;
   }
 
-  /** As the FUSE edge does: the synchronous fast path first, the async path when it declines. */
+  /**
+   * As the FUSE edge does: the synchronous fast path first, the async path when it declines. Like a FUSE
+   * request, the attempt runs in a callback of its own (a macrotask) and its deferred work on the next tick,
+   * which Node runs before any promise continuation.
+   */
   async write(d: DiskState, off: number, buf: Buffer): Promise<number> {
-    const n = writeDiskNow(this.reg.ctx, d, off, buf);
+    const n = await new Promise<number | undefined>((resolve, reject) =>
+      setImmediate(() => {
+        try {
+          resolve(writeDiskNow(this.reg.ctx, d, off, buf, (work) => process.nextTick(work)));
+        } catch (e) {
+          reject(e as Error);
+        }
+      }),
+    );
     this.count(n === undefined ? 'io:write-async' : 'io:write-now');
     return n ?? writeDisk(this.reg.ctx, d, off, buf);
   }

@@ -98,7 +98,7 @@ describe('PoolFileStore with readahead', () => {
         const data = randomBytes(rnd, whole ? BS : Math.min(BS - off, 1 + Math.floor(rnd() * BS)));
         data.copy(model[pbn]!, off);
         if (rnd() < 0.7) {
-          pending.push(store.writeBehind(pbn, data, off));
+          pending.push(store.writeBehind(pbn, store.copyForBehind(data), off));
           data.fill(0); // the store took a copy
         } else pending.push(store.write(pbn, data, off));
         if (rnd() < 0.1) {
@@ -127,7 +127,7 @@ describe('PoolFileStore with readahead', () => {
       for (let round = 0; round < 50; round++) {
         const ws: Promise<void>[] = [];
         // a big write, then small ones: without ordering the small last one tends to finish first
-        for (let i = 0; i < 8; i++) ws.push(store.writeBehind(0, Buffer.alloc(i === 7 ? 512 : BS, i + round * 8 + 1)));
+        for (let i = 0; i < 8; i++) ws.push(store.writeBehind(0, store.copyForBehind(Buffer.alloc(i === 7 ? 512 : BS, i + round * 8 + 1))));
         await Promise.all(ws);
         const b = Buffer.alloc(512);
         store.readSync(0, b);
@@ -142,10 +142,10 @@ describe('PoolFileStore with readahead', () => {
     const store = await PoolFileStore.open(join(await tempDir(), 'pool.dat'), BS);
     try {
       expect(store.behindRoom(BS)).toBe(true);
-      await store.writeBehind(0, Buffer.alloc(BS, 1));
+      await store.writeBehind(0, store.copyForBehind(Buffer.alloc(BS, 1)));
       // Take the descriptor away underneath: the next pwrite on the thread pool fails (EBADF).
       await (store as unknown as { fh: { close(): Promise<void> } }).fh.close();
-      await expect(store.writeBehind(1, Buffer.alloc(BS / 2, 2))).rejects.toThrow(); // partial: the buffered descriptor
+      await expect(store.writeBehind(1, store.copyForBehind(Buffer.alloc(BS / 2, 2)))).rejects.toThrow();
       expect(store.behindRoom(BS)).toBe(false);
       await expect(store.sync()).rejects.toThrow();
       await expect(store.sync()).rejects.toThrow();
