@@ -5,7 +5,7 @@
  */
 import type { Db } from '../meta/db.js';
 import { EntryCache, Table, type BatchOp } from '../meta/table.js';
-import { livePrefix, snapPrefix, diskKey, SEQ_KEY } from '../meta/keys.js';
+import { livePrefix, snapPrefix, diskKey, SEQ_KEY, SYNC_KEY } from '../meta/keys.js';
 import type { DiskRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import type { Pool } from '../store/pool.js';
 import { KeyedLock, Gate } from '../util/lock.js';
@@ -166,7 +166,7 @@ export class Context {
           const ready = group.flatMap((g) => (g.ready ? [g.ready] : []));
           if (ready.length) await Promise.all(ready);
           if (ops.length) await this.db.batch(ops, { sync });
-          else if (sync) await this.db.put('meta!sync', new Date().toISOString(), { sync: true });
+          else if (sync) await this.db.put(SYNC_KEY, new Date().toISOString(), { sync: true });
           settle();
           for (const g of group) g.resolve();
         } catch (e) {
