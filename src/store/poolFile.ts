@@ -3,7 +3,8 @@
  * pbn belongs to which disk block) lives in LevelDB; a pbn's bytes are written before the table entry that
  * references it is committed, so a crash can leave only unreferenced (free) blocks with garbage, never a
  * table entry pointing at missing data. Free space is whatever no table references (see allocator.ts).
- * Concurrency: positional reads and writes on one descriptor; callers serialise writes per block.
+ * Concurrency: positional reads and writes on one descriptor; callers hold the block lock, and writes to one
+ * block are also kept in issue order here (write-behind, below).
  * Reads are synchronous preads on purpose: a block-sized copy from the page cache takes tens of microseconds,
  * far less than the thread-pool round trip of the async API, and FUSE requests for one stream arrive one
  * after another, so latency is throughput here (measured: see README, Performance). Because a synchronous
