@@ -223,26 +223,9 @@ export function q(s: string): string {
 // ---------------------------------------------------------------------------------------------------------
 // Status types (the shape of .vdisk/status.json)
 
-export interface SnapshotStatus {
-  name: string;
-  id: string;
-  created: string;
-  size: number;
-  heldBytes: number;
-}
-export interface DiskStatus {
-  name: string;
-  size: number;
-  blockSize: number;
-  allocatedBytes: number;
-  created: string;
-  clonedFrom?: string;
-  snapshots: SnapshotStatus[];
-}
-export interface StoreStatus {
-  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null; blockStore?: 'file' | 'leveldb' };
-  disks: DiskStatus[];
-}
+// status.json's shape is the core's (read through the mount here).
+import type { SnapshotStatus, DiskStatus, StoreStatus } from '../../src/control/status.js';
+export type { SnapshotStatus, DiskStatus, StoreStatus };
 
 export interface CtlResult {
   ok: boolean;
