@@ -11,6 +11,7 @@
 // This process serves the mount: it must never block its event loop on I/O to the mount itself
 // (no execSync/spawnSync here), or the kernel request and the JS thread wait for each other.
 import Fuse from 'fuse-native'
+import { readFile, writeFile } from 'node:fs/promises'
 import process from 'node:process'
 
 const [mountpoint, sizeArg] = process.argv.slice(2)
@@ -122,10 +123,21 @@ function shutdown (code) {
 }
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => shutdown(0))
 
-fuse.mount((err) => {
+// Kernel readahead of the mount, as vdiskfs sets it (src/fuse/mount.ts, default 1 MiB; NULLFS_READAHEAD_KB=0
+// keeps the kernel's 128 KiB): with the default window only one 128 KiB read request is in flight at a time.
+const READAHEAD_KB = Number(process.env.NULLFS_READAHEAD_KB ?? 1024)
+async function setReadahead () {
+  const lines = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' '))
+  const dev = lines.filter((f) => f[4] === mountpoint).pop()?.[2]
+  if (!dev) throw new Error(`${mountpoint} not in /proc/self/mountinfo`)
+  await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, `${READAHEAD_KB}\n`)
+}
+
+fuse.mount(async (err) => {
   if (err) {
     process.stderr.write(`nullfs: mount failed: ${err.message}\n`)
     process.exit(1)
   }
+  if (READAHEAD_KB > 0) await setReadahead().catch((e) => process.stderr.write(`nullfs: readahead not set: ${e.message}\n`))
   process.stdout.write('ready\n')
 })

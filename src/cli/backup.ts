@@ -16,6 +16,7 @@ import { findTarget, producerFor } from '../image/snapshotImage.js';
 import { restoreImage, type RestoreTarget } from '../restore/restore.js';
 import { verifyImage, inspectImage, formatInspection } from '../image/index.js';
 import { formatSize } from '../util/size.js';
+import { mountDevice } from '../util/mountinfo.js';
 
 function progress(label: string, total?: number): Transform {
   let done = 0;
@@ -75,7 +76,7 @@ async function mounted(dir: string): Promise<string | undefined> {
     return undefined; // a stale file left by a killed daemon
   }
   const mounts = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  return mounts.split('\n').some((l) => l.split(' ')[4] === info.mountpoint) ? join(info.mountpoint, '.vdisk') : undefined;
+  return mountDevice(mounts, info.mountpoint) !== undefined ? join(info.mountpoint, '.vdisk') : undefined;
 }
 
 export function registerBackupCommands(program: Command): void {

@@ -30,18 +30,19 @@ program
   .option('--store <dir>', 'store directory (default $VDISKFS_STORE or ~/.local/share/vdiskfs)')
   .option('--pool-size <size>', 'pool capacity, e.g. 10G (default unlimited)')
   .option('--block-store <kind>', BLOCK_STORE_HELP)
+  .option('--readahead <size>', 'kernel readahead for sequential reads, e.g. 1M (default 1M; 0 keeps the kernel default; needs root)')
   .option('-f, --foreground', 'stay in the foreground, log to stderr too')
   .option('-o, --options <opts>', 'FUSE and vdiskfs options, comma separated (name=value)', collect, [])
   .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
   .addOption(new Option('--daemon-child').hideHelp())
-  .action(async (first: string, second: string | undefined, o: { store?: string; poolSize?: string; blockStore?: string; foreground?: boolean; options: string[]; logLevel?: string; daemonChild?: boolean }) => {
+  .action(async (first: string, second: string | undefined, o: { store?: string; poolSize?: string; blockStore?: string; readahead?: string; foreground?: boolean; options: string[]; logLevel?: string; daemonChild?: boolean }) => {
     let mountpoint = first;
     let store = o.store;
     if (second !== undefined) {
       mountpoint = second;
       if (!store && first.startsWith('/')) store = first;
     }
-    const args: MountArgs = { mountpoint, options: o.options, ...(store ? { store } : {}), ...(o.poolSize ? { poolSize: o.poolSize } : {}), ...(o.blockStore ? { blockStore: o.blockStore } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}), ...(o.foreground ? { foreground: true } : {}) };
+    const args: MountArgs = { mountpoint, options: o.options, ...(store ? { store } : {}), ...(o.poolSize ? { poolSize: o.poolSize } : {}), ...(o.blockStore ? { blockStore: o.blockStore } : {}), ...(o.readahead !== undefined ? { readahead: o.readahead } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}), ...(o.foreground ? { foreground: true } : {}) };
     if (o.daemonChild) return runDaemonChild(args);
     if (o.foreground || o.options.some((x) => x.split(',').includes('foreground'))) return mountForeground({ ...args, foreground: true });
     return mountBackground(args);

@@ -11,7 +11,8 @@ import { Tree } from '../fuse/nodes.js';
 import { mountTree, type Mounted } from '../fuse/mount.js';
 import { configureLog, logger } from '../log.js';
 import { mountInfoPath, parseBlockStore } from '../meta/db.js';
-import { parseSize } from '../util/size.js';
+import { parseReadahead, parseSize } from '../util/size.js';
+import { mountDevice } from '../util/mountinfo.js';
 import { errorMessage, invalid } from '../errors.js';
 import { storeDir } from './storeDir.js';
 import { installSections } from '../fuse/sections.js';
@@ -22,6 +23,8 @@ export interface MountArgs {
   poolSize?: string;
   /** `file` or `leveldb`: where a new store keeps block data; an existing store must match. */
   blockStore?: string;
+  /** Kernel readahead for the mount (a size; 0 keeps the kernel default). */
+  readahead?: string;
   foreground?: boolean;
   options?: string[];
   logLevel?: string;
@@ -40,6 +43,7 @@ export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: s
     if (k === 'store') out.store = v;
     else if (k === 'pool-size') out.poolSize = v;
     else if (k === 'block-store') out.blockStore = v;
+    else if (k === 'readahead') out.readahead = v;
     else if (k === 'log-level') out.logLevel = v;
     else if (k === 'foreground') out.foreground = true;
     else if (!DROPPED.has(o)) out.fuseOptions.push(o);
@@ -48,8 +52,7 @@ export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: s
 }
 
 async function isMounted(mountpoint: string): Promise<boolean> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  return text.split('\n').some((l) => l.split(' ')[4] === mountpoint);
+  return mountDevice(await readFile('/proc/self/mountinfo', 'utf8').catch(() => ''), mountpoint) !== undefined;
 }
 
 export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boolean; error?: string }) => void): Promise<void> {
@@ -59,6 +62,7 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
   const poolSize = args.poolSize ? parseSize(args.poolSize) : undefined;
   if (poolSize !== undefined && poolSize <= 0) throw invalid('pool size must be positive');
   const blockStore = args.blockStore !== undefined ? parseBlockStore(args.blockStore) : undefined;
+  const readahead = args.readahead !== undefined ? parseReadahead(args.readahead) : undefined;
   await mkdir(dir, { recursive: true });
   configureLog({ level: args.logLevel ?? 'info', file: join(dir, 'vdiskfs.log'), stderr: !!args.foreground && !notify });
   const log = logger('mount');
@@ -69,7 +73,7 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
     installSections(tree, reg);
     // Written before mounting: whoever sees the mount can already find out who serves it.
     await writeFile(mountInfoPath(dir), JSON.stringify({ pid: process.pid, mountpoint }));
-    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions });
+    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions, ...(readahead !== undefined ? { readahead } : {}) });
   } catch (e) {
     await mounted?.unmount().catch(() => undefined);
     await rm(mountInfoPath(dir), { force: true });
@@ -111,6 +115,7 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   if (raw.store) argv.push('--store', raw.store);
   if (raw.poolSize) argv.push('--pool-size', raw.poolSize);
   if (raw.blockStore) argv.push('--block-store', raw.blockStore);
+  if (raw.readahead) argv.push('--readahead', raw.readahead);
   if (raw.logLevel) argv.push('--log-level', raw.logLevel);
   for (const o of raw.options ?? []) argv.push('-o', o);
   // FUSE serves requests on several threads; glibc gives each its own malloc arena, which inflates the

@@ -15,6 +15,13 @@ export function parseSize(text: string): number {
   return bytes;
 }
 
+/** A readahead setting (--readahead, -o readahead=): 0 (the kernel's default) or whole KiB up to 256M. */
+export function parseReadahead(text: string): number {
+  const bytes = parseSize(text);
+  if (bytes % 1024 !== 0 || bytes > 256 * 1024 ** 2) throw invalid(`readahead '${text}' must be 0 or a whole number of KiB up to 256M`);
+  return bytes;
+}
+
 export function formatSize(bytes: number): string {
   const names = ['B', 'K', 'M', 'G', 'T', 'P'];
   let v = bytes;

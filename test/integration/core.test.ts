@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { mountDevice } from '../../src/util/mountinfo.js';
 import {
   K,
   M,
@@ -536,6 +537,29 @@ describe('core', () => {
     expect(r.stdout).not.toMatch(/^off1/m);
     expect(r.stdout).toMatch(/^on1\t5M\t/m);
     await o.teardown();
+  });
+
+  it('the mount sets the kernel readahead: 1 MiB by default, -o readahead=SIZE, 0 keeps the kernel default, bad values refused', async () => {
+    const readaheadKiB = async (mp: string): Promise<number> => {
+      const dev = mountDevice(await readFile('/proc/self/mountinfo', 'utf8'), mp);
+      expect(dev, `${mp} in mountinfo`).toBeDefined();
+      return Number((await readFile(`/sys/class/bdi/${dev}/read_ahead_kb`, 'utf8')).trim());
+    };
+    expect(await readaheadKiB(m.mp)).toBe(1024);
+    for (const [opt, kib] of [['readahead=512K', 512], ['readahead=0', 128]] as const) {
+      const o = await VdiskMount.create({ extraArgs: ['-o', opt] });
+      try {
+        expect(await readaheadKiB(o.mp), opt).toBe(kib);
+      } finally {
+        await o.teardown();
+      }
+    }
+    const bad = await VdiskMount.unmounted();
+    const r = await vdiskfs(['mount', bad.mp, '--store', bad.store, '--readahead', '3000']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/readahead '3000'/);
+    expect(await isMountpoint(bad.mp)).toBe(false);
+    await bad.teardown();
   });
 
   it('the -o store=DIR,pool_size=SIZE form mounts with that store and pool', async () => {

@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { splitRange, blocksFor } from '../../src/util/range.js';
-import { parseSize, formatSize, checkBlockSize, checkVirtualSize, MAX_VIRTUAL_SIZE } from '../../src/util/size.js';
+import { parseSize, formatSize, checkBlockSize, checkVirtualSize, MAX_VIRTUAL_SIZE, parseReadahead } from '../../src/util/size.js';
+import { mountDevice } from '../../src/util/mountinfo.js';
 import { isZero } from '../../src/util/zero.js';
 import { KeyedLock, Gate } from '../../src/util/lock.js';
 import { VdiskError } from '../../src/errors.js';
@@ -148,6 +149,33 @@ describe('parseSize / formatSize', () => {
     for (const s of [0, -512, 511, 1000, 1.5, NaN, Infinity, MAX_VIRTUAL_SIZE, MAX_VIRTUAL_SIZE + 512, 2 ** 60]) {
       expect(codeOf(() => checkVirtualSize(s, 4096)), String(s)).toBe('INVALID');
     }
+  });
+});
+
+describe('parseReadahead', () => {
+  it('takes 0 or whole KiB up to 256M and refuses the rest with a reason', () => {
+    expect(parseReadahead('0')).toBe(0);
+    expect(parseReadahead('1M')).toBe(1024 * 1024);
+    expect(parseReadahead('512K')).toBe(512 * 1024);
+    expect(parseReadahead('256M')).toBe(256 * 1024 * 1024);
+    for (const bad of ['3000', '257M', '1G', '-1', 'lots']) expect(() => parseReadahead(bad), bad).toThrow(/readahead|size/);
+  });
+});
+
+describe('mountDevice', () => {
+  const info = [
+    '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw',
+    '80 22 0:39 / /tmp/with\\040space rw,nosuid,nodev,relatime shared:40 - fuse.vdiskfs vdiskfs rw,user_id=0,group_id=0',
+    '81 22 0:41 / /mnt/v rw shared:41 - fuse.vdiskfs vdiskfs rw',
+    '82 81 0:42 / /mnt/v rw shared:42 - fuse.vdiskfs vdiskfs rw',
+    '',
+  ].join('\n');
+  it('finds the major:minor of a mount, unescaping the mountpoint; the last one stacked wins', () => {
+    expect(mountDevice(info, '/')).toBe('254:0');
+    expect(mountDevice(info, '/tmp/with space')).toBe('0:39');
+    expect(mountDevice(info, '/mnt/v')).toBe('0:42');
+    expect(mountDevice(info, '/mnt')).toBeUndefined();
+    expect(mountDevice(info, '/tmp/with\\040space')).toBeUndefined();
   });
 });
 
