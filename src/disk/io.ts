@@ -125,7 +125,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   if (disk.gate.closed || ctx.failure || ctx.backlog > MAX_BACKLOG) return undefined;
   if (!Number.isSafeInteger(offset) || offset < 0 || src.length === 0 || offset + src.length > disk.rec.size) return undefined;
   const store = ctx.pool.storeNow(disk.blockSize);
-  if (!store?.writeBehind || !store.copyForBehind || !store.behindRoom?.(src.length)) return undefined;
+  if (!store?.stageBehind || !store.behindRoom?.(src.length)) return undefined;
   const pieces = splitRange(offset, src.length, disk.blockSize);
   const L = disk.latest();
   const epoch = disk.rec.epoch;
@@ -162,12 +162,14 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   }
   // Written behind: in-place writes need nothing more (a failure fails the next fsync); the batch that
   // references new blocks waits for their writes, and if one fails the batch fails and frees them.
-  const copies = [...inPlace.map((w) => store.copyForBehind!(w.data)), ...changes.map((c) => store.copyForBehind!(c.block!))];
+  const stageBehind = store.stageBehind.bind(store);
+  const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock));
+  const newWrites = changes.map((c) => stageBehind((c.next as { pbn: number }).pbn, c.block!));
   for (const c of changes) c.block = undefined; // `block` was the caller's buffer: not kept past this call
   later(() => {
     try {
-      inPlace.forEach((w, i) => store.writeBehind!(w.pbn, copies[i]!, w.offsetInBlock).catch(() => undefined));
-      const written = changes.map((c, i) => store.writeBehind!((c.next as { pbn: number }).pbn, copies[inPlace.length + i]!));
+      for (const w of inPlaceWrites) w().catch(() => undefined);
+      const written = newWrites.map((w) => w());
       if (changes.length || disk.rec.contentUid != null) {
         stageCommit(ctx, disk, changes, reserved, [], false, written.length ? Promise.all(written) : undefined).catch(() => undefined);
       }

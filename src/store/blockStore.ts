@@ -3,8 +3,10 @@
  * of disks, tables or snapshots. One store serves one block size; the pool keeps one store per block size
  * in use, opened through a BlockStoreFactory (the store's "bottom", chosen when the store is created and
  * recorded in its format record):
- * - PoolFileStore (`--block-store file`, the default): block data in `pool-<blockSize>.dat`, pbn at byte
- *   pbn × blockSize. A freed pbn keeps its stale bytes until reused; the file never shrinks by itself.
+ * - DirectPoolFileStore / PoolFileStore (`--block-store file`, the default): block data in
+ *   `pool-<blockSize>.dat`, pbn at byte pbn × blockSize, read and written with O_DIRECT where the filesystem
+ *   supports it (directPool.ts), else through the page cache (poolFile.ts). A freed pbn keeps its stale bytes
+ *   until reused; the file never shrinks by itself.
  * - LevelBlockStore (`--block-store leveldb`): one binary LevelDB value per block in the store's database,
  *   beside the tables; kept to measure the single-database layout side by side (README, Performance).
  *   A freed pbn's value must be deleted (discard) or the database would only grow.
@@ -29,13 +31,13 @@ export interface BlockStore {
   readSync?(pbn: number, dst: Buffer, offsetInBlock?: number): void;
   writeSync?(pbn: number, data: Buffer, offsetInBlock?: number): void;
   /**
-   * Write-behind (with readSync): copyForBehind takes a private copy of the data; writeBehind writes such a
-   * copy later, in order with every other write to the pbn, settling when it is written; busy(pbn) is true
-   * while a write to pbn is in flight (then readSync must not be used); behindRoom(bytes) says whether
-   * writeBehind may take that much more now.
+   * Write-behind (with readSync): stageBehind takes the data now (a copy: the caller may reuse its buffer at
+   * once) and returns a function that queues the write and gives its promise, which settles when the data is
+   * written, in order with every other write to the pbn; busy(pbn) is true while a write to pbn is staged or
+   * in flight (then readSync must not be used); behindRoom(bytes) says whether stageBehind may take that
+   * much more now (for one request).
    */
-  copyForBehind?(data: Buffer): Buffer;
-  writeBehind?(pbn: number, copy: Buffer, offsetInBlock?: number): Promise<void>;
+  stageBehind?(pbn: number, data: Buffer, offsetInBlock?: number): () => Promise<void>;
   busy?(pbn: number): boolean;
   behindRoom?(bytes: number): boolean;
   /**

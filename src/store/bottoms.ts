@@ -5,15 +5,23 @@
 import { join } from 'node:path';
 import type { BlockStoreFactory } from './blockStore.js';
 import { PoolFileStore } from './poolFile.js';
+import { DirectPoolFileStore } from './directPool.js';
 import { LevelBlockStore } from './levelBlocks.js';
 import type { Db } from '../meta/db.js';
 import type { BlockStoreKind } from '../meta/records.js';
 
-/** `pool-<blockSize>.dat` files in the store directory. */
+/**
+ * `pool-<blockSize>.dat` files in the store directory, read and written with O_DIRECT where the store's
+ * filesystem supports it (directPool.ts), else through the page cache (poolFile.ts). VDISKFS_POOL_IO=buffered
+ * asks for the page cache anyway (to measure one against the other).
+ */
 export const poolFiles =
   (dir: string): BlockStoreFactory =>
-  (blockSize) =>
-    PoolFileStore.open(join(dir, `pool-${blockSize}.dat`), blockSize);
+  async (blockSize) => {
+    const path = join(dir, `pool-${blockSize}.dat`);
+    const direct = process.env.VDISKFS_POOL_IO === 'buffered' ? null : await DirectPoolFileStore.open(path, blockSize);
+    return direct ?? PoolFileStore.open(path, blockSize);
+  };
 
 /** Values in the store's LevelDB database (shares the registry's handle; the registry closes it). */
 export const levelBlocks =

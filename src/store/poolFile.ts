@@ -1,5 +1,7 @@
 /**
- * Block data in a flat file `pool-<blockSize>.dat`: block pbn lives at byte pbn*blockSize. Metadata (which
+ * Block data in a flat file `pool-<blockSize>.dat` through the page cache: block pbn lives at byte
+ * pbn*blockSize. Used where the filesystem refuses O_DIRECT (tmpfs) or VDISKFS_POOL_IO=buffered; elsewhere
+ * directPool.ts serves the same file without the page cache. Metadata (which
  * pbn belongs to which disk block) lives in LevelDB; a pbn's bytes are written before the table entry that
  * references it is committed, so a crash can leave only unreferenced (free) blocks with garbage, never a
  * table entry pointing at missing data. Free space is whatever no table references (see allocator.ts).
@@ -131,23 +133,24 @@ export class PoolFileStore implements BlockStore {
     while (done < data.length) done += writeSync(this.fh.fd, data, done, data.length - done, pos + done);
   }
 
-  /** Whether writeBehind() may take `bytes` more now. */
+  /** Whether stageBehind() may take `bytes` more now. */
   behindRoom(bytes: number): boolean {
     return this.failed === null && this.behindBytes + bytes <= BEHIND_LIMIT;
   }
 
-  /** A private copy of `data` for writeBehind, so that the caller may reuse its buffer at once. */
-  copyForBehind(data: Buffer): Buffer {
-    const copy = this.spare.pop() ?? Buffer.allocUnsafe(this.blockSize);
+  /** A private copy of `data` now; the returned function starts its write behind (see BlockStore). */
+  stageBehind(pbn: number, data: Buffer, offsetInBlock = 0): () => Promise<void> {
+    const copy = (this.spare.pop() ?? Buffer.allocUnsafe(this.blockSize)).subarray(0, data.length);
     data.copy(copy);
-    return copy.subarray(0, data.length);
+    // Nothing of `data` past this line: fuse-native detaches the request's buffer once it is answered.
+    return () => this.writeBehind(pbn, copy, offsetInBlock);
   }
 
   /**
-   * Write `copy` (from copyForBehind; the store reclaims it) on the thread pool after every earlier write to
+   * Write `copy` (from stageBehind; the store reclaims it) on the thread pool after every earlier write to
    * pbn. The promise settles when the bytes are in the file (page cache).
    */
-  writeBehind(pbn: number, copy: Buffer, offsetInBlock = 0): Promise<void> {
+  private writeBehind(pbn: number, copy: Buffer, offsetInBlock: number): Promise<void> {
     const length = copy.length;
     const pos = pbn * this.blockSize + offsetInBlock;
     this.behindBytes += length;
@@ -163,7 +166,7 @@ export class PoolFileStore implements BlockStore {
         };
         const finish = (err: Error | null): void => {
           this.behindBytes -= length;
-          // the whole block-sized buffer copyForBehind took (its own ArrayBuffer: blockSize >= 4 KiB is never pooled)
+          // the whole block-sized buffer stageBehind took (its own ArrayBuffer: blockSize >= 4 KiB is never pooled)
           this.spare.push(Buffer.from(copy.buffer, copy.byteOffset, this.blockSize));
           if (!err) return resolve();
           this.failed ??= err;
