@@ -4,6 +4,8 @@
 //   null     scripts/nullfs.mjs, a FUSE filesystem that discards writes and reads zeros: the ceiling for
 //            any fuse-native filesystem on this machine
 //   vdiskfs  a disk file of a vdiskfs mount (dist/cli/main.js mount ... -f), store in the temp dir
+//   vdiskfs-pagecache  the same with VDISKFS_POOL_IO=buffered: pool files read and written through the page
+//            cache instead of with O_DIRECT (store/poolFile.ts instead of store/directPool.ts)
 //   vdiskfs-leveldb  the same with `--block-store leveldb`: block data as values inside the store's LevelDB
 //            instead of pool files (the single-database layout, measured side by side with the default)
 //   qemu     qemu-storage-daemon's FUSE export of a raw file (skipped if the binary is absent)
@@ -11,9 +13,10 @@
 //
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
-//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-leveldb,qemu) and sections
+//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
 //                                          (snapshot,backup); keys match exactly (vdiskfs is not vdiskfs-leveldb)
 //   BENCH_SUSTAINED_GIB=8                  size of the sustained write
+//   BENCH_ROUNDS=3                         rounds (medians are reported; 1 with BENCH_QUICK)
 //   BENCH_DIR=/path                        where the temp dir goes (default: os.tmpdir())
 //   BENCH_JSON=/path.json                  results file (default /tmp/vdiskfs-bench-results.json)
 //   BENCH_KEEP=1                           keep the temp dir
@@ -57,9 +60,11 @@ export const config = (() => {
     seqMiB,
     // sustained write = the seqMiB source written `sustainedTimes` times back to back
     sustainedTimes: quick ? 2 : Math.max(1, Math.round(sustainedGiB * 1024 / seqMiB)),
+    // every figure is measured `rounds` times, the targets taking turns, and the median is reported
+    rounds: Math.max(1, Number(env.BENCH_ROUNDS || (quick ? 1 : 3))),
     fioRuntime: quick ? 3 : 15,
     fioSize: quick ? '64M' : '1G',
-    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-leveldb,qemu,snapshot,backup').split(',').map((s) => s.trim()).filter(Boolean),
+    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup').split(',').map((s) => s.trim()).filter(Boolean),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
     keep: env.BENCH_KEEP === '1',
@@ -76,7 +81,7 @@ export const config = (() => {
  * setup() of a vdiskfs target: a fresh store ctx.dir/<store>, mounted on ctx.dir/<mnt> with `mountArgs`
  * added to the mount command, and one disk `bench` of config.diskGiB.
  */
-function vdiskfsSetup ({ mnt, store: storeName, mountArgs = [] }) {
+function vdiskfsSetup ({ mnt, store: storeName, mountArgs = [], env: extraEnv = {} }) {
   return async function setup (ctx) {
     const cli = path.join(ROOT, 'dist/cli/main.js')
     if (!(await exists(cli))) return { skip: `${path.relative(ROOT, cli)} not built (npm run build)` }
@@ -87,7 +92,7 @@ function vdiskfsSetup ({ mnt, store: storeName, mountArgs = [] }) {
     if (!ctx.mountpoints.includes(mountpoint)) ctx.mountpoints.push(mountpoint)
     const ctl = path.join(mountpoint, '.vdisk', 'ctl')
     const server = await startServer(process.execPath, [cli, 'mount', mountpoint, '--store', store, ...mountArgs, '-f'],
-      { mountpoint, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs${mountArgs.length ? ` ${mountArgs.join(' ')}` : ''}` })
+      { mountpoint, env: { ...process.env, ...extraEnv }, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs${mountArgs.length ? ` ${mountArgs.join(' ')}` : ''}` })
     const file = path.join(mountpoint, 'bench')
     // Same open flags as the shell's `echo ... > ctl` (O_WRONLY|O_CREAT|O_TRUNC).
     await writeFile(ctl, `create bench ${config.diskGiB}G\n`)
@@ -120,6 +125,11 @@ export const TARGETS = [
     key: 'vdiskfs',
     label: 'vdiskfs',
     setup: vdiskfsSetup({ mnt: 'mnt-vdiskfs', store: 'store' })
+  },
+  {
+    key: 'vdiskfs-pagecache',
+    label: 'vdiskfs, pool through the page cache',
+    setup: vdiskfsSetup({ mnt: 'mnt-vdiskfs-pagecache', store: 'store-pagecache', env: { VDISKFS_POOL_IO: 'buffered' } })
   },
   {
     key: 'vdiskfs-leveldb',
@@ -160,6 +170,8 @@ export const FIGURES = [
     }
   },
   {
+    // Cold, then at once warm: both reads run here, back to back, so that no other target's cache drop
+    // falls between them (the targets take turns figure by figure); the warm figure below reports the second.
     key: 'seqReadMBps',
     header: 'seq read, cold MB/s',
     digits: 0,
@@ -167,19 +179,18 @@ export const FIGURES = [
       await dropCaches()
       const r = await dd({ src: t.file, dst: '/dev/null', count: config.seqMiB, timeoutMs: config.ddTimeoutMs })
       t.raw.seqRead = r
+      // The same read again: the store's files are now in the page cache, so this measures the FUSE path
+      // itself. The cold read cannot beat the disk (see the plain file's cold figure).
+      t.raw.seqReadWarm = await dd({ src: t.file, dst: '/dev/null', count: config.seqMiB, timeoutMs: config.ddTimeoutMs })
       return r.MBps
     }
   },
   {
-    // The same read again: the store's files are now in the page cache, so this measures the FUSE path
-    // itself. The cold read above cannot beat the disk (see the plain file's cold figure).
     key: 'seqReadWarmMBps',
     header: 'seq read, warm MB/s',
     digits: 0,
     async run (ctx, t) {
-      const r = await dd({ src: t.file, dst: '/dev/null', count: config.seqMiB, timeoutMs: config.ddTimeoutMs })
-      t.raw.seqReadWarm = r
-      return r.MBps
+      return t.raw.seqReadWarm ? t.raw.seqReadWarm.MBps : null
     }
   },
   {
@@ -218,6 +229,7 @@ export const FIGURES = [
     header: 'peak RSS MB',
     digits: 0,
     noRatio: false,
+    once: true, // over the whole run: read after the last round
     async run (ctx, t) {
       return t.server ? await t.server.peakRssMiB() : null
     }
@@ -231,49 +243,82 @@ export const SECTIONS = [snapshotSection, backupSection]
 
 // ---- driver ----------------------------------------------------------------------------------
 
-async function benchTarget (ctx, def) {
-  const result = { key: def.key, label: def.label, figures: {}, errors: [], raw: {} }
-  process.stderr.write(`\n== ${def.label}\n`)
-  let t
+/** Mount (or make) one target; returns { def, result, t } with t null when it failed or was skipped. */
+async function setupTarget (ctx, def) {
+  const result = { key: def.key, label: def.label, figures: {}, samples: {}, errors: [], raw: {} }
+  let t = null
   try {
     t = await def.setup(ctx)
+    if (t.skip) {
+      result.skipped = t.skip
+      process.stderr.write(`   ${def.label}: skipped: ${t.skip}\n`)
+      t = null
+    } else t.raw = result.raw
   } catch (err) {
     result.errors.push(`setup: ${err.message}`)
-    process.stderr.write(`   setup failed: ${err.message}\n`)
-    return result
+    process.stderr.write(`   ${def.label}: setup failed: ${err.message}\n`)
+    t = null
   }
-  if (t.skip) {
-    result.skipped = t.skip
-    process.stderr.write(`   skipped: ${t.skip}\n`)
-    return result
-  }
-  t.raw = result.raw
+  return { def, result, t }
+}
+
+async function teardownTarget (ctx, { def, result, t }) {
+  if (!t) return
+  if (t.server) await t.server.stop()
+  if (t.mountpoint && await isMounted(t.mountpoint)) result.errors.push(`${t.mountpoint} still mounted after stop`)
+  if (def.key === 'plain') await rm(t.file, { force: true })
+  if (t.store) await rm(t.store, { recursive: true, force: true })
+  if (def.key === 'qemu') await rm(path.join(ctx.dir, 'qemu.raw'), { force: true })
+}
+
+const median = (xs) => {
+  const v = xs.filter((x) => x != null).sort((a, b) => a - b)
+  if (!v.length) return null
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
+}
+
+/**
+ * All targets are mounted side by side and take turns: every figure is run once on each target before the
+ * next figure, and the whole list `rounds` times, so that the machine's drift (its speed varies from minute
+ * to minute) falls on every target alike. A figure is the median of its rounds.
+ */
+async function benchTargets (ctx, defs) {
+  const all = []
+  for (const def of defs) all.push(await setupTarget(ctx, def))
+  const live = all.filter((x) => x.t)
   try {
-    for (const fig of FIGURES) {
-      if (t.server && t.server.exited()) {
-        result.errors.push(`${fig.key}: server exited ${JSON.stringify(t.server.exited())}: ${t.server.output()}`)
-        break
-      }
-      const t0 = Date.now()
-      try {
-        const v = await fig.run(ctx, t)
-        result.figures[fig.key] = v
-        process.stderr.write(`   ${fig.header.padEnd(22)} ${fmt(v, fig.digits).padStart(10)}   (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
-      } catch (err) {
-        result.figures[fig.key] = null
-        result.errors.push(`${fig.key}: ${err.message}`)
-        process.stderr.write(`   ${fig.header.padEnd(22)}      ERROR: ${err.message.split('\n')[0]}\n`)
+    for (let round = 1; round <= config.rounds; round++) {
+      process.stderr.write(`\n== round ${round} of ${config.rounds}\n`)
+      for (const fig of FIGURES) {
+        if (fig.once && round < config.rounds) continue
+        for (const { result, t } of live) {
+          if (t.failed) continue
+          if (t.server && t.server.exited()) {
+            t.failed = true
+            result.errors.push(`${fig.key}: server exited ${JSON.stringify(t.server.exited())}: ${t.server.output()}`)
+            continue
+          }
+          const t0 = Date.now()
+          let v = null
+          try {
+            v = await fig.run(ctx, t)
+          } catch (err) {
+            result.errors.push(`${fig.key} (round ${round}): ${err.message}`)
+            process.stderr.write(`   ${result.label.padEnd(28)} ${fig.header.padEnd(22)}      ERROR: ${err.message.split('\n')[0]}\n`)
+            continue
+          }
+          ;(result.samples[fig.key] ??= []).push(v)
+          process.stderr.write(`   ${result.label.padEnd(28)} ${fig.header.padEnd(22)} ${fmt(v, fig.digits).padStart(10)}   (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
+        }
       }
     }
   } finally {
-    if (t.server) await t.server.stop()
-    if (t.mountpoint && await isMounted(t.mountpoint)) result.errors.push(`${t.mountpoint} still mounted after stop`)
-    // free the space the target used before the next one writes gigabytes
-    if (def.key === 'plain') await rm(t.file, { force: true })
-    if (t.store) await rm(t.store, { recursive: true, force: true })
-    if (def.key === 'qemu') await rm(path.join(ctx.dir, 'qemu.raw'), { force: true })
+    for (const x of all) await teardownTarget(ctx, x)
   }
-  return result
+  for (const { result } of all) {
+    for (const fig of FIGURES) if (!result.skipped) result.figures[fig.key] = median(result.samples[fig.key] ?? [])
+  }
+  return all.map((x) => x.result)
 }
 
 async function runSection (ctx, sec) {
@@ -312,7 +357,8 @@ function printResults (results) {
   const headers = ['target', ...FIGURES.map((f) => f.header)]
   const rows = measured.map((r) => [r.label, ...FIGURES.map((f) => fmt(r.figures[f.key], f.digits))])
   console.log(`\n### Results (${config.quick ? 'quick: ' : ''}seq ${config.seqMiB} MiB, sustained ` +
-    `${(config.seqMiB * config.sustainedTimes / 1024).toFixed(2)} GiB, fio ${config.fioRuntime} s, ${config.fioSize})\n`)
+    `${(config.seqMiB * config.sustainedTimes / 1024).toFixed(2)} GiB, fio ${config.fioRuntime} s, ${config.fioSize}; ` +
+    `median of ${config.rounds} round${config.rounds > 1 ? 's' : ''}, targets taking turns)\n`)
   console.log(markdownTable(headers, rows))
 
   const nul = results.find((r) => r.key === 'null' && !r.skipped)
@@ -367,11 +413,7 @@ export async function main () {
   process.stderr.write(`bench dir ${dir}; generating ${config.seqMiB} MiB of random source data...\n`)
   await makeRandomFile(ctx.src, config.seqMiB * MiB)
 
-  const results = []
-  for (const def of TARGETS) {
-    if (!config.only.includes(def.key)) continue
-    results.push(await benchTarget(ctx, def))
-  }
+  const results = await benchTargets(ctx, TARGETS.filter((def) => config.only.includes(def.key)))
   if (aborting()) throw new Error('interrupted')
   const ratios = printResults(results)
 
