@@ -59,6 +59,9 @@ function checkHeader(reg: Registry, target: RestoreTarget, h: ImageHeader): void
   }
 }
 
+/** Block writes a restore keeps in flight at most. */
+const MAX_WRITES_IN_FLIGHT = 32;
+
 export async function restoreImage(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
   const ctx = reg.ctx;
   checkTarget(reg, target);
@@ -68,6 +71,14 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
   const pbns: number[] = [];
   const zeros: number[] = [];
   let committed = false;
+  // Staged block writes in flight (the store may overlap them, e.g. one O_DIRECT write for many blocks);
+  // every one has settled before the commit, and the first failure fails the restore.
+  const writing: Promise<void>[] = [];
+  const settleWrites = async (): Promise<void> => {
+    const r = await Promise.allSettled(writing.splice(0));
+    const bad = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+    if (bad) throw bad.reason;
+  };
   try {
     await parseImage(source, {
       header: (h) => {
@@ -80,12 +91,15 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
         pbns.push(pbn);
         lbns.push(lbn);
         const store = await ctx.pool.store(bs);
-        await store.write(pbn, data);
+        // a private copy: the parser's buffer may be the writer's, which is not ours once this returns
+        writing.push(store.write(pbn, Buffer.from(data)));
+        if (writing.length >= MAX_WRITES_IN_FLIGHT) await settleWrites();
       },
       zero: (lbn) => {
         zeros.push(lbn);
       },
     });
+    await settleWrites();
     const h = header!;
     await reg.serialized(async () => {
       checkTarget(reg, target); // the world may have changed while the image streamed in
@@ -95,6 +109,8 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
     committed = true;
     return { disk: target.name, kind: h.kind, blocks: lbns.length, zeros: zeros.length, snapId: h.snapId };
   } finally {
+    // a reserved block may be freed only once no write to it is in flight
+    await Promise.allSettled(writing);
     if (!committed) for (const pbn of pbns) ctx.pool.free(bs, pbn);
   }
 }
