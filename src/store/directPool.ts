@@ -254,11 +254,18 @@ export class DirectPoolFileStore implements BlockStore {
   /** Off the event loop, several at once (image streaming reads blocks in random physical order). */
   async readParallel(pbn: number, dst: Buffer): Promise<void> {
     await this.settled(pbn);
-    const slot = this.slots.pop() ?? (await new Promise<Buffer>((r) => this.slotWaiters.push(r)));
-    try {
+    await this.withSlot(async (slot) => {
       const part = slot.subarray(0, ceilTo(dst.length, SECTOR));
       await ioAll('read', this.fd, part, pbn * this.blockSize);
       part.copy(dst, 0, 0, dst.length);
+    });
+  }
+
+  /** Run fn with one of the aligned block-sized buffers, waiting for one if all are in use. */
+  private async withSlot<T>(fn: (slot: Buffer) => Promise<T>): Promise<T> {
+    const slot = this.slots.pop() ?? (await new Promise<Buffer>((r) => this.slotWaiters.push(r)));
+    try {
+      return await fn(slot);
     } finally {
       const next = this.slotWaiters.shift();
       if (next) next(slot);
@@ -431,20 +438,17 @@ export class DirectPoolFileStore implements BlockStore {
     const span = ceilTo(pos + copy.length, SECTOR) - from;
     const op = async (): Promise<void> => {
       if (this.failed) throw this.failed;
-      const slot = this.slots.pop() ?? (await new Promise<Buffer>((r) => this.slotWaiters.push(r)));
-      try {
+      await this.withSlot(async (slot) => {
         const part = slot.subarray(0, span);
-        await ioAll('read', this.fd, part, from);
-        copy.copy(part, pos - from);
-        await ioAll('write', this.fd, part, from);
-      } catch (e) {
-        this.failed ??= e as Error;
-        throw e;
-      } finally {
-        const next = this.slotWaiters.shift();
-        if (next) next(slot);
-        else this.slots.push(slot);
-      }
+        try {
+          await ioAll('read', this.fd, part, from);
+          copy.copy(part, pos - from);
+          await ioAll('write', this.fd, part, from);
+        } catch (e) {
+          this.failed ??= e as Error;
+          throw e;
+        }
+      });
     };
     const p = prev ? prev.then(op, op) : op();
     p.catch(() => undefined);
