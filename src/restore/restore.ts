@@ -71,8 +71,8 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
   const pbns: number[] = [];
   const zeros: number[] = [];
   let committed = false;
-  // Staged block writes in flight (the store may overlap them, e.g. one O_DIRECT write for many blocks);
-  // every one has settled before the commit, and the first failure fails the restore.
+  // Block writes in flight at once (with O_DIRECT pool files each one is a disk round trip); every one has
+  // settled before the commit, and the first failure fails the restore.
   const writing: Promise<void>[] = [];
   const settleWrites = async (): Promise<void> => {
     const r = await Promise.allSettled(writing.splice(0));
@@ -92,7 +92,9 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
         lbns.push(lbn);
         const store = await ctx.pool.store(bs);
         // a private copy: the parser's buffer may be the writer's, which is not ours once this returns
-        writing.push(store.write(pbn, Buffer.from(data)));
+        const w = store.write(pbn, Buffer.from(data));
+        w.catch(() => undefined); // a failure is reported by settleWrites, not as an unhandled rejection first
+        writing.push(w);
         if (writing.length >= MAX_WRITES_IN_FLIGHT) await settleWrites();
       },
       zero: (lbn) => {
