@@ -24,7 +24,7 @@ let size = Number(sizeArg)
 // Mount options fuse-native has no knob for: without big_writes the kernel sends 4 KiB writes.
 // Kept in step with src/fuse/mount.ts (vdiskfs also sets attr_timeout=0,entry_timeout=0 because sizes change
 // under control commands), so that the bench's ratios compare like with like.
-export const EXTRA_MOUNT_OPTIONS = ['big_writes', 'max_write=131072', 'attr_timeout=0', 'entry_timeout=0']
+export const EXTRA_MOUNT_OPTIONS = ['big_writes', 'max_write=131072', 'attr_timeout=0', 'entry_timeout=0', 'auto_cache']
 
 class FastFuse extends Fuse {
   _fuseOptions () {

@@ -11,6 +11,24 @@ import type { Pool } from '../store/pool.js';
 import { KeyedLock, Gate } from '../util/lock.js';
 import { notFound } from '../errors.js';
 
+/**
+ * Modification times, in milliseconds. `now()` never goes back; `tick()` is also strictly later than
+ * every time handed out before, so a change stamped with it is never mistaken for an earlier state by
+ * anyone who compares times (the kernel keeps a file's cached pages across opens only while its mtime
+ * and size are unchanged: see fuse/mount.ts).
+ */
+export class ChangeClock {
+  private last = 0;
+  now(): number {
+    this.last = Math.max(Date.now(), this.last);
+    return this.last;
+  }
+  tick(): number {
+    this.last = Math.max(Date.now(), this.last + 1);
+    return this.last;
+  }
+}
+
 export class DiskState {
   readonly lock = new KeyedLock();
   readonly gate = new Gate();
@@ -24,11 +42,23 @@ export class DiskState {
   held = new Map<number, number>();
   readonly live: Table;
   private snapTables = new Map<number, Table>();
+  /**
+   * Last modification: writes stamp it with `clock.now()`; changes made to the contents or size by other
+   * means than writes (rollback, restore into the disk, resize) with `clock.tick()`. Not persisted: a
+   * disk opened from the store starts at its creation time.
+   */
+  mtime: number;
   constructor(
     public rec: DiskRecord,
     private ctx: Context,
   ) {
     this.live = new Table(ctx.db, ctx.cache, livePrefix(rec.id), true);
+    this.mtime = rec.created;
+  }
+
+  /** Record a change to the contents or size not made by a write. */
+  changed(): void {
+    this.mtime = this.ctx.clock.tick();
   }
 
   snapTable(snapId: number): Table {
@@ -65,6 +95,7 @@ export const MAX_BACKLOG = 20_000;
 export class Context {
   readonly disks = new Map<string, DiskState>();
   readonly cache = new EntryCache();
+  readonly clock = new ChangeClock();
   seq!: SeqRecord;
 
   constructor(

@@ -109,7 +109,7 @@ export class Registry {
     checkBlockSize(blockSize);
     checkVirtualSize(size, blockSize);
     if (this.ctx.disks.has(name)) throw exists(`disk ${name}`);
-    const rec: DiskRecord = { id: this.ctx.seq.disk, name, size, blockSize, created: Date.now(), epoch: 1, snapshots: [] };
+    const rec: DiskRecord = { id: this.ctx.seq.disk, name, size, blockSize, created: this.ctx.clock.tick(), epoch: 1, snapshots: [] };
     this.ctx.seq = { ...this.ctx.seq, disk: this.ctx.seq.disk + 1 };
     await this.ctx.commit([this.ctx.recordOp(rec), this.ctx.seqOp()], true);
     this.ctx.disks.set(name, new DiskState(rec, this.ctx));
@@ -155,7 +155,11 @@ export class Registry {
     if (size > d.rec.size) {
       await d.gate.exclusively(async () => {
         d.rec = { ...d.rec, size };
-        await this.ctx.commit([this.ctx.recordOp(d.rec)], true);
+        try {
+          await this.ctx.commit([this.ctx.recordOp(d.rec)], true);
+        } finally {
+          d.changed();
+        }
       });
       return;
     }
@@ -187,7 +191,11 @@ export class Registry {
         }
       }
       d.rec = rec;
-      await commitChanges(this.ctx, d, changes, [], [this.ctx.recordOp(rec)]);
+      try {
+        await commitChanges(this.ctx, d, changes, [], [this.ctx.recordOp(rec)]);
+      } finally {
+        d.changed();
+      }
     });
   }
 

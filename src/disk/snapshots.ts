@@ -29,7 +29,7 @@ export async function createSnapshot(ctx: Context, d: DiskState, name: string): 
       uid: randomUUID(),
       name,
       epoch: d.rec.epoch,
-      created: Date.now(),
+      created: ctx.clock.tick(),
       size: d.rec.size,
       ...(d.rec.backing ? { backingBlocks: d.rec.backing.limitBlocks } : {}),
     };
@@ -130,7 +130,11 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
     const rec: DiskRecord = { ...d.rec, size: target.size, contentUid: null };
     if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: target.backingBlocks ?? rec.backing.limitBlocks };
     d.rec = rec;
-    await commitChanges(ctx, d, changes, reserved, [ctx.recordOp(rec)]);
+    try {
+      await commitChanges(ctx, d, changes, reserved, [ctx.recordOp(rec)]);
+    } finally {
+      d.changed();
+    }
   });
 }
 
@@ -143,7 +147,7 @@ export async function cloneSnapshot(ctx: Context, d: DiskState, snapName: string
     name: newName,
     size: snap.size,
     blockSize: d.blockSize,
-    created: Date.now(),
+    created: ctx.clock.tick(),
     epoch: 1,
     snapshots: [],
     backing: { diskId: d.rec.id, snapId: snap.id, limitBlocks: blocksFor(snap.size, d.blockSize) },

@@ -241,7 +241,12 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
   // of data do not need fresh attributes, so this costs one getattr per stat/open only.
   // atomic_o_trunc: O_TRUNC arrives with open() instead of as a truncate, so `cat img > disk` opens a disk
   // like a block device (O_TRUNC ignored) while an explicit truncate(2) still gets its clear refusal.
-  const extra = ['big_writes', `max_write=${MAX_WRITE}`, 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', 'atomic_o_trunc', ...(opts.fuseOptions ?? [])];
+  // auto_cache: the kernel keeps a file's cached pages across opens while its mtime and size are unchanged
+  // (libfuse compares them with a fresh getattr at every open); without it every open drops them, and with
+  // O_DIRECT pool files nothing else caches a disk's data. Writes through the mount keep the kernel's pages
+  // true by themselves; every other change to a file's contents changes its mtime with a strictly later
+  // time (DiskState.changed, ChangeClock.tick), and files rendered anew report a new mtime at every stat.
+  const extra = ['big_writes', `max_write=${MAX_WRITE}`, 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', 'atomic_o_trunc', 'auto_cache', ...(opts.fuseOptions ?? [])];
   const fuse = new VdiskFuse(opts.mountpoint, ops as never, { timeout: opts.timeoutMs ?? 10 * 60 * 1000, force: true }, extra);
   await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
   log.info({ mountpoint: opts.mountpoint, options: extra }, 'mounted');

@@ -53,7 +53,6 @@ export const MAX_WRITE = 131072;
 
 export class Tree {
   private started = new Date();
-  private mtimes = new Map<string, Date>();
   /** Extra nodes under .vdisk (copies/, deltas/, import/, restore/) registered by other modules. */
   private extras = new Map<string, (rest: string[]) => Node | undefined>();
 
@@ -138,7 +137,7 @@ export class Tree {
         size: d.rec.size,
         blocks: (d.allocated * d.blockSize) / 512,
         blksize: d.blockSize,
-        mtime: this.mtimes.get(name) ?? new Date(d.rec.created),
+        mtime: new Date(d.mtime),
       }),
       open: async () => {
         d.openCount++;
@@ -150,13 +149,13 @@ export class Tree {
           write: async (src, pos) => {
             if (pos >= d.rec.size) throw new VdiskError('INVALID', `write past the end of disk ${name}`);
             const n = await writeDisk(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src);
-            this.mtimes.set(name, new Date());
+            d.mtime = ctx.clock.now();
             return n;
           },
           writeNow: (src, pos, later) => {
             if (pos >= d.rec.size) return undefined;
             const n = writeDiskNow(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src, later);
-            if (n !== undefined) this.mtimes.set(name, new Date());
+            if (n !== undefined) d.mtime = ctx.clock.now();
             return n;
           },
           truncate: (size) => this.truncateDisk(name, size),
@@ -233,7 +232,7 @@ export class Tree {
       // st_size is the content plus a margin: the kernel never reads past st_size, and it may refresh
       // st_size (a getattr renders anew) while a reader still holds an older, longer rendering. The
       // reader finds the real end by a short read, which FUSE takes as end of file.
-      stat: async () => ({ mode: RO, size: (await fresh()).length + RENDER_MARGIN, blocks: 0, mtime: new Date() }),
+      stat: async () => ({ mode: RO, size: (await fresh()).length + RENDER_MARGIN, blocks: 0, mtime: new Date(this.reg.ctx.clock.tick()) }),
       open: async (write) => {
         if (write) throw readOnly('this file is read-only');
         const buf = await fresh();

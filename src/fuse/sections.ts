@@ -30,7 +30,10 @@ export function installSections(tree: Tree, reg: Registry): void {
       kind: 'file',
       stat: async () => {
         const plan = await planFor(ctx, t);
-        return { mode: RO, size: plan.totalLength, blocks: 0, mtime: new Date(snap.created) };
+        // An image's content follows from its snapshots, which never change: their creation times stand
+        // for it (a snapshot made again under the same name is created later).
+        const base = t.baseIndex !== undefined ? t.disk.rec.snapshots[t.baseIndex]!.created : 0;
+        return { mode: RO, size: plan.totalLength, blocks: 0, mtime: new Date(Math.max(snap.created, base)) };
       },
       open: async (write) => {
         if (write) throw readOnly('backup images are read-only');
@@ -86,7 +89,7 @@ export function installSections(tree: Tree, reg: Registry): void {
 
   const importNode = (target: RestoreTarget): Node => ({
     kind: 'file',
-    stat: () => ({ mode: WO, size: importers.get(key(target))?.received ?? 0, blocks: 0, mtime: new Date() }),
+    stat: () => ({ mode: WO, size: importers.get(key(target))?.received ?? 0, blocks: 0, mtime: new Date(ctx.clock.tick()) }),
     open: async () => {
       const k = key(target);
       if (importers.has(k)) throw new VdiskError('BUSY', `a restore to ${target.name} is already in progress`);

@@ -124,7 +124,7 @@ async function commitNew(reg: Registry, name: string, h: ImageHeader, lbns: numb
     name,
     size: h.virtualSize,
     blockSize: h.blockSize,
-    created: Date.now(),
+    created: ctx.clock.tick(),
     epoch: 1,
     snapshots: [],
     contentUid: h.snapId,
@@ -169,7 +169,11 @@ async function commitInto(reg: Registry, name: string, h: ImageHeader, lbns: num
     const rec: DiskRecord = { ...d.rec, size: h.virtualSize, contentUid: h.snapId };
     if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, newBlocks) };
     d.rec = rec;
-    await commitChanges(ctx, d, changes, [], [ctx.recordOp(rec)], true);
+    try {
+      await commitChanges(ctx, d, changes, [], [ctx.recordOp(rec)], true);
+    } finally {
+      d.changed();
+    }
   });
 }
 
