@@ -6,7 +6,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { M, VdiskMount, q, randomBuffer, readRange, requireBuild, shOk, teardownAll, writeAt } from './helpers.js';
+import { M, VdiskMount, expectSame, q, randomBuffer, readRange, requireBuild, shOk, teardownAll, writeAt } from './helpers.js';
 
 let m: VdiskMount;
 const SIZE = 8 * M;
@@ -31,17 +31,10 @@ async function readFirst(path: string, n = DATA): Promise<Buffer> {
   return readRange(path, 0, n);
 }
 
-function same(got: Buffer, want: Buffer, what: string): void {
-  if (got.equals(want)) return;
-  let i = 0;
-  while (i < got.length && i < want.length && got[i] === want[i]) i++;
-  expect.fail(`${what}: differs at byte ${i} (lengths ${got.length} vs ${want.length})`);
-}
-
 /** Write `data` at 0, read it back so it is cached, and check that the cache survives an open. */
 async function writeAndCache(path: string, data: Buffer): Promise<void> {
   await writeAt(path, 0, data);
-  same(await readFirst(path, data.length), data, `${path} after the write`);
+  expectSame(await readFirst(path, data.length), data, `${path} after the write`);
   expect(await cached(path), `${path}: pages kept across opens`).toBeGreaterThanOrEqual(data.length);
 }
 
@@ -51,11 +44,11 @@ describe('page cache across opens', () => {
     const disk = m.disk('c1');
     const a = randomBuffer(1, DATA);
     await writeAndCache(disk, a);
-    same(await readFirst(disk), a, 'second read');
+    expectSame(await readFirst(disk), a, 'second read');
     const patch = randomBuffer(2, 64 * 1024 + 3);
     await writeAt(disk, M + 5, patch);
     patch.copy(a, M + 5);
-    same(await readFirst(disk), a, 'read after a write in another open');
+    expectSame(await readFirst(disk), a, 'read after a write in another open');
     await m.ctlOk('delete c1');
   });
 
@@ -67,7 +60,7 @@ describe('page cache across opens', () => {
     await m.ctlOk('snapshot c2 s1');
     await writeAndCache(disk, randomBuffer(11, DATA));
     await m.ctlOk('rollback c2 s1');
-    same(await readFirst(disk), a, 'disk after rollback');
+    expectSame(await readFirst(disk), a, 'disk after rollback');
     await m.ctlOk('delete c2 -r');
   });
 
@@ -81,7 +74,7 @@ describe('page cache across opens', () => {
     await shOk(`dd if=${q(join(m.mp, '.vdisk/copies/c3/s1'))} of=${q(img)} bs=1M status=none`);
     await writeAndCache(disk, randomBuffer(21, DATA));
     await shOk(`dd if=${q(img)} of=${q(join(m.mp, '.vdisk/restore/c3'))} bs=1M status=none`);
-    same(await readFirst(disk), c, 'disk after restore');
+    expectSame(await readFirst(disk), c, 'disk after restore');
     await m.ctlOk('delete c3 -r');
   });
 
@@ -92,7 +85,7 @@ describe('page cache across opens', () => {
     await writeAndCache(disk, a);
     await m.ctlOk(`resize c4 ${M}`);
     await m.ctlOk(`resize c4 ${SIZE}`);
-    same(await readFirst(disk), Buffer.concat([a.subarray(0, M), Buffer.alloc(DATA - M)]), 'disk after shrink and grow');
+    expectSame(await readFirst(disk), Buffer.concat([a.subarray(0, M), Buffer.alloc(DATA - M)]), 'disk after shrink and grow');
     await m.ctlOk('delete c4');
   });
 
@@ -102,7 +95,7 @@ describe('page cache across opens', () => {
     await writeAndCache(disk, randomBuffer(40, DATA));
     await m.ctlOk('delete c5');
     await m.ctlOk(`create c5 ${SIZE}`);
-    same(await readFirst(disk), Buffer.alloc(DATA), 'new disk under the old name');
+    expectSame(await readFirst(disk), Buffer.alloc(DATA), 'new disk under the old name');
     await m.ctlOk('delete c5');
   });
 
@@ -118,7 +111,7 @@ describe('page cache across opens', () => {
     await writeAt(disk, 0, b);
     await m.ctlOk('delete-snapshot c6 x');
     await m.ctlOk('snapshot c6 x');
-    same(await readFirst(snap), b, 'snapshot made again');
+    expectSame(await readFirst(snap), b, 'snapshot made again');
     await m.ctlOk('delete c6 -r');
   });
 

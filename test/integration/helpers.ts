@@ -14,6 +14,7 @@ import { mkdtemp, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const CLI = join(REPO, 'dist/cli/main.js');
@@ -132,6 +133,14 @@ export function randomBuffer(seed: number, len: number): Buffer {
     buf[i] = x & 0xff;
   }
   return buf;
+}
+
+/** Compare buffers with a readable failure message (first differing byte) instead of dumping megabytes. */
+export function expectSame(got: Buffer, want: Buffer, what: string): void {
+  if (got.equals(want)) return;
+  let i = 0;
+  while (i < got.length && i < want.length && got[i] === want[i]) i++;
+  expect.fail(`${what}: differs at byte ${i} (lengths ${got.length} vs ${want.length})`);
 }
 
 export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');

@@ -11,6 +11,7 @@ import {
   VdiskMount,
   dd,
   errnoOf,
+  expectSame,
   loopAvailable,
   makeTree,
   q,
@@ -42,14 +43,6 @@ async function readAll(path: string): Promise<Buffer> {
   const b = await readRange(path, 0, size + 4096);
   expect(b.length, `${path} reads exactly its size`).toBe(size);
   return b;
-}
-
-/** Compare with a readable failure message (first differing byte) instead of dumping megabytes. */
-function expectSame(got: Buffer, want: Buffer, what: string): void {
-  if (got.equals(want)) return;
-  let i = 0;
-  while (i < got.length && i < want.length && got[i] === want[i]) i++;
-  expect.fail(`${what}: differs at byte ${i} (lengths ${got.length} vs ${want.length})`);
 }
 
 /** A disk with a model of its content; write() applies to both. */
