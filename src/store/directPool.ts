@@ -218,7 +218,11 @@ export class DirectPoolFileStore implements BlockStore {
   }
 
   private chunkAt(pos: number): Chunk | undefined {
-    const idx = Math.floor(pos / this.chunkBytes);
+    return this.chunk(Math.floor(pos / this.chunkBytes));
+  }
+
+  /** The valid chunk holding chunk index idx (loading or ready), if any. */
+  private chunk(idx: number): Chunk | undefined {
     return this.chunks.find((c) => c.idx === idx && c.valid);
   }
 
@@ -285,7 +289,7 @@ export class DirectPoolFileStore implements BlockStore {
     const first = Math.floor(pos / this.chunkBytes);
     const last = Math.floor(this.seqHead / this.chunkBytes) + AHEAD;
     for (let i = first; i <= last; i++) {
-      if (this.chunks.some((c) => c.idx === i && c.valid)) continue;
+      if (this.chunk(i)) continue;
       // a chunk nobody needs: idle, and unused, overwritten, or outside [first - 1, last]
       const c = this.chunks.find((k) => !k.loading && (k.idx < 0 || !k.valid || k.idx < first - 1 || k.idx > last));
       if (!c) return;
