@@ -13,7 +13,7 @@ import { BLOCK_STORE_HELP, checkMountedBlockStore, withRegistry, type StoreOptio
 import { parseBlockStore, readMountInfo } from '../meta/db.js';
 import { isVdiskError, invalid, VdiskError } from '../errors.js';
 import { findTarget, producerFor } from '../image/snapshotImage.js';
-import { restoreImage, type RestoreTarget } from '../restore/restore.js';
+import { restoreRecorded, type RestoreTarget } from '../restore/restore.js';
 import { verifyImage, inspectImage, formatInspection } from '../image/index.js';
 import { formatSize } from '../util/size.js';
 import { mountDevice } from '../util/mountinfo.js';
@@ -54,6 +54,22 @@ async function afterFirstChunk(src: Readable): Promise<Readable> {
     })(),
     { objectMode: false },
   );
+}
+
+/**
+ * Why a restore through the mount failed, in words: the mount writes one history line per restore
+ * (restore/restore.ts restoreRecorded); the newest one for this target since `since` (ms) has the reason.
+ */
+async function restoreReason(vdisk: string, target: RestoreTarget, since: number): Promise<string | undefined> {
+  const command = `restore ${target.mode === 'new' ? 'as' : 'into'} ${target.name}`;
+  const text = await readFile(join(vdisk, 'history'), 'utf8').catch(() => '');
+  for (const line of text.split('\n').reverse()) {
+    const [time, result, cmd, message] = line.split('\t');
+    if (cmd !== command || !time) continue;
+    if (Date.parse(time) < since - 1000) return undefined;
+    return result === 'error' ? message : undefined;
+  }
+  return undefined;
 }
 
 function inputStream(image: string): Readable {
@@ -125,6 +141,7 @@ export function registerBackupCommands(program: Command): void {
       if (vdisk) {
         await checkMountedBlockStore(dir, vdisk, storeOpts.blockStore);
         const file = join(vdisk, target.mode === 'new' ? 'import' : 'restore', target.name);
+        const started = Date.now();
         let bytes = 0;
         const count = new Transform({
           transform(chunk: Buffer, _e, cb) {
@@ -138,14 +155,15 @@ export function registerBackupCommands(program: Command): void {
         } catch (e) {
           if (isVdiskError(e)) throw e;
           const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
-          throw new VdiskError(code === 'ENOSPC' ? 'NO_SPACE' : code === 'EINVAL' ? 'INVALID' : code === 'EBUSY' ? 'BUSY' : 'CORRUPT', `restore through the mount failed (${code}); the reason is in ${join(dir, 'vdiskfs.log')}`);
+          const reason = (await restoreReason(vdisk, target, started)) ?? `the reason is in ${join(dir, 'vdiskfs.log')}`;
+          throw new VdiskError(code === 'ENOSPC' ? 'NO_SPACE' : code === 'EINVAL' ? 'INVALID' : code === 'EBUSY' ? 'BUSY' : 'CORRUPT', `restore through the mount failed (${code}): ${reason}`);
         }
         console.log(`restored ${target.name}`);
         return;
       }
       const run = (src: Readable) =>
         withRegistry(dir, async (reg) => {
-          const r = await restoreImage(reg, src.pipe(progress('restore')), target);
+          const r = await restoreRecorded(reg, src.pipe(progress('restore')), target);
           console.log(`restored ${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`);
         }, storeOpts);
       // Open the store only once the image's first bytes arrive: in `vdiskfs backup … | vdiskfs restore -`

@@ -42,6 +42,8 @@ export class DiskState {
   held = new Map<number, number>();
   readonly live: Table;
   private snapTables = new Map<number, Table>();
+  /** The batch ending the disk's claim to hold a restored image, while it is in flight (identity.ts). */
+  claimDrop: Promise<void> | null = null;
   /**
    * Last modification: writes stamp it with `clock.now()`; changes made to the contents or size by other
    * means than writes (rollback, restore into the disk, resize) with `clock.tick()`. Not persisted: a

@@ -14,6 +14,7 @@ import type { Entry } from '../meta/keys.js';
 import type { BatchOp } from '../meta/table.js';
 import { invalid, isVdiskError, VdiskError } from '../errors.js';
 import { logger } from '../log.js';
+import { assertUnclaimed, claimStands, dropClaim } from './identity.js';
 
 const log = logger('io');
 import { needsPreserve, type Change } from './plan.js';
@@ -51,6 +52,7 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
   await disk.gate.run(async () => {
     // Checked again inside the gate: a shrink may have finished while this write waited for it.
     if (offset + src.length > disk.rec.size) throw invalid(`write past the end of disk ${disk.rec.name}`);
+    await dropClaim(ctx, disk);
     const release = await disk.lock.acquireAll(pieces.map((p) => p.lbn));
     try {
       await writePieces(ctx, disk, pieces, src);
@@ -123,7 +125,8 @@ function chainEntryNow(disk: DiskState, snapIndex: number, lbn: number): Entry |
  * request. The default runs it at once.
  */
 export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src: Buffer, later: (work: () => void) => void = (w) => w()): number | undefined {
-  if (disk.gate.closed || ctx.failure || ctx.backlog > MAX_BACKLOG) return undefined;
+  // A disk that holds a restored image takes the async path, which ends that claim durably first.
+  if (disk.gate.closed || ctx.failure || ctx.backlog > MAX_BACKLOG || claimStands(disk)) return undefined;
   if (!Number.isSafeInteger(offset) || offset < 0 || src.length === 0 || offset + src.length > disk.rec.size) return undefined;
   const store = ctx.pool.storeNow(disk.blockSize);
   if (!store?.stageBehind || !store.behindRoom?.(src.length)) return undefined;
@@ -171,9 +174,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     try {
       for (const w of inPlaceWrites) w().catch(() => undefined);
       const written = newWrites.map((w) => w());
-      if (changes.length || disk.rec.contentUid != null) {
-        stageCommit(ctx, disk, changes, reserved, [], false, written.length ? Promise.all(written) : undefined).catch(() => undefined);
-      }
+      if (changes.length) stageCommit(ctx, disk, changes, reserved, [], false, written.length ? Promise.all(written) : undefined).catch(() => undefined);
     } catch (e) {
       // Acknowledged already: like a failed batch, the store stops taking writes and fsync reports it.
       ctx.failure ??= e as Error;
@@ -200,7 +201,7 @@ function giveBlockBuffer(b: Buffer): void {
   if (list.length < 32) list.push(b);
 }
 
-/** Write while the caller holds the disk's gate exclusively (resize's tail zeroing). */
+/** Write while the caller holds the disk's gate exclusively and has dropped its claim (resize's tail zeroing). */
 export async function writeExclusive(ctx: Context, disk: DiskState, offset: number, src: Buffer): Promise<void> {
   const pieces = splitRange(offset, src.length, disk.blockSize);
   const release = await disk.lock.acquireAll(pieces.map((p) => p.lbn));
@@ -213,6 +214,7 @@ export async function writeExclusive(ctx: Context, disk: DiskState, offset: numb
 
 /** The blocks' locks are held. */
 async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: Buffer): Promise<void> {
+  assertUnclaimed(disk, 'a write');
   const merged: Buffer[] = [];
   try {
     await writeMerged(ctx, disk, pieces, src, merged);
@@ -285,7 +287,7 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     for (const pbn of reserved) ctx.pool.free(bs, pbn);
     throw failed.reason;
   }
-  if (changes.length === 0 && disk.rec.contentUid == null) return;
+  if (changes.length === 0) return;
   await commitChanges(ctx, disk, changes, reserved, [], false);
 }
 
@@ -357,11 +359,7 @@ function stageCommit(
     } else if (c.cur?.kind === 'data') frees.push(c.cur.pbn);
     allocDelta += (c.next?.kind === 'data' ? 1 : 0) - (c.cur?.kind === 'data' ? 1 : 0);
   }
-  if (disk.rec.contentUid != null && extra.length === 0) {
-    // The disk no longer holds the exact content of the image it was restored from.
-    disk.rec = { ...disk.rec, contentUid: null };
-    ops.push(ctx.recordOp(disk.rec));
-  }
+  assertUnclaimed(disk, 'a table change');
   const snapTable = L ? disk.snapTable(L.id) : undefined;
   for (const c of changes) {
     disk.live.staged(c.lbn, c.next);

@@ -21,6 +21,7 @@ import { writeExclusive, commitChanges } from './io.js';
 import { needsPreserve, type Change } from './plan.js';
 import { clonesOf } from './snapshots.js';
 import { collectView } from './viewScan.js';
+import { dropClaim } from './identity.js';
 
 export interface OpenOptions {
   dir: string;
@@ -154,6 +155,7 @@ export class Registry {
     if (size === d.rec.size) return;
     if (size > d.rec.size) {
       await d.gate.exclusively(async () => {
+        await dropClaim(this.ctx, d);
         d.rec = { ...d.rec, size };
         try {
           await this.ctx.commit([this.ctx.recordOp(d.rec)], true);
@@ -166,6 +168,7 @@ export class Registry {
     const bs = d.blockSize;
     const tail = size % bs;
     await d.gate.exclusively(async () => {
+      await dropClaim(this.ctx, d);
       if (tail) await writeExclusive(this.ctx, d, size, Buffer.alloc(Math.min(bs - tail, d.rec.size - size)));
       await this.ctx.drain();
       const first = blocksFor(size, bs);

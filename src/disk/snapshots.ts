@@ -19,6 +19,7 @@ import { resolve, readResolved, chainEntry } from './resolve.js';
 import { commitChanges } from './io.js';
 import { needsPreserve, type Change } from './plan.js';
 import { blocksFor } from '../util/range.js';
+import { dropClaim } from './identity.js';
 
 export async function createSnapshot(ctx: Context, d: DiskState, name: string): Promise<SnapshotRecord> {
   checkName(name, 'snapshot');
@@ -97,6 +98,7 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
   if (d.isOpen()) throw busy(`disk ${d.rec.name} is open`);
   const target = d.rec.snapshots[k]!;
   await d.gate.exclusively(async () => {
+    await dropClaim(ctx, d);
     await ctx.drain();
     const bs = d.blockSize;
     const L = d.latest()!;
@@ -127,7 +129,7 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
       for (const pbn of reserved) ctx.pool.free(bs, pbn);
       throw e;
     }
-    const rec: DiskRecord = { ...d.rec, size: target.size, contentUid: null };
+    const rec: DiskRecord = { ...d.rec, size: target.size };
     if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: target.backingBlocks ?? rec.backing.limitBlocks };
     d.rec = rec;
     try {

@@ -98,9 +98,13 @@ function chainDisks(ctx: Context, disk: DiskState): DiskState[] {
   return out;
 }
 
-/** Collect the data blocks of a view into arrays (for planning an image). */
-export async function collectView(ctx: Context, disk: DiskState, snapIndex: number): Promise<{ lbns: number[]; pbns: number[] }> {
-  const disks = chainDisks(ctx, disk);
+/**
+ * Collect the data blocks of a view into arrays (for planning an image). It holds the gates of the disk
+ * and its backing chain while it opens its iterators; a caller that holds the disk's gate exclusively
+ * already says `gateHeld` (the backing chain's gates are still taken, in the same order).
+ */
+export async function collectView(ctx: Context, disk: DiskState, snapIndex: number, gateHeld = false): Promise<{ lbns: number[]; pbns: number[] }> {
+  const disks = chainDisks(ctx, disk).slice(gateHeld ? 1 : 0);
   let gen!: AsyncGenerator<ViewBlock>;
   const hold = async (i: number): Promise<void> => {
     if (i === disks.length) {

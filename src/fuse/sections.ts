@@ -11,7 +11,7 @@
 import type { Tree, Node, Handle } from './nodes.js';
 import type { Registry } from '../disk/registry.js';
 import { findTarget, planFor, producerFor, type ImageTarget } from '../image/snapshotImage.js';
-import { restoreImage, type RestoreTarget } from '../restore/restore.js';
+import { restoreRecorded, type RestoreTarget } from '../restore/restore.js';
 import { ChunkFeeder } from '../restore/feeder.js';
 import { invalid, readOnly, VdiskError } from '../errors.js';
 import { checkName } from '../disk/names.js';
@@ -160,7 +160,7 @@ class Importer {
   private error: unknown = null;
 
   constructor(reg: Registry, readonly target: RestoreTarget) {
-    this.result = restoreImage(reg, this.feeder, target).catch((e) => {
+    this.result = restoreRecorded(reg, this.feeder, target).catch((e) => {
       this.error = e;
       this.feeder.fail(e);
       throw e;

@@ -42,8 +42,9 @@ export interface DiskRecord {
   /** A clone reads blocks it never wrote from this snapshot of another disk. */
   backing?: { diskId: number; snapId: number; /** blocks past this read as zeros (after a shrink) */ limitBlocks: number };
   /**
-   * uid of the snapshot whose exact content this disk holds, set by a restore or an incremental apply and
-   * cleared by the first write after it; incremental images apply only onto the snapshot they were taken from.
+   * uid of the snapshot whose exact content and size this disk holds, set by a restore or an incremental
+   * apply and ended before anything else changes the disk (disk/identity.ts, the only code that changes it);
+   * incremental images apply only onto the snapshot they were taken from.
    */
   contentUid?: string | null;
 }

@@ -9,7 +9,7 @@ import type { Registry } from '../disk/registry.js';
 import { DiskState } from '../disk/context.js';
 import { parseImage, type ImageSource } from '../image/index.js';
 import type { ImageHeader } from '../image/header.js';
-import { busy, exists, invalid } from '../errors.js';
+import { busy, errorCode, errorMessage, exists, invalid } from '../errors.js';
 import { checkName } from '../disk/names.js';
 import { checkBlockSize, checkVirtualSize } from '../util/size.js';
 import { blocksFor } from '../util/range.js';
@@ -19,6 +19,7 @@ import { collectView } from '../disk/viewScan.js';
 import { commitChanges } from '../disk/io.js';
 import { needsPreserve, type Change } from '../disk/plan.js';
 import type { Entry } from '../meta/keys.js';
+import { claimed, claimOf, dropClaim } from '../disk/identity.js';
 
 export type RestoreTarget = { mode: 'new'; name: string } | { mode: 'into'; name: string };
 
@@ -51,12 +52,20 @@ function checkHeader(reg: Registry, target: RestoreTarget, h: ImageHeader): void
     }
     return;
   }
-  const d = reg.ctx.disk(target.name);
-  if (d.blockSize !== h.blockSize) throw invalid(`image block size ${h.blockSize} differs from disk ${target.name}'s ${d.blockSize}`);
-  if (h.kind === 'delta' && d.rec.contentUid !== h.baseSnapId) {
-    const holds = d.rec.contentUid ? `it holds snapshot ${d.rec.contentUid}` : 'it was changed since its last restore, or never restored';
-    throw invalid(`disk ${target.name} does not hold base snapshot ${h.diskName}@${h.baseSnapName} (${h.baseSnapId}) of this incremental image: ${holds}`);
-  }
+  checkInto(reg.ctx.disk(target.name), h);
+}
+
+/**
+ * The image fits the disk: same block size, and an incremental image applies only onto a disk that provably
+ * holds its base (disk/identity.ts).
+ */
+function checkInto(d: DiskState, h: ImageHeader): void {
+  if (d.blockSize !== h.blockSize) throw invalid(`image block size ${h.blockSize} differs from disk ${d.rec.name}'s ${d.blockSize}`);
+  if (h.kind !== 'delta') return;
+  const holds = claimOf(d);
+  if (holds === h.baseSnapId) return;
+  const why = holds ? `it holds snapshot ${holds}` : 'it was changed since its last restore (a write, discard, resize, rollback or failed restore), or never restored';
+  throw invalid(`disk ${d.rec.name} does not hold base snapshot ${h.diskName}@${h.baseSnapName} (${h.baseSnapId}) of this incremental image: ${why}; restore a full image of ${h.baseSnapName} into it first`);
 }
 
 /** Block writes a restore keeps in flight at most. */
@@ -127,11 +136,10 @@ async function commitNew(reg: Registry, name: string, h: ImageHeader, lbns: numb
     created: ctx.clock.tick(),
     epoch: 1,
     snapshots: [],
-    contentUid: h.snapId,
   };
   ctx.seq = { ...ctx.seq, disk: ctx.seq.disk + 1 };
-  const d = new DiskState(rec, ctx);
-  const ops: BatchOp[] = [ctx.recordOp(rec), ctx.seqOp()];
+  const d = new DiskState(claimed(rec, h.snapId), ctx);
+  const ops: BatchOp[] = [ctx.recordOp(d.rec), ctx.seqOp()];
   for (let i = 0; i < lbns.length; i++) ops.push(d.live.putOp(lbns[i]!, { kind: 'data', pbn: pbns[i]!, epoch: 1 }));
   await ctx.commit(ops, true);
   d.allocated = lbns.length;
@@ -141,16 +149,21 @@ async function commitNew(reg: Registry, name: string, h: ImageHeader, lbns: numb
 async function commitInto(reg: Registry, name: string, h: ImageHeader, lbns: number[], pbns: number[], zeros: number[]): Promise<void> {
   const ctx = reg.ctx;
   const d = ctx.disk(name);
-  // Blocks of the disk that the image does not mention: a full image makes them holes; a delta only drops
-  // those past the image's (new) end.
   const inImage = new Set(lbns);
   const newBlocks = blocksFor(h.virtualSize, h.blockSize);
-  const current = await collectView(ctx, d, -1);
-  const extraZeros = current.lbns.filter((lbn) => !inImage.has(lbn) && (h.kind === 'full' || lbn >= newBlocks));
-  const zeroSet = [...new Set([...zeros, ...extraZeros])].sort((a, b) => a - b);
   await d.gate.exclusively(async () => {
+    // Checked again now that nothing else can change the disk: while the image streamed in, the disk may
+    // have been opened, written and closed again.
     if (d.isOpen()) throw busy(`disk ${name} is open`);
+    checkInto(d, h);
+    // From here on the disk may change: it claims nothing until the final batch claims the image's snapshot.
+    await dropClaim(ctx, d);
     await ctx.drain();
+    // Blocks of the disk that the image does not mention: a full image makes them holes; a delta only drops
+    // those past the image's (new) end.
+    const current = await collectView(ctx, d, -1, true);
+    const extraZeros = current.lbns.filter((lbn) => !inImage.has(lbn) && (h.kind === 'full' || lbn >= newBlocks));
+    const zeroSet = [...new Set([...zeros, ...extraZeros])].sort((a, b) => a - b);
     const L = d.latest();
     const epoch = d.rec.epoch;
     const hasBacking = d.rec.backing !== undefined;
@@ -166,14 +179,33 @@ async function commitInto(reg: Registry, name: string, h: ImageHeader, lbns: num
       if ((cur === undefined && next === undefined) || (cur?.kind === 'zero' && next?.kind === 'zero')) continue;
       changes.push({ lbn, cur, next, preserve: await needsPreserve(d, L, cur, lbn) });
     }
-    const rec: DiskRecord = { ...d.rec, size: h.virtualSize, contentUid: h.snapId };
+    const rec: DiskRecord = claimed({ ...d.rec, size: h.virtualSize }, h.snapId);
     if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, newBlocks) };
-    d.rec = rec;
     try {
+      // The record (size, claim) takes effect with the batch: if it fails, the disk keeps its old record,
+      // which claims nothing any more.
       await commitChanges(ctx, d, changes, [], [ctx.recordOp(rec)], true);
+      d.rec = rec;
     } finally {
       d.changed();
     }
   });
 }
 
+
+/**
+ * restoreImage, with one line in the store's history (`restore into r` / `restore as r`, the image restored
+ * or the reason it was refused): through the mount, the restore's errno is all that `dd` and the shell see,
+ * and the history is where the words are.
+ */
+export async function restoreRecorded(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
+  const command = `restore ${target.mode === 'new' ? 'as' : 'into'} ${target.name}`;
+  try {
+    const r = await restoreImage(reg, source, target);
+    await reg.recordHistory(command, 'ok', `${r.kind} image of snapshot ${r.snapId}: ${r.blocks} blocks, ${r.zeros} holes`);
+    return r;
+  } catch (e) {
+    await reg.recordHistory(command, 'error', errorMessage(e).replace(/[\x00-\x1f\x7f]/g, '?'), errorCode(e)).catch(() => undefined);
+    throw e;
+  }
+}

@@ -2,7 +2,7 @@
 // .vdisk/deltas, restore methods 1 (.vdisk/import/NEW) and 2 (.vdisk/restore/DISK), and the CLI twins
 // (backup/restore/verify) both offline and through the mount.
 
-import { open } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -290,7 +290,7 @@ describe('incremental images', () => {
       if (viaCli) {
         const rc = await vdiskfs(['restore', image, '--into', target, '--store', m.store]);
         expect(rc.code, `${why}: CLI --into should fail`).not.toBe(0);
-        expect(rc.stderr).toMatch(/restore through the mount failed \(EINVAL\)/);
+        expect(rc.stderr).toMatch(/restore through the mount failed \(EINVAL\): disk \S+ does not hold base snapshot inc@mon/);
       }
       expect(await fileSha(m.disk(target)), why).toBe(before);
       expect((await m.status()).pool.usedBytes, why).toBe(used);
@@ -315,6 +315,41 @@ describe('incremental images', () => {
     expect(names).not.toContain('fromdelta');
     expect(names).not.toContain('fromdelta2');
     expect((await sh(`test -e ${q(m.disk('fromdelta'))}`)).code).not.toBe(0);
+  });
+});
+
+describe('a delta onto a disk that no longer holds its base (issue 21)', () => {
+  it('resize away and back: the CLI refuses with the reason, the disk is unchanged; a fresh full restore takes it', async () => {
+    await m.ctlOk('create d21 64M');
+    await writeAt(m.disk('d21'), 50 * MiB, randomBuffer(2100, 2 * MiB), true);
+    await m.ctlOk('snapshot d21 s1');
+    await writeAt(m.disk('d21'), 0, randomBuffer(2101, MiB), true);
+    await m.ctlOk('snapshot d21 s2');
+    const full = join(work, 'd21-s1.img');
+    const delta = join(work, 'd21-s1-s2.img');
+    for (const [args, what] of [[['backup', 'd21@s1', '-o', full], 'full'], [['backup', 'd21@s2', '--since', 's1', '-o', delta], 'delta']] as const) {
+      const b = await vdiskfs([...args, '--store', m.store]);
+      expect(b.code, `${what}: ${b.stderr}`).toBe(0);
+    }
+    const r1 = await vdiskfs(['restore', full, '--as', 'r21', '--store', m.store]);
+    expect(r1.code, r1.stderr).toBe(0);
+    expect((await m.diskStatus('r21') as unknown as { restoredFrom?: string }).restoredFrom).toBe(await snapId('d21', 's1'));
+    await m.ctlOk('resize r21 32M'); // the data at 50M is gone
+    await m.ctlOk('resize r21 64M');
+    expect((await m.diskStatus('r21') as unknown as { restoredFrom?: string }).restoredFrom).toBeUndefined();
+    const before = await fileSha(m.disk('r21'));
+    const rc = await vdiskfs(['restore', delta, '--into', 'r21', '--store', m.store]);
+    expect(rc.code).not.toBe(0);
+    expect(rc.stderr).toMatch(/does not hold base snapshot d21@s1 .*it was changed since its last restore/);
+    expect(await fileSha(m.disk('r21'))).toBe(before);
+    const history = (await readFile(join(m.vdisk, 'history'), 'utf8')).trim().split('\n');
+    expect(history.at(-1)).toMatch(/\terror\trestore into r21\t.*does not hold base snapshot/);
+    // What the user does next: the full image again, then the delta, gives exactly s2.
+    for (const img of [full, delta]) {
+      const r = await vdiskfs(['restore', img, '--into', 'r21', '--store', m.store]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    await expectSameBytes(m.disk('r21'), m.snap('d21', 's2'));
   });
 });
 

@@ -11,6 +11,8 @@ import { createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from '../../s
 import { BLOCK_PREFIX, decodeEntry, idOfTableKey, parseBlockKey, prefixEnd } from '../../src/meta/keys.js';
 import type { BlockStoreKind } from '../../src/meta/records.js';
 import { VdiskError } from '../../src/errors.js';
+import { findTarget, producerFor } from '../../src/image/snapshotImage.js';
+import { restoreRecorded } from '../../src/restore/restore.js';
 import { prng, tempDir, cleanupDirs } from './helpers.js';
 
 afterAll(cleanupDirs);
@@ -19,6 +21,7 @@ const K = 1024;
 
 interface MSnap {
   name: string;
+  uid: string;
   data: Buffer; // exactly the snapshot's size
 }
 interface MDisk {
@@ -27,6 +30,8 @@ interface MDisk {
   data: Buffer; // exactly the disk's size
   snaps: MSnap[];
   origin?: { disk: string; snap: string };
+  /** uid of the snapshot whose content a restore put on this disk, until anything changes the disk. */
+  holds?: string;
 }
 
 class Failure extends Error {}
@@ -182,6 +187,7 @@ class Run {
       if (this.rnd() < 0.2) buf.fill(0, 0, this.int(len)); // data with a zero head
     }
     const ok = await this.attempt(`write ${m.name} off=${off} len=${len} kind=${kind}`, ['NO_SPACE'], () => this.write(this.d(m.name), off, buf));
+    delete m.holds;
     if (ok) buf.copy(m.data, off);
     this.count('write');
   }
@@ -200,6 +206,7 @@ class Run {
     }
     this.log.push(`concurrent ${m.name} ${ranges.map(([o, b]) => `${o}+${b.length}`).join(' ')}`);
     const res = await Promise.allSettled(ranges.map(([o, b]) => this.write(this.d(m.name), o, b)));
+    if (ranges.length) delete m.holds;
     res.forEach((r, i) => {
       if (r.status === 'fulfilled') ranges[i]![1].copy(m.data, ranges[i]![0]);
       else if (!(r.reason instanceof VdiskError && r.reason.code === 'NO_SPACE')) this.fail(`concurrent write ${i} failed: ${(r.reason as Error).stack}`);
@@ -217,8 +224,9 @@ class Run {
       await this.refused(`snapshot ${m.name}@${name}`, 'EXISTS', () => createSnapshot(this.reg.ctx, this.d(m.name), name));
       return;
     }
-    await this.attempt(`snapshot ${m.name}@${name}`, [], () => createSnapshot(this.reg.ctx, this.d(m.name), name));
-    m.snaps.push({ name, data: Buffer.from(m.data) });
+    let uid = '';
+    await this.attempt(`snapshot ${m.name}@${name}`, [], async () => (uid = (await createSnapshot(this.reg.ctx, this.d(m.name), name)).uid));
+    m.snaps.push({ name, uid, data: Buffer.from(m.data) });
     this.count('snapshot');
   }
 
@@ -249,6 +257,7 @@ class Run {
       return;
     }
     const ok = await this.attempt(`rollback ${m.name}@${s.name}`, ['NO_SPACE'], () => rollback(this.reg.ctx, this.d(m.name), s.name));
+    delete m.holds;
     if (ok) m.data = Buffer.from(s.data);
     this.count('rollback');
   }
@@ -277,11 +286,88 @@ class Run {
     }
     this.count(size < m.data.length ? 'shrink' : 'grow');
     const ok = await this.attempt(`resize ${m.name} ${m.data.length} -> ${size}`, ['NO_SPACE'], () => this.reg.resize(m.name, size));
+    if (size !== m.data.length) delete m.holds;
     if (ok) {
       const next = Buffer.alloc(size);
       m.data.copy(next, 0, 0, Math.min(size, m.data.length));
       m.data = next;
     }
+  }
+
+  /** The bytes of a full image of m@s, or of the delta base..s. */
+  async image(m: MDisk, s: MSnap, base?: MSnap): Promise<Buffer> {
+    const p = await producerFor(this.reg.ctx, findTarget(this.reg.ctx, m.name, s.name, base?.name));
+    const parts: Buffer[] = [];
+    for await (const c of p.chunks()) parts.push(Buffer.from(c));
+    return Buffer.concat(parts);
+  }
+
+  /** Back up a snapshot as a full image and restore it: as a new disk, or into a disk (maybe its own). */
+  async opRestoreFull(m: MDisk, snap?: MSnap): Promise<void> {
+    if (!m.snaps.length) return this.opSnapshot(m);
+    const s = snap ?? this.pick(m.snaps);
+    const img = await this.image(m, s);
+    if (this.rnd() < 0.4 && this.model.size < 5) {
+      const name = this.freshDiskName('r');
+      const ok = await this.attempt(`restore ${m.name}@${s.name} as ${name}`, ['NO_SPACE'], () => restoreRecorded(this.reg, [img], { mode: 'new', name }));
+      if (ok) this.model.set(name, { name, bs: m.bs, data: Buffer.from(s.data), snaps: [], holds: s.uid });
+      this.count('restore-new');
+      return;
+    }
+    const x = this.pick([...this.model.values()]);
+    if (x.bs !== m.bs) {
+      await this.refused(`restore ${m.name}@${s.name} into ${x.name} (block size)`, 'INVALID', () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+      return;
+    }
+    // A full restore fails only while it stages blocks (NO_SPACE): the disk is untouched and keeps its claim.
+    const ok = await this.attempt(`restore ${m.name}@${s.name} into ${x.name}`, ['NO_SPACE'], () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+    if (ok) {
+      x.data = Buffer.from(s.data);
+      x.holds = s.uid;
+    }
+    this.count('restore-into');
+  }
+
+  /**
+   * Apply a delta base..s of some disk onto a disk: it must apply exactly when the model says the disk holds
+   * the base, and be refused (changing nothing) otherwise. Mostly picks a pair that should apply.
+   */
+  async opDelta(m: MDisk): Promise<void> {
+    const pairs: [MDisk, MDisk, MSnap, MSnap][] = [];
+    for (const x of this.model.values()) {
+      for (const y of this.model.values()) {
+        const bi = y.snaps.findIndex((s) => s.uid === x.holds);
+        for (let si = bi + 1; bi >= 0 && si < y.snaps.length; si++) pairs.push([x, y, y.snaps[bi]!, y.snaps[si]!]);
+      }
+    }
+    let x: MDisk, y: MDisk, base: MSnap, s: MSnap;
+    const withTwo = [...this.model.values()].filter((d) => d.snaps.length >= 2);
+    if (!pairs.length && withTwo.length && this.rnd() < 0.8) {
+      // Set the scene as a user would: a full restore of the base, then its delta.
+      y = this.pick(withTwo);
+      const i = this.int(y.snaps.length - 1);
+      await this.opRestoreFull(y, y.snaps[i]!);
+      for (const c of this.model.values()) if (c.holds === y.snaps[i]!.uid) pairs.push([c, y, y.snaps[i]!, y.snaps[i + 1 + this.int(y.snaps.length - i - 1)]!]);
+    }
+    if (pairs.length && this.rnd() < 0.8) [x, y, base, s] = this.pick(pairs);
+    else {
+      if (m.snaps.length < 2) return this.opSnapshot(m);
+      const i = this.int(m.snaps.length - 1);
+      [x, y, base, s] = [this.pick([...this.model.values()]), m, m.snaps[i]!, m.snaps[i + 1 + this.int(m.snaps.length - i - 1)]!];
+    }
+    const img = await this.image(y, s, base);
+    const desc = `delta ${y.name}@${base.name}..${s.name} into ${x.name}`;
+    if (x.holds !== base.uid) {
+      await this.refused(`${desc} (holds ${x.holds ?? 'nothing'})`, 'INVALID', () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+      this.count('delta:refused');
+      return;
+    }
+    const ok = await this.attempt(desc, ['NO_SPACE'], () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+    if (ok) {
+      x.data = Buffer.from(s.data);
+      x.holds = s.uid;
+    }
+    this.count('delta');
   }
 
   async opDeleteDisk(): Promise<void> {
@@ -361,6 +447,7 @@ class Run {
     for (const m of this.model.values()) {
       const d = this.d(m.name);
       if (d.rec.size !== m.data.length) this.fail(`${m.name} size ${d.rec.size} != model ${m.data.length}`);
+      if ((d.rec.contentUid ?? undefined) !== m.holds) this.fail(`${m.name} claims to hold ${d.rec.contentUid ?? 'nothing'}, model ${m.holds ?? 'nothing'}`);
       const snapNames = d.rec.snapshots.map((s) => s.name);
       if (JSON.stringify(snapNames) !== JSON.stringify(m.snaps.map((s) => s.name))) this.fail(`${m.name} snapshots ${snapNames} != model`);
       this.compare(`live ${m.name}`, await this.readAll(d, -1, m.data.length), m.data);
@@ -470,6 +557,8 @@ class Run {
         else if (r < 0.88) await this.opDeleteDisk();
         else if (r < 0.9) await this.opCreate();
         else if (r < 0.93) await this.opReopen();
+        else if (r < 0.95) await this.opRestoreFull(m);
+        else if (r < 0.985) await this.opDelta(m);
         else await this.opWrite(m);
         // Every snapshot of every disk is compared every 4th step (and after each reopen); the live disks and
         // the snapshots of the disk the step worked on after every step (keeps 5 x 300 ops within ~10 s).
@@ -542,6 +631,8 @@ describe.each(BOTTOMS)('model-based random operations, block store %s', (blockSt
       // synchronous I/O, so there the fast paths decline (but for reads of holes) and the async paths serve.
       const paths = blockStore === 'file' ? ['io:write-now', 'io:write-async', 'io:read-now', 'io:read-async'] : ['io:write-async', 'io:read-async'];
       for (const k of paths) expect(run.stats[k], `seed ${seed}: ${k}`).toBeGreaterThan(0);
+      // Restores and deltas ran, and deltas both applied and were refused (over the seeds: see MODEL_STATS=1).
+      expect((run.stats['restore-new'] ?? 0) + (run.stats['restore-into'] ?? 0), `seed ${seed}: restores`).toBeGreaterThan(0);
       if (blockStore !== 'file') expect(run.stats['io:write-now'] ?? 0, `seed ${seed}: a write took the synchronous path`).toBe(0);
     });
   }

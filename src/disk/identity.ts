@@ -1,0 +1,57 @@
+/**
+ * What a disk provably holds: the uid of the snapshot whose exact bytes and size it has, recorded by a
+ * restore (full or incremental) as `DiskRecord.contentUid`. An incremental image applies only onto a disk
+ * that holds its base, so a claim that outlives a change to the disk would let a delta land on the wrong
+ * bytes and report success. The rule, kept here and only here:
+ *
+ * - `dropClaim` ends the claim, durably (a synced batch), and every path that changes a disk's content or
+ *   size awaits it before its first byte reaches the pool or the tables: writes (including zero writes and
+ *   discards), resize, rollback, and a restore into the disk (which may fail half-way: it then leaves no
+ *   claim). Durable first, because a write reaches the pool before its table batch commits: a crash in
+ *   between must not leave changed blocks under a claim that still stands.
+ * - `claimed` is the one way to set a claim: a restore's final batch, which makes the image's blocks the
+ *   disk's content and records the claim atomically.
+ * - `assertUnclaimed` is the tripwire at the places where content changes (the write and commit paths in
+ *   io.ts): a path that forgot `dropClaim` fails loudly instead of producing a wrong restore.
+ *
+ * Concurrency: callers hold the disk's gate (writes shared, control operations exclusively). Concurrent
+ * writers share one drop in flight (`DiskState.claimDrop`), and none of them proceeds before it is durable.
+ */
+import type { Context, DiskState } from './context.js';
+import type { DiskRecord } from '../meta/records.js';
+import { VdiskError } from '../errors.js';
+
+/** End the disk's claim to hold a restored image, durably; resolves at once when it has none. */
+export function dropClaim(ctx: Context, d: DiskState): Promise<void> {
+  if (d.claimDrop) return d.claimDrop;
+  if (d.rec.contentUid == null) return Promise.resolve();
+  const rec: DiskRecord = { ...d.rec, contentUid: null };
+  // In memory at once (the record never claims more than the store does); the writers wait for the batch.
+  d.rec = rec;
+  d.claimDrop = ctx.commit([ctx.recordOp(rec)], true).finally(() => {
+    d.claimDrop = null;
+  });
+  return d.claimDrop;
+}
+
+/** The record of a disk that now holds snapshot `uid`'s content: only a restore's final batch writes it. */
+export function claimed(rec: DiskRecord, uid: string): DiskRecord {
+  return { ...rec, contentUid: uid };
+}
+
+/** The uid of the snapshot whose content the disk holds, or null. */
+export function claimOf(d: DiskState): string | null {
+  return d.rec.contentUid ?? null;
+}
+
+/** True while the disk claims an image or the batch ending its claim is in flight: no content may change. */
+export function claimStands(d: DiskState): boolean {
+  return d.rec.contentUid != null || d.claimDrop !== null;
+}
+
+/** Content is about to change: the claim must have been dropped (and made durable) first. */
+export function assertUnclaimed(d: DiskState, what: string): void {
+  if (claimStands(d)) {
+    throw new VdiskError('IO', `internal error: ${what} on disk ${d.rec.name} while it still claims to hold image ${d.rec.contentUid ?? '(drop in flight)'}`);
+  }
+}
