@@ -58,6 +58,15 @@ export class Allocator {
     return pbn;
   }
 
+  /** One past the highest pbn in use now (0 when none is): what a pool file needs to keep. */
+  usedEnd(): number {
+    let byte = Math.min(this.bits.length, (this.highWater + 7) >>> 3) - 1;
+    while (byte >= 0 && this.bits[byte] === 0) byte--;
+    if (byte < 0) return 0;
+    const v = this.bits[byte]!;
+    return byte * 8 + 32 - Math.clz32(v);
+  }
+
   free(pbn: number): void {
     const byte = pbn >>> 3;
     const bit = 1 << (pbn & 7);

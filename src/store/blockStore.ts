@@ -47,6 +47,12 @@ export interface BlockStore {
    * Losing a discard (a crash) only leaves unreferenced data, which the store removes at open.
    */
   discard?(pbn: number): Promise<void>;
+  /**
+   * Give back the space past the first `blocks` blocks (none of which is referenced): the pool calls it at a
+   * clean close, so the space of blocks freed at the end of a pool file (deleted snapshots and disks) does
+   * not stay with the file. Stores without per-file space (LevelBlockStore) leave it out.
+   */
+  trim?(blocks: number): Promise<void>;
   /** Make every completed write durable (fdatasync). */
   sync(): Promise<void>;
   close(): Promise<void>;

@@ -31,6 +31,7 @@
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { constants, readSync, writeSync, read as readCb, write as writeCb } from 'node:fs';
 import type { BlockStore } from './blockStore.js';
+import { trimFile } from './poolFile.js';
 
 const SECTOR = 512;
 const RUN_BYTES = 1024 * 1024;
@@ -505,5 +506,10 @@ export class DirectPoolFileStore implements BlockStore {
     await this.drainWrites();
     await Promise.allSettled(this.chunks.map((c) => c.loading));
     await this.fh.close();
+  }
+
+  async trim(blocks: number): Promise<void> {
+    await this.drainWrites();
+    await trimFile(this.fh, blocks * this.blockSize);
   }
 }

@@ -199,4 +199,14 @@ export class PoolFileStore implements BlockStore {
     while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
     await this.fh.close();
   }
+
+  async trim(blocks: number): Promise<void> {
+    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
+    await trimFile(this.fh, blocks * this.blockSize);
+  }
+}
+
+/** Truncate a pool file to `bytes` if it is longer (never extends it). */
+export async function trimFile(fh: FileHandle, bytes: number): Promise<void> {
+  if ((await fh.stat()).size > bytes) await fh.truncate(bytes);
 }

@@ -70,6 +70,22 @@ describe('Allocator', () => {
     expect(a.isUsed(8999)).toBe(true);
   });
 
+  it('usedEnd is one past the highest pbn in use, falling as the top blocks are freed', () => {
+    const a = new Allocator(4096);
+    expect(a.usedEnd()).toBe(0);
+    for (let i = 0; i < 20; i++) a.allocate();
+    expect(a.usedEnd()).toBe(20);
+    a.free(19);
+    a.free(17);
+    expect(a.usedEnd()).toBe(19);
+    a.free(18);
+    expect(a.usedEnd()).toBe(17);
+    for (let i = 0; i < 17; i++) a.free(i);
+    expect(a.usedEnd()).toBe(0);
+    expect(a.mark(70_001)).toBe(true);
+    expect(a.usedEnd()).toBe(70_002);
+  });
+
   it('double free throws', () => {
     const a = new Allocator(4096);
     const p = a.allocate();

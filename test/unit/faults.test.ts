@@ -422,3 +422,30 @@ describe('failed write with sibling pool writes still in flight', () => {
     expectSame(got, bData, 'write B after A’s stale pool writes landed');
   });
 });
+
+describe('a clean close leaves nothing for check to report', () => {
+  it('snapshots and a disk made and deleted (blocks at the end of the pool file freed): check is clean after close', async () => {
+    const dir = await tempDir();
+    const reg = await Registry.open({ dir });
+    await reg.create('db', 8 * 1024 * 1024, 65536);
+    const d = reg.disk('db');
+    const rnd = prng(14);
+    await writeDisk(reg.ctx, d, 0, randomBytes(rnd, 1024 * 1024));
+    for (let i = 0; i < 15; i++) {
+      await createSnapshot(reg.ctx, d, `s${i}`);
+      await writeDisk(reg.ctx, d, (i % 8) * 65536 + 100, randomBytes(rnd, 8192)); // preserves a block
+      const { deleteSnapshot } = await import('../../src/disk/snapshots.js');
+      await deleteSnapshot(reg.ctx, d, `s${i}`); // frees it: the highest pbn in the pool file
+    }
+    // a scratch disk written last holds the highest blocks; deleting it frees the end of the pool file
+    await reg.create('scratch', 1024 * 1024, 65536);
+    await writeDisk(reg.ctx, reg.disk('scratch'), 0, randomBytes(rnd, 512 * 1024));
+    await createSnapshot(reg.ctx, reg.disk('scratch'), 'x');
+    await reg.delete('scratch', { recursive: true });
+    await reg.close();
+    const r = await checkStore(dir);
+    expect(r.errors).toEqual([]);
+    expect(r.leaks).toEqual([]);
+    expect(r.warnings).toEqual([]);
+  });
+});
