@@ -2,7 +2,7 @@
 // vdiskfs benchmark: the same figures, side by side, for
 //   plain    a plain file in a temp dir (the filesystem the store lives on)
 //   null     scripts/nullfs.mjs, a FUSE filesystem that discards writes and reads zeros: the ceiling for
-//            any fuse-native filesystem on this machine
+//            any fuse-napi filesystem on this machine
 //   vdiskfs  a disk file of a vdiskfs mount (dist/cli/main.js mount ... -f), store in the temp dir
 //   vdiskfs-pagecache  the same with VDISKFS_POOL_IO=buffered: pool files read and written through the page
 //            cache instead of with O_DIRECT (store/poolFile.ts instead of store/directPool.ts)
@@ -42,8 +42,8 @@ import path from 'node:path'
 import process from 'node:process'
 import { fileURLToPath } from 'node:url'
 import {
-  GiB, MiB, aborting, dd, ddRepeat, dropCaches, exists, fio, fmt, installSignalCleanup, isMounted, makeRandomFile,
-  markdownTable, onCleanup, run, runCleanups, startServer, waitFor, which
+  GiB, MiB, aborting, dd, ddRepeat, dropCaches, exists, fio, fmt, fusermountCommand, installSignalCleanup, isMounted, makeRandomFile,
+  markdownTable, onCleanup, run, runCleanups, startServer, unmount, waitFor, which
 } from './bench/lib.mjs'
 import { snapshotSection } from './bench/snapshot.mjs'
 import { backupSection } from './bench/backup.mjs'
@@ -411,7 +411,7 @@ export async function main () {
   const known = [...TARGETS, ...SECTIONS].map((t) => t.key)
   const unknown = config.only.filter((k) => !known.includes(k))
   if (unknown.length) throw new Error(`unknown BENCH_ONLY key(s): ${unknown.join(', ')} (known: ${known.join(', ')})`)
-  for (const tool of ['dd', 'fio', 'fusermount']) {
+  for (const tool of ['dd', 'fio', await fusermountCommand()]) {
     if (!(await which(tool))) throw new Error(`${tool} not found: run scripts/setup.sh first`)
   }
   const dir = await mkdtemp(path.join(config.baseDir, 'vdiskfs-bench-'))
@@ -419,7 +419,7 @@ export async function main () {
   const mountpoints = ['mnt-null', 'mnt-vdiskfs', 'qemu-export'].map((m) => path.join(dir, m))
   onCleanup(async () => {
     // never rm -r through a live mount
-    for (const mp of mountpoints) if (await isMounted(mp)) await run('fusermount', ['-uz', mp], { check: false, duringCleanup: true })
+    for (const mp of mountpoints) if (await isMounted(mp)) await unmount(mp)
     if (config.keep) return
     for (const mp of mountpoints) {
       if (await isMounted(mp)) {
