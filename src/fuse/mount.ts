@@ -344,7 +344,15 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     },
     extra,
   );
-  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  // A failed mount leaves nothing mounted (the binding mounts last, after libfuse accepted the options).
+  // libfuse prints its own reason ("fuse: unknown option(s): …") on stderr; the error says what failed.
+  await new Promise<void>((resolve, reject) =>
+    fuse.mount((err) => {
+      if (!err) return resolve();
+      const why = err.message === 'Mountpoint in use' ? 'the mountpoint is in use (a mount point already)' : err.message;
+      reject(new Error(`cannot mount ${opts.mountpoint}: ${why}${err.code ? ` (${err.code})` : ''}`, { cause: err }));
+    }),
+  );
   log.info({ mountpoint: opts.mountpoint, options: extra, maxWrite: tree.maxWrite, kernel: conn }, 'mounted');
   if (readahead > 0 && !readaheadAtInit) await setReadahead(opts.mountpoint, readahead);
   let unmounted = false;

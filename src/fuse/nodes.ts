@@ -53,6 +53,8 @@ const WO = 0o100200;
 export const CONTROL_DIR = '.vdisk';
 /** FUSE max_write and max_read we ask for: the kernel cuts larger writes into pieces of max_write bytes. */
 export const MAX_WRITE = 1024 * 1024;
+/** The longest line the control file takes (a line may span pieces of one write(2)). */
+const MAX_LINE = 128 * 1024;
 
 export class Tree {
   private started = new Date();
@@ -202,6 +204,7 @@ export class Tree {
         // line cut at such a boundary waits for the next piece instead of running in two halves.
         let carry = '';
         const run = async (text: string): Promise<void> => {
+          if (text.split('\n').some((l) => l.length > MAX_LINE)) throw invalid('command line too long');
           const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
           for (const line of lines) await runLine(this.reg, line);
         };
@@ -216,7 +219,7 @@ export class Tree {
               const cut = text.lastIndexOf('\n');
               carry = text.slice(cut + 1);
               text = text.slice(0, cut + 1);
-              if (carry.length > this.maxWrite) throw invalid('command line too long');
+              if (carry.length > MAX_LINE) throw invalid('command line too long');
             }
             if (text.trim().length === 0 && carry.length === 0) throw invalid('empty command');
             await run(text);
