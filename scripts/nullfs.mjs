@@ -25,7 +25,7 @@ let size = Number(sizeArg)
 // same number of native request workers), so that the bench's ratios compare like with like.
 export const EXTRA_MOUNT_OPTIONS = ['attr_timeout=0', 'entry_timeout=0', 'auto_cache']
 const MAX_IO = 1024 * 1024
-const MAX_CONCURRENCY = Number(process.env.NULLFS_MAX_CONCURRENCY ?? 4)
+const MAX_CONCURRENCY = Number(process.env.VDISKFS_FUSE_WORKERS ?? 4) // as vdiskfs: same variable
 
 class FastFuse extends Fuse {
   _fuseOptions () {

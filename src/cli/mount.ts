@@ -83,7 +83,10 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
     installSections(tree, reg);
     // Written before mounting: whoever sees the mount can already find out who serves it.
     await writeFile(mountInfoPath(dir), JSON.stringify({ pid: process.pid, mountpoint }));
-    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions, ...(readahead !== undefined ? { readahead } : {}) });
+    // VDISKFS_FUSE_WORKERS: native request workers (1..64; default DEFAULT_MAX_CONCURRENCY), for measuring.
+    const workers = process.env.VDISKFS_FUSE_WORKERS ? Number(process.env.VDISKFS_FUSE_WORKERS) : undefined;
+    if (workers !== undefined && !(Number.isInteger(workers) && workers >= 1 && workers <= 64)) throw invalid('VDISKFS_FUSE_WORKERS must be an integer from 1 to 64');
+    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions, ...(readahead !== undefined ? { readahead } : {}), ...(workers !== undefined ? { maxConcurrency: workers } : {}) });
   } catch (e) {
     await mounted?.unmount().catch(() => undefined);
     await rm(mountInfoPath(dir), { force: true });
