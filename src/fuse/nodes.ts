@@ -200,7 +200,7 @@ export class Tree {
       kind: 'file',
       stat: () => ({ mode: WO | 0o044, size: 0, blocks: 0, mtime: this.started }),
       open: async () => {
-        // The kernel splits a write(2) larger than max_write into pieces of exactly MAX_WRITE bytes: a
+        // The kernel splits a write(2) larger than max_write into pieces of exactly max_write bytes: a
         // line cut at such a boundary waits for the next piece instead of running in two halves.
         let carry = '';
         const run = async (text: string): Promise<void> => {
