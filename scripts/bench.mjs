@@ -2,7 +2,7 @@
 // vdiskfs benchmark: the same figures, side by side, for
 //   plain    a plain file in a temp dir (the filesystem the store lives on)
 //   null     scripts/nullfs.mjs, a FUSE filesystem that discards writes and reads zeros: the ceiling for
-//            any fuse-native filesystem on this machine
+//            any fuse-napi filesystem on this machine
 //   vdiskfs  a disk file of a vdiskfs mount (dist/cli/main.js mount ... -f), store in the temp dir
 //   vdiskfs-pagecache  the same with VDISKFS_POOL_IO=buffered: pool files read and written through the page
 //            cache instead of with O_DIRECT (store/poolFile.ts instead of store/directPool.ts)
@@ -16,7 +16,7 @@
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
 //   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
-//                                          (snapshot,backup); keys match exactly (vdiskfs is not vdiskfs-leveldb)
+//                                          (snapshot,backup,sparse); keys match exactly (vdiskfs is not vdiskfs-leveldb)
 //   BENCH_SUSTAINED_GIB=8                  size of the sustained write
 //   BENCH_ROUNDS=3                         rounds (medians are reported; 1 with BENCH_QUICK)
 //   BENCH_DIR=/path                        where the temp dir goes (default: os.tmpdir())
@@ -42,11 +42,12 @@ import path from 'node:path'
 import process from 'node:process'
 import { fileURLToPath } from 'node:url'
 import {
-  GiB, MiB, aborting, dd, ddRepeat, dropCaches, exists, fio, fmt, installSignalCleanup, isMounted, makeRandomFile,
-  markdownTable, onCleanup, run, runCleanups, startServer, waitFor, which
+  GiB, MiB, aborting, dd, ddRepeat, dropCaches, exists, fio, fmt, fusermountCommand, installSignalCleanup, isMounted, makeRandomFile,
+  markdownTable, onCleanup, run, runCleanups, startServer, unmount, waitFor, which
 } from './bench/lib.mjs'
 import { snapshotSection } from './bench/snapshot.mjs'
 import { backupSection } from './bench/backup.mjs'
+import { sparseSection } from './bench/sparse.mjs'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const env = process.env
@@ -66,7 +67,7 @@ export const config = (() => {
     rounds: Math.max(1, Number(env.BENCH_ROUNDS || (quick ? 1 : 3))),
     fioRuntime: quick ? 3 : 15,
     fioSize: quick ? '64M' : '1G',
-    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup').split(',').map((s) => s.trim()).filter(Boolean),
+    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse').split(',').map((s) => s.trim()).filter(Boolean),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
     keep: env.BENCH_KEEP === '1',
@@ -255,7 +256,7 @@ export const FIGURES = [
 // ---- sections --------------------------------------------------------------------------------
 // Run after the targets, in order; each prints its own markdown tables.
 
-export const SECTIONS = [snapshotSection, backupSection]
+export const SECTIONS = [snapshotSection, backupSection, sparseSection]
 
 // ---- driver ----------------------------------------------------------------------------------
 
@@ -411,7 +412,7 @@ export async function main () {
   const known = [...TARGETS, ...SECTIONS].map((t) => t.key)
   const unknown = config.only.filter((k) => !known.includes(k))
   if (unknown.length) throw new Error(`unknown BENCH_ONLY key(s): ${unknown.join(', ')} (known: ${known.join(', ')})`)
-  for (const tool of ['dd', 'fio', 'fusermount']) {
+  for (const tool of ['dd', 'fio', await fusermountCommand()]) {
     if (!(await which(tool))) throw new Error(`${tool} not found: run scripts/setup.sh first`)
   }
   const dir = await mkdtemp(path.join(config.baseDir, 'vdiskfs-bench-'))
@@ -419,7 +420,7 @@ export async function main () {
   const mountpoints = ['mnt-null', 'mnt-vdiskfs', 'qemu-export'].map((m) => path.join(dir, m))
   onCleanup(async () => {
     // never rm -r through a live mount
-    for (const mp of mountpoints) if (await isMounted(mp)) await run('fusermount', ['-uz', mp], { check: false, duringCleanup: true })
+    for (const mp of mountpoints) if (await isMounted(mp)) await unmount(mp)
     if (config.keep) return
     for (const mp of mountpoints) {
       if (await isMounted(mp)) {

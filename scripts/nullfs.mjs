@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Null FUSE filesystem: the throughput ceiling for any Node filesystem built on fuse-native.
+// Null FUSE filesystem: the throughput ceiling for any Node filesystem built on fuse-napi (FUSE 3).
 //
 //   node scripts/nullfs.mjs MOUNTPOINT SIZE_BYTES
 //
@@ -10,7 +10,7 @@
 //
 // This process serves the mount: it must never block its event loop on I/O to the mount itself
 // (no execSync/spawnSync here), or the kernel request and the JS thread wait for each other.
-import Fuse from 'fuse-native'
+import Fuse from 'fuse-napi'
 import { readFile, writeFile } from 'node:fs/promises'
 import process from 'node:process'
 
@@ -21,10 +21,11 @@ if (!mountpoint || !sizeArg || !/^\d+$/.test(sizeArg)) {
 }
 let size = Number(sizeArg)
 
-// Mount options fuse-native has no knob for: without big_writes the kernel sends 4 KiB writes.
-// Kept in step with src/fuse/mount.ts (vdiskfs also sets attr_timeout=0,entry_timeout=0 because sizes change
-// under control commands), so that the bench's ratios compare like with like.
-export const EXTRA_MOUNT_OPTIONS = ['big_writes', 'max_write=131072', 'attr_timeout=0', 'entry_timeout=0', 'auto_cache']
+// Kept in step with src/fuse/mount.ts (libfuse options passed as they are, 1 MiB max_read/max_write, the
+// same number of native request workers), so that the bench's ratios compare like with like.
+export const EXTRA_MOUNT_OPTIONS = ['attr_timeout=0', 'entry_timeout=0', 'auto_cache']
+const MAX_IO = 1024 * 1024
+const MAX_CONCURRENCY = Number(process.env.VDISKFS_FUSE_WORKERS ?? 4) // as vdiskfs: same variable
 
 class FastFuse extends Fuse {
   _fuseOptions () {
@@ -92,6 +93,13 @@ const ops = {
   flush (path, fd, cb) { cb(0) },
   utimens (path, atime, mtime, cb) { cb(0) },
   chmod (path, mode, cb) { cb(0) },
+  initWithConfig (conn, cb) {
+    cb(0, { maxWrite: Math.min(MAX_IO, conn.maxWrite) })
+  },
+  lseek (path, fd, offset, whence, cb) {
+    if (offset >= size) return cb(Fuse.ENXIO)
+    return cb(0, whence === 3 ? offset : size)
+  },
   statfs (path, cb) {
     const bsize = 4096
     const blocks = Math.ceil(size / bsize)
@@ -103,7 +111,9 @@ const ops = {
 }
 
 const fuse = new FastFuse(mountpoint, ops, {
-  timeout: 30_000, // per-op watchdog (fuse-native default 15 s): a slow op fails with ETIMEDOUT, not a hang
+  timeout: 30_000, // per-op watchdog (the binding's default is 15 s): a slow op fails with ETIMEDOUT, not a hang
+  maxRead: MAX_IO,
+  maxConcurrency: MAX_CONCURRENCY,
   force: true, // unmount a stale mount left on this mountpoint by a crashed run
   mkdir: true,
   fsname: 'nullfs',
@@ -140,4 +150,6 @@ fuse.mount(async (err) => {
   }
   if (READAHEAD_KB > 0) await setReadahead().catch((e) => process.stderr.write(`nullfs: readahead not set: ${e.message}\n`))
   process.stdout.write('ready\n')
+  // The binding does not hold the event loop open: without this the process would exit while mounted.
+  setInterval(() => {}, 1 << 30)
 })

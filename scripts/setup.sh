@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# vdiskfs setup: system packages (FUSE, libfuse2, fio, e2fsprogs), /dev/fuse check,
+# vdiskfs setup: system packages (FUSE 3, libfuse3-dev and the tools to build the binding, fio, e2fsprogs),
+# /dev/fuse check,
 # npm ci + build, and `vdiskfs` on PATH. Idempotent; quiet unless something is installed.
 #
 #   scripts/setup.sh            # everything needed to mount and to run `npm test`
@@ -38,7 +39,7 @@ fi
 APT_UPDATED=0
 apt_update_once() {
   if [[ $APT_UPDATED -eq 0 ]]; then
-    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: fuse libfuse2 fio e2fsprogs"
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: fuse3 libfuse3-dev pkg-config g++ make python3 fio e2fsprogs"
     log "apt-get update"
     quiet "${SUDO[@]}" apt-get update -q || die "apt-get update failed"
     APT_UPDATED=1
@@ -57,21 +58,23 @@ apt_has() {
   [[ -n "$cand" && "$cand" != "(none)" ]]
 }
 
-have_libfuse2() {
-  [[ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 || -e /lib/x86_64-linux-gnu/libfuse.so.2 ]] && return 0
-  # no pipe into grep -q: with pipefail, ldconfig could die of SIGPIPE
-  local libs
-  libs=$(ldconfig -p 2>/dev/null || true)
-  [[ "$libs" == *libfuse.so.2* ]]
+# The FUSE binding (fuse-napi) is built from source against libfuse 3 when npm has no prebuild for this
+# Node: it needs libfuse3's headers and pkg-config file, a C/C++ toolchain and python3 (node-gyp).
+# Debian's `fuse` (FUSE 2) conflicts with `fuse3` and would remove it (and what depends on it): not installed.
+have_libfuse3_dev() {
+  pkg-config --exists fuse3 2>/dev/null
+}
+have_build_tools() {
+  command -v g++ >/dev/null 2>&1 && command -v make >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1
 }
 
 # ---- 1. system packages -----------------------------------------------------
-if [[ "${SETUP_FORCE_APT:-0}" == 1 ]] || ! command -v fusermount >/dev/null 2>&1 || ! have_libfuse2 || ! command -v fio >/dev/null 2>&1 \
-   || ! command -v mkfs.ext4 >/dev/null 2>&1; then
-  apt_install fuse libfuse2 fio e2fsprogs
+if [[ "${SETUP_FORCE_APT:-0}" == 1 ]] || ! command -v fusermount3 >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1 \
+   || ! have_libfuse3_dev || ! have_build_tools || ! command -v fio >/dev/null 2>&1 || ! command -v mkfs.ext4 >/dev/null 2>&1; then
+  apt_install fuse3 libfuse3-dev pkg-config g++ make python3 fio e2fsprogs
 fi
-command -v fusermount >/dev/null 2>&1 || die "fusermount still missing after install"
-have_libfuse2 || die "libfuse.so.2 still missing after install"
+command -v fusermount3 >/dev/null 2>&1 || die "fusermount3 still missing after install"
+have_libfuse3_dev || die "libfuse3 development files (pkg-config fuse3) still missing after install"
 
 if [[ $WANT_BENCH -eq 1 ]]; then
   if ! command -v qemu-img >/dev/null 2>&1; then apt_install qemu-utils || log "qemu-utils not installable; skipping"; fi

@@ -35,6 +35,8 @@ import { crc32 } from 'node:zlib';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(REPO, 'dist/cli/main.js');
+// fusermount3 (FUSE 3), or plain fusermount where only that is installed.
+const FUSERMOUNT = ['/usr/bin/fusermount3', '/bin/fusermount3'].some((p) => existsSync(p)) ? 'fusermount3' : 'fusermount';
 const K = 1024;
 const M = 1024 * K;
 
@@ -86,7 +88,7 @@ async function doCleanup() {
       }
       await waitForExit(pid, 10_000);
     }
-    if (await isMountpoint(mp)) await run('fusermount', ['-uz', mp]).catch(() => undefined);
+    if (await isMountpoint(mp)) await run(FUSERMOUNT, ['-uz', mp]).catch(() => undefined);
     if (pid && isAlive(pid)) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -222,7 +224,7 @@ class Mount {
     const pid = this.pid;
     process.kill(pid, 'SIGKILL');
     await waitForExit(pid);
-    await run('fusermount', ['-uz', this.mp]);
+    await run(FUSERMOUNT, ['-uz', this.mp]);
     this.pid = undefined;
     mounts.delete(this.mp);
   }
@@ -1151,7 +1153,7 @@ async function main() {
           }
           await waitForExit(pid, 10_000);
         }
-        if (await isMountpoint(mp)) await run('fusermount', ['-uz', mp]);
+        if (await isMountpoint(mp)) await run(FUSERMOUNT, ['-uz', mp]);
         mounts.delete(mp);
       }
     }

@@ -174,8 +174,15 @@ export function installSignalCleanup () {
 
 // ---- FUSE servers --------------------------------------------------------------------------
 
+// fusermount3 (FUSE 3), or plain fusermount where only that is installed
+let fusermountCmd
+export async function fusermountCommand () {
+  fusermountCmd ??= (await which('fusermount3')) ? 'fusermount3' : 'fusermount'
+  return fusermountCmd
+}
+
 export async function unmount (mp) {
-  await run('fusermount', ['-uz', mp], { check: false, duringCleanup: true })
+  await run(await fusermountCommand(), ['-uz', mp], { check: false, duringCleanup: true })
 }
 
 export async function isMounted (mp) {

@@ -54,12 +54,16 @@ program
   .description('flush and unmount')
   .argument('<mountpoint>')
   .action(async (mp: string) => {
-    const code = await new Promise<number>((res) => {
-      const c = spawn('fusermount', ['-u', resolve(mp)], { stdio: 'inherit' });
-      c.on('exit', (n) => res(n ?? 1));
-      c.on('error', () => res(1));
-    });
-    if (code !== 0) process.exit(code);
+    // fusermount3 (FUSE 3); plain fusermount where only that is installed.
+    const unmount = (cmd: string): Promise<number | 'missing'> =>
+      new Promise((res) => {
+        const c = spawn(cmd, ['-u', resolve(mp)], { stdio: 'inherit' });
+        c.on('exit', (n) => res(n ?? 1));
+        c.on('error', (e: NodeJS.ErrnoException) => res(e.code === 'ENOENT' ? 'missing' : 1));
+      });
+    let code = await unmount('fusermount3');
+    if (code === 'missing') code = await unmount('fusermount');
+    if (code !== 0) process.exit(code === 'missing' ? 1 : code);
   });
 
 const storeOpt = (c: Command): Command => c.option('--store <dir>', 'store directory');

@@ -63,21 +63,35 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
   if (poolSize !== undefined && poolSize <= 0) throw invalid('pool size must be positive');
   const blockStore = args.blockStore !== undefined ? parseBlockStore(args.blockStore) : undefined;
   const readahead = args.readahead !== undefined ? parseReadahead(args.readahead) : undefined;
-  await mkdir(dir, { recursive: true });
+  // A store directory this mount creates is removed again if the mount fails.
+  const created = await mkdir(dir, { recursive: true });
   configureLog({ level: args.logLevel ?? 'info', file: join(dir, 'vdiskfs.log'), stderr: !!args.foreground && !notify });
   const log = logger('mount');
-  const reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(blockStore !== undefined ? { blockStore } : {}) });
+  const removeCreated = async (): Promise<void> => {
+    if (created) await rm(created, { recursive: true, force: true }).catch(() => undefined);
+  };
+  let reg: Registry;
+  try {
+    reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(blockStore !== undefined ? { blockStore } : {}) });
+  } catch (e) {
+    await removeCreated();
+    throw e;
+  }
   let mounted: Mounted | undefined;
   try {
     const tree = new Tree(reg);
     installSections(tree, reg);
     // Written before mounting: whoever sees the mount can already find out who serves it.
     await writeFile(mountInfoPath(dir), JSON.stringify({ pid: process.pid, mountpoint }));
-    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions, ...(readahead !== undefined ? { readahead } : {}) });
+    // VDISKFS_FUSE_WORKERS: native request workers (1..64; default DEFAULT_MAX_CONCURRENCY), for measuring.
+    const workers = process.env.VDISKFS_FUSE_WORKERS ? Number(process.env.VDISKFS_FUSE_WORKERS) : undefined;
+    if (workers !== undefined && !(Number.isInteger(workers) && workers >= 1 && workers <= 64)) throw invalid('VDISKFS_FUSE_WORKERS must be an integer from 1 to 64');
+    mounted = await mountTree(reg, tree, { mountpoint, storeDir: dir, fuseOptions: args.fuseOptions, ...(readahead !== undefined ? { readahead } : {}), ...(workers !== undefined ? { maxConcurrency: workers } : {}) });
   } catch (e) {
     await mounted?.unmount().catch(() => undefined);
     await rm(mountInfoPath(dir), { force: true });
     await reg.close();
+    await removeCreated();
     throw e;
   }
   log.info({ store: dir, mountpoint, pid: process.pid }, 'vdiskfs ready');
@@ -129,6 +143,14 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
     child.once('exit', (code) => res({ ok: false, error: stderr.trim() || `mount process exited with code ${code}` }));
   });
   if (!verdict.ok) {
+    // What the child printed (libfuse's own reason, e.g. "fuse: unknown option(s): `-o foo'") comes first.
+    await new Promise<void>((res) => {
+      if (child.exitCode !== null && child.stderr!.readableEnded) return res();
+      child.once('close', () => res());
+      setTimeout(res, 5000).unref();
+    });
+    const printed = stderr.trim();
+    if (printed && printed !== verdict.error) process.stderr.write(printed + '\n');
     process.stderr.write(`vdiskfs: ${verdict.error}\n`);
     process.exit(1);
   }

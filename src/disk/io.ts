@@ -18,6 +18,7 @@ import { assertUnclaimed, claimStands, dropClaim } from './identity.js';
 
 const log = logger('io');
 import { needsPreserve, type Change } from './plan.js';
+import { collectView } from './viewScan.js';
 
 /** Read from the live disk (snapIndex -1) or a snapshot into dst; returns bytes read (short at the end). */
 export async function readView(ctx: Context, disk: DiskState, snapIndex: number, offset: number, dst: Buffer): Promise<number> {
@@ -211,6 +212,65 @@ export async function writeExclusive(ctx: Context, disk: DiskState, offset: numb
     release();
   }
 }
+
+/**
+ * Discard [offset, offset + length) of the live disk (fallocate PUNCH_HOLE or ZERO_RANGE; the part past the
+ * end is ignored): afterwards the range reads as zeros and holds no block. Whole blocks lose their live
+ * entries as a zero write's would (a clone's get a `zero` entry that hides its backing); the partial blocks
+ * at the ends are written with zeros (writeExclusive: freed if they become all zeros). The same rules as a
+ * write: table changes go through commitChanges (the latest snapshot keeps what it still sees, via
+ * needsPreserve), and a block is freed only after the batch that dropped it commits. The disk's gate is
+ * held exclusively (as resize does), so the scan of the table sees no write in flight. Cost: the table
+ * entries in the range (and, for a clone, the data blocks of its backing), not the range's length.
+ * Whole blocks are committed in batches of DISCARD_BATCH changes: a crash in between leaves a part of the
+ * range discarded, each block either as it was or discarded.
+ */
+export async function discardRange(ctx: Context, disk: DiskState, offset: number, length: number): Promise<void> {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) throw invalid(`bad range ${offset}+${length}`);
+  if (ctx.failure) throw new VdiskError('IO', `store failed earlier and is read-only until remounted: ${ctx.failure.message}`);
+  await disk.gate.exclusively(async () => {
+    const end = Math.min(offset + length, disk.rec.size);
+    if (offset >= end) return;
+    const bs = disk.blockSize;
+    const first = Math.ceil(offset / bs); // first whole block
+    const stop = Math.floor(end / bs); // after the last whole block
+    if (first >= stop) return writeExclusive(ctx, disk, offset, Buffer.alloc(end - offset));
+    if (offset < first * bs) await writeExclusive(ctx, disk, offset, Buffer.alloc(first * bs - offset));
+    if (end > stop * bs) await writeExclusive(ctx, disk, stop * bs, Buffer.alloc(end - stop * bs));
+    await ctx.drain();
+    const L = disk.latest();
+    const b = disk.rec.backing;
+    const next: Entry | undefined = b ? { kind: 'zero', epoch: disk.rec.epoch } : undefined;
+    let changes: Change[] = [];
+    const flush = async (): Promise<void> => {
+      if (changes.length) await commitChanges(ctx, disk, changes);
+      changes = [];
+    };
+    const seen = new Set<number>();
+    for await (const [lbn, cur] of disk.live.entries(first)) {
+      if (lbn >= stop) break;
+      if (b) seen.add(lbn);
+      if (cur.kind === 'zero' && next) continue;
+      changes.push({ lbn, cur, next, preserve: await needsPreserve(disk, L, cur, lbn) });
+      if (changes.length >= DISCARD_BATCH) await flush();
+    }
+    // A clone's holes read its backing: where the backing has data, they get a `zero` entry too.
+    const origin = b ? ctx.diskById(b.diskId) : undefined;
+    const originIdx = origin && b ? origin.rec.snapshots.findIndex((x) => x.id === b.snapId) : -1;
+    if (b && origin && originIdx >= 0 && first < b.limitBlocks) {
+      await flush();
+      for (const lbn of (await collectView(ctx, origin, originIdx)).lbns) {
+        if (lbn < first || lbn >= stop || lbn >= b.limitBlocks || seen.has(lbn)) continue;
+        if ((await disk.live.get(lbn)) !== undefined) continue;
+        changes.push({ lbn, cur: undefined, next, preserve: await needsPreserve(disk, L, undefined, lbn) });
+        if (changes.length >= DISCARD_BATCH) await flush();
+      }
+    }
+    await flush();
+  });
+}
+
+const DISCARD_BATCH = 8192;
 
 /** The blocks' locks are held. */
 async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: Buffer): Promise<void> {

@@ -1,9 +1,10 @@
-/** The one place typed errors become errno values (negative, as fuse-native expects). */
+/** The one place typed errors become errno values (negative, as the FUSE binding expects). */
 import { errorCode } from '../errors.js';
 
 export const E = {
   EPERM: -1,
   ENOENT: -2,
+  ENXIO: -6,
   EIO: -5,
   EBADF: -9,
   EACCES: -13,
@@ -17,6 +18,7 @@ export const E = {
   ENOTDIR: -20,
   ENOTEMPTY: -39,
   ENOTSUP: -95,
+  EOPNOTSUPP: -95,
 } as const;
 
 const BY_CODE: Record<string, number> = {

@@ -1,10 +1,10 @@
 /**
- * The only code that touches fuse-native: the operation table over the Tree, handles, stat and statfs,
- * errno mapping, and mounting with the options we need (big_writes, max_write, subtype) that fuse-native
- * has no switch for. Write buffers are copied before any await unless the handle finishes with them before
- * the reply (see Handle.usesBufferOnlyUntilReply).
+ * The only code that touches the FUSE binding (fuse-napi, FUSE 3.1 API): the operation table over the Tree,
+ * handles, stat and statfs, errno mapping, fallocate and lseek, and mounting with the options we need
+ * (1 MiB requests, subtype, timeouts, auto_cache). Write buffers are the binding's own copies (a fresh
+ * Buffer per request), so handles may keep them.
  */
-import Fuse from 'fuse-native';
+import Fuse from 'fuse-napi';
 import { readFile, statfs as fsStatfs, writeFile } from 'node:fs/promises';
 import { Tree, type Handle, type Node, MODES, MAX_WRITE } from './nodes.js';
 import { E, toErrno } from './errno.js';
@@ -14,11 +14,29 @@ import type { Registry } from '../disk/registry.js';
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+/** lseek whence values the kernel passes on (SEEK_SET/CUR/END it answers itself). */
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+/** fallocate mode bits (linux/falloc.h). */
+export const FALLOC = { KEEP_SIZE: 0x01, PUNCH_HOLE: 0x02, COLLAPSE_RANGE: 0x08, ZERO_RANGE: 0x10, INSERT_RANGE: 0x20, UNSHARE_RANGE: 0x40 } as const;
+/** FUSE_CAP_ATOMIC_O_TRUNC (fuse_common.h). */
+const CAP_ATOMIC_O_TRUNC = 1 << 3;
+
+/** The FUSE 3 connection offered at init (fuse-napi's initWithConfig). */
+interface Connection {
+  maxWrite: number;
+  maxRead: number;
+  maxReadahead: number;
+  capable: number;
+  want: number;
+  maxBackground: number;
+}
 
 class VdiskFuse extends Fuse {
   constructor(mnt: string, ops: Record<string, (...a: never[]) => void>, opts: Record<string, unknown>, private extra: string[]) {
     super(mnt, ops as never, opts);
   }
+  /** Options passed to libfuse as they are (the binding validates only its own option names). */
   override _fuseOptions(): string {
     const base = super._fuseOptions();
     const extra = this.extra.join(',');
@@ -29,26 +47,34 @@ class VdiskFuse extends Fuse {
 
 export interface MountOptions {
   mountpoint: string;
-  /** Extra -o options (allow_other, ro, …) passed to FUSE as they are. */
+  /** Extra -o options (allow_other, ro, …) passed to libfuse as they are. */
   fuseOptions?: string[];
   /** Per-operation timeout, ms. Long control commands (restore, rollback) need minutes. */
   timeoutMs?: number;
   storeDir: string;
   /**
-   * Kernel readahead for the mount in bytes (0: leave the kernel's 128 KiB). fuse-native has no switch for it,
-   * and libfuse 2 negotiates at most the kernel's default; it is set through sysfs once mounted.
+   * Kernel readahead for the mount in bytes (0: leave the kernel's 128 KiB). FUSE 3's init may only lower
+   * the kernel's offer (128 KiB, the bdi default), so a larger window is set through sysfs once mounted.
    */
   readahead?: number;
+  /** Requests the binding serves at once (its native worker threads); see README, Design. */
+  maxConcurrency?: number;
 }
 
-/** Default readahead: lets the kernel keep eight 128 KiB read requests in flight for a sequential reader. */
+/** Default readahead: lets the kernel send a sequential reader's readahead as 1 MiB requests. */
 export const DEFAULT_READAHEAD = 1024 * 1024;
+/**
+ * Native request workers. Measured (README, Performance): more workers than this did not help on two
+ * cores, and the JS side serves one request at a time anyway; the core's locks and gate keep any number
+ * correct.
+ */
+export const DEFAULT_MAX_CONCURRENCY = 4;
 
 /**
- * Set the read_ahead_kb of the mount's backing device (root only). FUSE sends a sequential reader's
- * readahead as 128 KiB requests, and with the kernel's default window only one is in flight at a time, so
- * every request waits for the previous round trip; a larger window keeps several in flight (README,
- * Performance). Failure is not fatal: reads stay correct, only slower.
+ * Set the read_ahead_kb of the mount's backing device (root only). With the kernel's default 128 KiB
+ * window, FUSE sends a sequential reader's readahead as 128 KiB requests, one at a time; a larger window
+ * lets it send bigger ones (up to max_read) and keep several in flight (README, Performance). Failure is not
+ * fatal: reads stay correct, only slower.
  */
 async function setReadahead(mountpoint: string, bytes: number): Promise<void> {
   const log = logger('fuse');
@@ -96,8 +122,13 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
       if (!node) return cb(E.ENOENT);
       statOf(node).then((st) => cb(0, st), (e) => cb(fail('getattr', path, e)));
     },
-    fgetattr(path: string, _fd: number, cb: (err: number, st?: unknown) => void) {
-      ops.getattr(path, cb);
+    // fstat of an open file: a rendered file reports the size of the rendering this descriptor reads.
+    fgetattr(path: string, fd: number, cb: (err: number, st?: unknown) => void) {
+      const size = handles.get(fd)?.size?.();
+      if (size === undefined) return ops.getattr(path, cb);
+      const node = tree.lookup(path);
+      if (!node) return cb(E.ENOENT);
+      statOf(node).then((st) => cb(0, { ...st, size }), (e) => cb(fail('getattr', path, e)));
     },
     readdir(path: string, cb: (err: number, names?: string[]) => void) {
       const node = tree.lookup(path);
@@ -105,7 +136,7 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
       if (node.kind !== 'dir') return cb(E.ENOTDIR);
       cb(0, node.list());
     },
-    open(path: string, flags: number, cb: (err: number, fd?: number) => void) {
+    open(path: string, flags: number, cb: (err: number, fd?: number | { fd: number; directIO: boolean }) => void) {
       const node = tree.lookup(path);
       if (!node) return cb(E.ENOENT);
       if (node.kind === 'dir') return cb(E.EISDIR);
@@ -113,12 +144,14 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
         (h) => {
           const fd = nextFd++;
           handles.set(fd, h);
-          cb(0, fd);
+          // direct_io: the kernel neither caches this descriptor's pages nor cuts its reads at a size it
+          // learned from another stat (rendered files: each open reads its own rendering).
+          cb(0, h.directIO ? { fd, directIO: true } : fd);
         },
         (e) => cb(fail('open', path, e)),
       );
     },
-    create(path: string, _mode: number, cb: (err: number, fd?: number) => void) {
+    create(path: string, _mode: number, cb: (err: number, fd?: number | { fd: number; directIO: boolean }) => void) {
       const node = tree.lookup(path);
       if (!node) {
         log.info({ op: 'create', path }, 'create refused: use the control file to create disks');
@@ -153,16 +186,15 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
         let work: (() => void) | undefined;
         const n = h.writeNow?.(buf.subarray(0, len), pos, (w) => (work = w));
         if (n !== undefined) {
-          cb(n); // fuse-native sends the reply on the next tick: queue the rest of the write after it
+          cb(n); // the binding sends the reply on the next tick: queue the rest of the write after it
           if (work) process.nextTick(work);
           return;
         }
       } catch (e) {
         return failed(e);
       }
-      // fuse-native reuses buf after we reply: copy it unless the handle is done with it by then.
-      const data = h.usesBufferOnlyUntilReply ? buf.subarray(0, len) : Buffer.from(buf.subarray(0, len));
-      h.write(data, pos).then(cb, failed);
+      // The binding hands every write its own fresh Buffer: no copy needed, whatever the handle keeps.
+      h.write(buf.subarray(0, len), pos).then(cb, failed);
     },
     truncate(path: string, size: number, cb: (err: number) => void) {
       const node = tree.lookup(path);
@@ -214,6 +246,37 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
         () => done(used, 0),
       );
     },
+    // Only disks take fallocate, and only to discard (PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE[|KEEP_SIZE]): see
+    // Handle.discard. Preallocation, collapse, insert and unshare have no meaning on a thin disk.
+    fallocate(path: string, fd: number, mode: number, offset: number, length: number, cb: (err: number) => void) {
+      const h = handles.get(fd);
+      if (!h) return cb(E.EBADF);
+      if (!h.discard) return cb(h.readOnly ? E.EROFS : E.EOPNOTSUPP);
+      const m = mode & ~FALLOC.KEEP_SIZE;
+      const punch = m === FALLOC.PUNCH_HOLE && (mode & FALLOC.KEEP_SIZE) !== 0;
+      if (!punch && m !== FALLOC.ZERO_RANGE) return cb(E.EOPNOTSUPP);
+      h.discard(offset, length, (mode & FALLOC.KEEP_SIZE) !== 0).then(() => cb(0), (e) => cb(fail('fallocate', path, e, { mode, offset, length })));
+    },
+    // SEEK_DATA / SEEK_HOLE (the kernel answers SEEK_SET/CUR/END itself). Files without a map of their own
+    // answer like any file without holes: data up to the end, one hole at the end. ENOSYS is no option: the
+    // kernel would then stop asking for the whole mount.
+    lseek(path: string, fd: number, offset: number, whence: number, cb: (err: number, offset?: number) => void) {
+      if (whence !== SEEK_DATA && whence !== SEEK_HOLE) return cb(E.EINVAL);
+      if (!Number.isSafeInteger(offset) || offset < 0) return cb(E.ENXIO);
+      const h = handles.get(fd);
+      if (!h) return cb(E.EBADF);
+      const answer = (r: number | null) => (r === null ? cb(E.ENXIO) : cb(0, r));
+      if (h.seek) return void h.seek(offset, whence === SEEK_DATA ? 'data' : 'hole').then(answer, (e) => cb(fail('lseek', path, e, { offset, whence })));
+      const node = tree.lookup(path);
+      if (!node || node.kind !== 'file') return cb(E.ENOENT);
+      Promise.resolve(h.size?.() ?? node.stat()).then(
+        (st) => {
+          const size = typeof st === 'number' ? st : st.size;
+          answer(offset >= size ? null : whence === SEEK_DATA ? offset : size);
+        },
+        (e) => cb(fail('lseek', path, e, { offset, whence })),
+      );
+    },
     unlink(path: string, cb: (err: number) => void) {
       cb(tree.lookup(path) ? E.EPERM : E.ENOENT);
     },
@@ -237,21 +300,61 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     },
   };
 
-  // attr_timeout=0: sizes change under control commands (resize, rendered status files); reads and writes
-  // of data do not need fresh attributes, so this costs one getattr per stat/open only.
-  // atomic_o_trunc: O_TRUNC arrives with open() instead of as a truncate, so `cat img > disk` opens a disk
-  // like a block device (O_TRUNC ignored) while an explicit truncate(2) still gets its clear refusal.
+  // Mount options. attr_timeout=0: sizes change under control commands (resize, rendered status files);
+  // reads and writes of data do not need fresh attributes, so this costs one getattr per stat/open only.
   // auto_cache: the kernel keeps a file's cached pages across opens while its mtime and size are unchanged
   // (libfuse compares them with a fresh getattr at every open); without it every open drops them, and with
   // O_DIRECT pool files nothing else caches a disk's data. Writes through the mount keep the kernel's pages
   // true by themselves; every other change to a file's contents changes its mtime with a strictly later
-  // time (DiskState.changed, ChangeClock.tick), and files rendered anew report a new mtime at every stat.
-  const extra = ['big_writes', `max_write=${MAX_WRITE}`, 'subtype=vdiskfs', 'fsname=vdiskfs', 'attr_timeout=0', 'entry_timeout=0', 'atomic_o_trunc', 'auto_cache', ...(opts.fuseOptions ?? [])];
-  const fuse = new VdiskFuse(opts.mountpoint, ops as never, { timeout: opts.timeoutMs ?? 10 * 60 * 1000, force: true }, extra);
-  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
-  log.info({ mountpoint: opts.mountpoint, options: extra }, 'mounted');
+  // time (DiskState.changed, ChangeClock.tick). Rendered files are opened with direct_io (no page cache).
+  // max_read (and max_write at init): 1 MiB requests where the kernel allows them (FUSE 3 negotiates up to
+  // its max_pages, 1 MiB on Linux >= 4.20). big_writes is always on in FUSE 3.
+  const extra = ['attr_timeout=0', 'entry_timeout=0', 'auto_cache', ...(opts.fuseOptions ?? [])];
   const readahead = opts.readahead ?? DEFAULT_READAHEAD;
-  if (readahead > 0) await setReadahead(opts.mountpoint, readahead);
+  let conn: Connection | undefined;
+  let readaheadAtInit = false;
+  const fuseOps = {
+    ...ops,
+    // O_TRUNC arrives with open() (atomic_o_trunc), so `cat img > disk` opens a disk like a block device
+    // (O_TRUNC ignored) while an explicit truncate(2) still gets its clear refusal.
+    initWithConfig(c: Connection, cb: (err: number, config?: Record<string, unknown>) => void) {
+      conn = c;
+      const maxWrite = Math.min(MAX_WRITE, c.maxWrite);
+      tree.maxWrite = maxWrite;
+      readaheadAtInit = readahead > 0 && readahead <= c.maxReadahead;
+      cb(0, {
+        maxWrite,
+        want: (c.want | (c.capable & CAP_ATOMIC_O_TRUNC)) >>> 0,
+        ...(readaheadAtInit ? { maxReadahead: readahead } : {}),
+      });
+    },
+  };
+  const fuse = new VdiskFuse(
+    opts.mountpoint,
+    fuseOps as never,
+    {
+      timeout: opts.timeoutMs ?? 10 * 60 * 1000,
+      force: true,
+      fsname: 'vdiskfs',
+      subtype: 'vdiskfs',
+      maxRead: MAX_WRITE,
+      maxConcurrency: opts.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY,
+      // Errors thrown inside an operation are already turned into EIO by the binding; log them here.
+      onError: (e: unknown, op: string) => log.error({ op, err: e }, 'FUSE binding error'),
+    },
+    extra,
+  );
+  // A failed mount leaves nothing mounted (the binding mounts last, after libfuse accepted the options).
+  // libfuse prints its own reason ("fuse: unknown option(s): …") on stderr; the error says what failed.
+  await new Promise<void>((resolve, reject) =>
+    fuse.mount((err) => {
+      if (!err) return resolve();
+      const why = err.message === 'Mountpoint in use' ? 'the mountpoint is in use (a mount point already)' : err.message;
+      reject(new Error(`cannot mount ${opts.mountpoint}: ${why}${err.code ? ` (${err.code})` : ''}`, { cause: err }));
+    }),
+  );
+  log.info({ mountpoint: opts.mountpoint, options: extra, maxWrite: tree.maxWrite, kernel: conn }, 'mounted');
+  if (readahead > 0 && !readaheadAtInit) await setReadahead(opts.mountpoint, readahead);
   let unmounted = false;
   return {
     tree,

@@ -4,7 +4,8 @@
  * errno. Rendered files (status, history) are rendered at open and served from that buffer.
  */
 import type { Registry } from '../disk/registry.js';
-import { readView, readViewNow, writeDisk, writeDiskNow } from '../disk/io.js';
+import { discardRange, readView, readViewNow, writeDisk, writeDiskNow } from '../disk/io.js';
+import { seekView } from '../disk/extents.js';
 import { runLine } from '../control/commands.js';
 import { renderStatus, storeStatus } from '../control/status.js';
 import { VdiskError, readOnly, invalid } from '../errors.js';
@@ -18,12 +19,15 @@ export interface NodeStat {
 }
 
 export interface Handle {
-  /**
-   * True when write() has finished with the buffer by the time its promise settles (disk writes: the data
-   * is in the pool or merged into a private block before we reply). fuse-native's buffer stays valid until
-   * the reply, so such handles are given it without a copy; others get a private copy.
-   */
-  usesBufferOnlyUntilReply?: boolean;
+  /** Open with direct_io: no page cache, reads not cut at a size the kernel learned elsewhere. */
+  directIO?: boolean;
+  /** The size this handle reads (fstat of the descriptor), when it differs from a fresh stat's. */
+  size?(): number;
+  /** lseek SEEK_DATA / SEEK_HOLE: the offset, or null for ENXIO. Without it: no holes but the end. */
+  seek?(offset: number, what: 'data' | 'hole'): Promise<number | null>;
+  /** fallocate PUNCH_HOLE / ZERO_RANGE (keepSize: KEEP_SIZE was given). Without it: EOPNOTSUPP (EROFS if readOnly). */
+  discard?(offset: number, length: number, keepSize: boolean): Promise<void>;
+  readOnly?: boolean;
   read?(dst: Buffer, pos: number): Promise<number>;
   write?(src: Buffer, pos: number): Promise<number>;
   /** Synchronous attempts at read/write: a byte count, or undefined to take the async method instead. */
@@ -47,14 +51,17 @@ const RO = 0o100444;
 const WO = 0o100200;
 
 export const CONTROL_DIR = '.vdisk';
-const RENDER_MARGIN = 64 * 1024;
-/** FUSE max_write (mount option): the size of the pieces the kernel cuts large writes into. */
-export const MAX_WRITE = 131072;
+/** FUSE max_write and max_read we ask for: the kernel cuts larger writes into pieces of max_write bytes. */
+export const MAX_WRITE = 1024 * 1024;
+/** The longest line the control file takes (a line may span pieces of one write(2)). */
+const MAX_LINE = 128 * 1024;
 
 export class Tree {
   private started = new Date();
   /** Extra nodes under .vdisk (copies/, deltas/, import/, restore/) registered by other modules. */
   private extras = new Map<string, (rest: string[]) => Node | undefined>();
+  /** The max_write the kernel and libfuse agreed on at init (the ctl file cuts lines at its pieces). */
+  maxWrite = MAX_WRITE;
 
   constructor(readonly reg: Registry) {}
 
@@ -114,6 +121,11 @@ export class Tree {
             const idx = index();
             return idx < 0 ? 0 : readViewNow(ctx, d, idx, pos, dst);
           },
+          seek: (pos, what) => {
+            const idx = index();
+            return idx < 0 ? Promise.resolve(null) : seekView(ctx, d, idx, pos, what);
+          },
+          readOnly: true,
           write: () => Promise.reject(readOnly('snapshots are read-only')),
           truncate: () => Promise.reject(readOnly('snapshots are read-only')),
           release: async () => {
@@ -143,8 +155,13 @@ export class Tree {
         d.openCount++;
         let released = false;
         return {
-          usesBufferOnlyUntilReply: true,
           read: (dst, pos) => readView(ctx, d, -1, pos, dst),
+          seek: (pos, what) => seekView(ctx, d, -1, pos, what),
+          discard: async (pos, length, keepSize) => {
+            if (!keepSize && pos + length > d.rec.size) throw invalid(`disk ${name} cannot grow by fallocate; use 'resize ${name} <size>' in the control file`);
+            await discardRange(ctx, d, pos, length);
+            d.mtime = ctx.clock.now();
+          },
           readNow: (dst, pos) => readViewNow(ctx, d, -1, pos, dst),
           write: async (src, pos) => {
             if (pos >= d.rec.size) throw new VdiskError('INVALID', `write past the end of disk ${name}`);
@@ -183,10 +200,11 @@ export class Tree {
       kind: 'file',
       stat: () => ({ mode: WO | 0o044, size: 0, blocks: 0, mtime: this.started }),
       open: async () => {
-        // The kernel splits a write(2) larger than max_write into pieces of exactly MAX_WRITE bytes: a
+        // The kernel splits a write(2) larger than max_write into pieces of exactly max_write bytes: a
         // line cut at such a boundary waits for the next piece instead of running in two halves.
         let carry = '';
         const run = async (text: string): Promise<void> => {
+          if (text.split('\n').some((l) => l.length > MAX_LINE)) throw invalid('command line too long');
           const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
           for (const line of lines) await runLine(this.reg, line);
         };
@@ -197,11 +215,11 @@ export class Tree {
             if (src.includes(0)) throw invalid('command contains NUL bytes');
             let text = carry + src.toString('utf8');
             carry = '';
-            if (src.length === MAX_WRITE && !text.endsWith('\n')) {
+            if (src.length === this.maxWrite && !text.endsWith('\n')) {
               const cut = text.lastIndexOf('\n');
               carry = text.slice(cut + 1);
               text = text.slice(0, cut + 1);
-              if (carry.length > MAX_WRITE) throw invalid('command line too long');
+              if (carry.length > MAX_LINE) throw invalid('command line too long');
             }
             if (text.trim().length === 0 && carry.length === 0) throw invalid('empty command');
             await run(text);
@@ -222,21 +240,23 @@ export class Tree {
 
   /**
    * Rendered files (status, status.json, history) are rendered anew at every stat and every open, so a
-   * reader always sees the state after every command that finished before its open. The size the kernel
-   * knows comes from the last stat, so st_size carries a margin (see stat below).
+   * reader always sees the state after every command that finished before its open. st_size is the real
+   * length of a fresh rendering; an open descriptor reads its own rendering and its fstat reports that
+   * rendering's length, so `tail`, `wc -c` and `less` (which seek from st_size) see one consistent file.
+   * Opened with direct_io: the kernel keeps no page of one rendering for the next reader, and does not cut
+   * a read at a size learned from another stat.
    */
   private rendered(render: () => string | Promise<string>): Node {
     const fresh = async (): Promise<Buffer> => Buffer.from(await render());
     return {
       kind: 'file',
-      // st_size is the content plus a margin: the kernel never reads past st_size, and it may refresh
-      // st_size (a getattr renders anew) while a reader still holds an older, longer rendering. The
-      // reader finds the real end by a short read, which FUSE takes as end of file.
-      stat: async () => ({ mode: RO, size: (await fresh()).length + RENDER_MARGIN, blocks: 0, mtime: new Date(this.reg.ctx.clock.tick()) }),
+      stat: async () => ({ mode: RO, size: (await fresh()).length, blocks: 0, mtime: new Date(this.reg.ctx.clock.tick()) }),
       open: async (write) => {
         if (write) throw readOnly('this file is read-only');
         const buf = await fresh();
         return {
+          directIO: true,
+          size: () => buf.length,
           read: async (dst, pos) => (pos >= buf.length ? 0 : buf.copy(dst, 0, pos, Math.min(buf.length, pos + dst.length))),
         };
       },

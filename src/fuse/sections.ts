@@ -50,6 +50,7 @@ export function installSections(tree: Tree, reg: Registry): void {
         let released = false;
         return {
           read: (dst, pos) => p.readInto(pos, dst),
+          readOnly: true,
           release: async () => {
             if (released) return;
             released = true;

@@ -167,6 +167,31 @@ export class Table {
     }
   }
 
+  /**
+   * Entries in ascending lbn order from `fromLbn` as get() sees them: LevelDB's (one iterator, its own
+   * consistent snapshot) with the staged changes that are not in LevelDB yet laid over them (a staged
+   * removal hides the LevelDB entry). The cache holds only committed state, which LevelDB has too, so it
+   * is not consulted. The staged changes are those of the moment of the call; a change staged while the
+   * caller iterates may or may not be seen (as with any reader racing a writer).
+   */
+  async *current(fromLbn = 0): AsyncGenerator<[number, Entry]> {
+    const staged = [...this.pending].filter(([lbn]) => lbn >= fromLbn).sort((x, y) => x[0] - y[0]);
+    let i = 0;
+    for await (const [lbn, e] of this.entries(fromLbn)) {
+      let replaced = false;
+      while (i < staged.length && staged[i]![0] <= lbn) {
+        const [slbn, se] = staged[i++]!;
+        if (se) yield [slbn, se];
+        if (slbn === lbn) replaced = true;
+      }
+      if (!replaced) yield [lbn, e];
+    }
+    for (; i < staged.length; i++) {
+      const [slbn, se] = staged[i]!;
+      if (se) yield [slbn, se];
+    }
+  }
+
   forget(): void {
     this.gen++;
     this.changed.clear();

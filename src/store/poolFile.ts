@@ -142,7 +142,7 @@ export class PoolFileStore implements BlockStore {
   stageBehind(pbn: number, data: Buffer, offsetInBlock = 0): () => Promise<void> {
     const copy = (this.spare.pop() ?? Buffer.allocUnsafe(this.blockSize)).subarray(0, data.length);
     data.copy(copy);
-    // Nothing of `data` past this line: fuse-native detaches the request's buffer once it is answered.
+    // Nothing of `data` past this line: the caller may reuse it once this returns.
     return () => this.writeBehind(pbn, copy, offsetInBlock);
   }
 

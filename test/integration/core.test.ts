@@ -586,7 +586,7 @@ describe('core', () => {
     } finally {
       // o2's teardown knows nothing of o's store: kill through o's mounted.json if it is still there.
       const info = await o.mountInfo();
-      if (info && (await isMountpoint(o2.mp))) await sh(`fusermount -uz ${o2.mp}; kill -9 ${info.pid} 2>/dev/null`);
+      if (info && (await isMountpoint(o2.mp))) await sh(`fusermount3 -uz ${o2.mp} || fusermount -uz ${o2.mp}; kill -9 ${info.pid} 2>/dev/null`);
       await o2.teardown();
       await o.teardown();
     }

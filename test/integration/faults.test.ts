@@ -9,7 +9,7 @@ import { open, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { crc32 } from 'node:zlib';
-import { M, VdiskMount, dd, errnoOf, isAlive, isMountpoint, nodeScript, q, randomBuffer, readRange, requireBuild, run, sh, sha256Range, sleep, teardownAll, vdiskfs, waitForExit, writeAt } from './helpers.js';
+import { M, VdiskMount, dd, errnoOf, fusermount, isAlive, isMountpoint, nodeScript, q, randomBuffer, readRange, requireBuild, run, sh, sha256Range, sleep, teardownAll, vdiskfs, waitForExit, writeAt } from './helpers.js';
 import { prng } from '../prng.js';
 
 afterAll(async () => {
@@ -227,7 +227,7 @@ describe('two daemons on one store', () => {
       const rs = await vdiskfs(['mount', a.mp, '--store', b.store]);
       const stacked = JSON.parse(await readFile(join(b.store, 'mounted.json'), 'utf8').catch(() => 'null')) as { pid: number } | null;
       if (rs.code === 0) {
-        await run('fusermount', ['-uz', a.mp]); // peel the stacked mount off before failing
+        await fusermount(['-uz', a.mp]); // peel the stacked mount off before failing
         if (stacked) await waitForExit(stacked.pid, 5000);
       }
       expect(rs.code, `a second mount on ${a.mp} succeeded (stacked FUSE mount)`).not.toBe(0);

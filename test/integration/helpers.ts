@@ -53,6 +53,16 @@ export function run(file: string, args: string[], opts: { cwd?: string; env?: No
   });
 }
 
+/** fusermount3 (FUSE 3), or plain fusermount where only that is installed. */
+export async function fusermount(args: string[]): Promise<RunResult> {
+  try {
+    return await run('fusermount3', args);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    return run('fusermount', args);
+  }
+}
+
 /** `bash -c cmd`, asynchronously. */
 export function sh(cmd: string, opts: { cwd?: string } = {}): Promise<RunResult> {
   return run('bash', ['-c', cmd], opts);
@@ -321,7 +331,7 @@ export class VdiskMount {
     }
   }
 
-  /** Clean unmount (`vdiskfs unmount`, i.e. fusermount -u) and wait for the daemon to exit. */
+  /** Clean unmount (`vdiskfs unmount`, i.e. fusermount3 -u) and wait for the daemon to exit. */
   async unmount(): Promise<void> {
     const r = await vdiskfs(['unmount', this.mp]);
     if (r.code !== 0) throw new Error(`vdiskfs unmount failed (exit ${r.code}): ${r.stderr}`);
@@ -329,13 +339,13 @@ export class VdiskMount {
     this.pid = undefined;
   }
 
-  /** Simulated crash: SIGKILL the daemon, then clear the dead mount with fusermount -uz. */
+  /** Simulated crash: SIGKILL the daemon, then clear the dead mount with fusermount3 -uz. */
   async kill9(): Promise<void> {
     if (this.pid === undefined) throw new Error('not mounted');
     process.kill(this.pid, 'SIGKILL');
     if (!(await waitForExit(this.pid))) throw new Error(`daemon ${this.pid} survived SIGKILL`);
     this.pid = undefined;
-    await run('fusermount', ['-uz', this.mp]);
+    await fusermount(['-uz', this.mp]);
   }
 
   async remount(): Promise<void> {
@@ -438,8 +448,8 @@ export class VdiskMount {
     const pids = new Set<number>([...(this.pid !== undefined ? [this.pid] : []), ...(info ? [info.pid] : [])]);
     if (await isMountpoint(this.mp)) {
       // Clean first (lets the daemon flush), lazily if that fails.
-      const r = await run('fusermount', ['-u', this.mp]).catch(() => undefined);
-      if (!r || r.code !== 0) await run('fusermount', ['-uz', this.mp]).catch(() => undefined);
+      const r = await fusermount(['-u', this.mp]).catch(() => undefined);
+      if (!r || r.code !== 0) await fusermount(['-uz', this.mp]).catch(() => undefined);
     }
     for (const pid of pids) {
       if (!(await waitForExit(pid, 5000))) {
@@ -451,7 +461,7 @@ export class VdiskMount {
         await waitForExit(pid, 5000);
       }
     }
-    if (await isMountpoint(this.mp)) await run('fusermount', ['-uz', this.mp]).catch(() => undefined);
+    if (await isMountpoint(this.mp)) await fusermount(['-uz', this.mp]).catch(() => undefined);
     this.pid = undefined;
     allMounts.delete(this);
     await rm(this.root, { recursive: true, force: true }).catch(() => undefined);

@@ -1,8 +1,9 @@
-// Hand-written declarations for fuse-native 2.2.6 (the package ships none). `any` is confined to this file.
-declare module 'fuse-native' {
+// Hand-written declarations for the part of fuse-napi 2.3.x (FUSE 3.1 API) that src/fuse uses. The package
+// ships its own types; these keep the FUSE edge on a small, reviewed surface. `any` is confined to this file.
+declare module 'fuse-napi' {
   type Cb = (...args: any[]) => void;
   interface FuseOps {
-    [op: string]: ((...args: any[]) => void) | undefined;
+    [op: string]: ((...args: any[]) => any) | undefined;
   }
   interface FuseOpts {
     [k: string]: unknown;
@@ -11,11 +12,10 @@ declare module 'fuse-native' {
     constructor(mnt: string, ops: FuseOps, opts?: FuseOpts);
     mnt: string;
     opts: FuseOpts;
-    mount(cb: (err?: Error | null) => void): void;
+    mount(cb: (err?: (Error & { code?: string }) | null) => void): void;
     unmount(cb: (err?: Error | null) => void): void;
     _fuseOptions(): string;
     static unmount(mnt: string, cb: Cb): void;
-    static isConfigured(cb: Cb): void;
     static [errno: string]: any;
   }
   export = Fuse;
