@@ -231,6 +231,7 @@ export async function discardRange(ctx: Context, disk: DiskState, offset: number
   await disk.gate.exclusively(async () => {
     const end = Math.min(offset + length, disk.rec.size);
     if (offset >= end) return;
+    await dropClaim(ctx, disk);
     const bs = disk.blockSize;
     const first = Math.ceil(offset / bs); // first whole block
     const stop = Math.floor(end / bs); // after the last whole block

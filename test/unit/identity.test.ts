@@ -7,7 +7,7 @@
 import { describe, it, expect, afterAll, beforeEach } from 'vitest';
 import { Registry } from '../../src/disk/registry.js';
 import type { DiskState } from '../../src/disk/context.js';
-import { writeDisk, readView, writeDiskNow } from '../../src/disk/io.js';
+import { writeDisk, readView, writeDiskNow, discardRange } from '../../src/disk/io.js';
 import { createSnapshot, rollback, cloneSnapshot } from '../../src/disk/snapshots.js';
 import { findTarget, producerFor } from '../../src/image/snapshotImage.js';
 import { restoreRecorded, type RestoreTarget } from '../../src/restore/restore.js';
@@ -121,6 +121,12 @@ describe('the claim to hold a restored image', () => {
 
   it('a zero write over data ends the claim', async () => {
     await writeDisk(w.reg.ctx, w.reg.disk('r'), 0, Buffer.alloc(3 * BS));
+    await expectRefused(w);
+  });
+
+  it('a discard (fallocate punch hole) ends the claim', async () => {
+    await discardRange(w.reg.ctx, w.reg.disk('r'), 3 * 1024 * K, 2 * BS);
+    expect(await storedClaim(w.reg, 'r')).toBeNull();
     await expectRefused(w);
   });
 
