@@ -141,9 +141,11 @@ export class ImageProducer {
 
   /**
    * The whole image in order: header and tables in pieces of at most 1 MiB, then one Buffer per data piece
-   * (a private copy), then the trailer; `readAhead` pieces are read ahead.
+   * (a private copy; with `borrow`, a view of the piece that stays valid only until the next chunk is asked
+   * for: for a consumer that writes each chunk before asking for the next), then the trailer; `readAhead`
+   * pieces are read ahead.
    */
-  async *chunks(): AsyncGenerator<Buffer> {
+  async *chunks(opts: { borrow?: boolean } = {}): AsyncGenerator<Buffer> {
     const p = this.plan;
     for (let pos = 0; pos < p.dataOffset; pos += 1 << 20) {
       yield await this.read(pos, Math.min(1 << 20, p.dataOffset - pos));
@@ -156,6 +158,10 @@ export class ImageProducer {
       try {
         await pc.ready;
         const [first, end] = this.pieceRange(k);
+        if (opts.borrow) {
+          yield pc.buf.subarray(0, (end - first) * p.blockSize);
+          continue;
+        }
         copy = Buffer.allocUnsafe((end - first) * p.blockSize);
         pc.buf.copy(copy, 0, 0, copy.length);
       } finally {
