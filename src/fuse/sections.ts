@@ -109,6 +109,9 @@ export function installSections(tree: Tree, reg: Registry): void {
         }
       };
       return {
+        // write() resolves once the parser has consumed the chunk, and whatever a restore keeps it copies
+        // (ChunkFeeder, restore.ts): FUSE's buffer needs no private copy
+        usesBufferOnlyUntilReply: true,
         read: async () => 0,
         write: (src, pos) => imp.write(src, pos),
         truncate: async (size) => {
