@@ -16,6 +16,7 @@
 // unrelated to its logical one; the same blocks at the same offsets in a sparse raw file on the plain
 // filesystem) and "ext4" (the 80% ext4 disk of part A; its raw file is the full dump with its zeros dug out,
 // fallocate -d). For each, rounds of (caches dropped before each):
+//   copyNull    dd copies/<disk>/<snap> of=/dev/null bs=1M (what the mount delivers, no output file to write)
 //   copy        dd copies/<disk>/<snap> of=OUT.vdimg bs=1M conv=fsync
 //   backup      vdiskfs backup disk@snap -o OUT.vdimg (the CLI; through the mount)
 //   verify      vdiskfs verify OUT.vdimg
@@ -214,7 +215,8 @@ export const fig6Section = {
         const back = path.join(work, `${set.key}.back.raw`)
         const copyFile = path.join(m.vdisk, 'copies', set.disk, set.snap)
         const methods = [
-          ['copy', 'dd of copies/… (compacted copy)', () => ddOut(copyFile, img)],
+          ['copyNull', 'dd of copies/… to /dev/null (the mount\'s read side alone)', async () => (await dd({ src: copyFile, dst: '/dev/null', bs: '1M', timeoutMs: config.ddTimeoutMs })).wallSeconds],
+          ['copy', 'dd of copies/… to a file (conv=fsync)', () => ddOut(copyFile, img)],
           ['backup', 'vdiskfs backup -o FILE', () => cli(['backup', `${set.disk}@${set.snap}`, '-o', img])],
           ['verify', 'vdiskfs verify FILE', () => timed(process.execPath, [m.cli, 'verify', img])],
           ['restore', 'dd FILE into import/', async () => {
@@ -269,7 +271,7 @@ export const fig6Section = {
           const s = median(secs[k])
           set6.seconds[k] = s
           const mbps = usedBytes / 1e6 / s
-          const vsQ = k.startsWith('restore') ? qBest.back : (k === 'copy' || k === 'backup') ? qBest.out : null
+          const vsQ = k.startsWith('restore') ? qBest.back : (k.startsWith('copy') || k === 'backup') ? qBest.out : null
           perByteRows.push([set.key, label, fmt(s, 2), fmt(mbps), `${fmt(mbps / dMed, 2)}×`, vsQ ? `${fmt(vsQ / s, 2)}×` : '–'])
         }
         figures.perByte[set.key] = set6
