@@ -114,8 +114,10 @@ export class ImageProducer {
       const bytesPerPiece = this.pieceSlots * p.blockSize;
       const first = Math.floor((pos - p.dataOffset) / bytesPerPiece);
       const last = Math.floor((e - 1 - p.dataOffset) / bytesPerPiece);
+      // the kernel's readahead sends several requests at once, slightly out of order: near the last piece
+      // asked for counts as sequential, and the reader's place never moves back for it
       const sequential = first >= this.lastPiece - 1 && first <= this.lastPiece + 2;
-      this.lastPiece = last;
+      this.lastPiece = sequential ? Math.max(this.lastPiece, last) : last;
       const pieces: Piece[] = [];
       for (let k = first; k <= last; k++) pieces.push(this.pin(k));
       if (sequential || first === 0) this.prefetch(last + 1, last + 1 + this.readAhead);
