@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, readFile, rm } from 'node:fs/promises';
+import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Transform } from 'node:stream';
@@ -14,7 +14,8 @@ import { parseBlockStore, readMountInfo } from '../meta/db.js';
 import { isVdiskError, invalid, VdiskError } from '../errors.js';
 import { findTarget, producerFor } from '../image/snapshotImage.js';
 import { restoreRecorded, type RestoreTarget } from '../restore/restore.js';
-import { verifyImage, inspectImage, formatInspection } from '../image/index.js';
+import { verifyImage, inspectImage, formatInspection, type ImageSource } from '../image/index.js';
+import { fileChunks } from '../image/fileSource.js';
 import { formatSize } from '../util/size.js';
 import { mountDevice } from '../util/mountinfo.js';
 
@@ -76,6 +77,55 @@ function inputStream(image: string): Readable {
   return image === '-' ? process.stdin : createReadStream(image, { highWaterMark: 1024 * 1024 });
 }
 
+/** An image to parse: stdin as a stream, a file through fileChunks (large reads ahead into reused buffers). */
+function imageInput(image: string): ImageSource {
+  return image === '-' ? process.stdin : fileChunks(image);
+}
+
+/** Count the bytes passing (no buffering: a chunk is passed on before the next is asked for). */
+async function* counted(src: AsyncIterable<Uint8Array>, label: string, total?: number): AsyncGenerator<Buffer> {
+  const tty = process.stderr.isTTY;
+  const started = Date.now();
+  let done = 0;
+  let last = 0;
+  for await (const c of src) {
+    const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+    done += b.length;
+    const now = Date.now();
+    if (tty && now - last > 500) {
+      last = now;
+      const rate = done / Math.max(0.001, (now - started) / 1000);
+      const pct = total ? ` ${((100 * done) / total).toFixed(1)}%` : '';
+      process.stderr.write(`\r${label}: ${formatSize(done)}${total ? ` of ${formatSize(total)}` : ''}${pct} ${formatSize(rate)}/s   `);
+    }
+    yield b;
+  }
+  if (tty) process.stderr.write(`\r${label}: ${formatSize(done)} done${' '.repeat(30)}\n`);
+}
+
+/** Write every chunk to `out`, each written before the next is asked for (so the source may reuse buffers). */
+async function writeEach(src: AsyncIterable<Buffer>, out: string | undefined): Promise<void> {
+  if (out !== undefined) {
+    const fh = await open(out, 'w');
+    try {
+      let pos = 0;
+      for await (const c of src) {
+        for (let done = 0; done < c.length;) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
+        pos += c.length;
+      }
+    } finally {
+      await fh.close();
+    }
+    return;
+  }
+  const stdout = process.stdout;
+  for await (const c of src) {
+    await new Promise<void>((resolve, reject) => {
+      stdout.write(c, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+}
+
 function parseSnapRef(ref: string): [string, string] {
   const at = ref.indexOf('@');
   if (at <= 0 || at === ref.length - 1) throw invalid(`expected <disk>@<snapshot>, got '${ref}'`);
@@ -106,21 +156,20 @@ export function registerBackupCommands(program: Command): void {
     .action(async (ref: string, o: { output?: string; since?: string; store?: string }) => {
       const [disk, snap] = parseSnapRef(ref);
       const dir = storeDir(o.store);
-      const out = o.output && o.output !== '-' ? createWriteStream(o.output) : process.stdout;
+      const out = o.output && o.output !== '-' ? o.output : undefined;
       const vdisk = await mounted(dir);
       if (vdisk) {
         const file = o.since ? join(vdisk, 'deltas', disk, `${o.since}..${snap}`) : join(vdisk, 'copies', disk, snap);
-        const fh = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
+        const size = await stat(file).then((st) => st.size, (e: NodeJS.ErrnoException) => {
           throw new VdiskError(e.code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `no image ${ref}${o.since ? ` since ${o.since}` : ''} on the mount (${e.code})`);
         });
-        const size = (await fh.stat()).size;
-        await pipeline(fh.createReadStream({ highWaterMark: 1024 * 1024 }), progress('backup', size), out);
+        await writeEach(counted(fileChunks(file), 'backup', size), out);
         return;
       }
       await withRegistry(dir, async (reg) => {
         const t = findTarget(reg.ctx, disk, snap, o.since);
         const p = await producerFor(reg.ctx, t);
-        await pipeline(p.stream(), progress('backup', p.size), out);
+        await writeEach(counted(p.chunks({ borrow: true }), 'backup', p.size), out);
       });
     });
 
@@ -150,7 +199,8 @@ export function registerBackupCommands(program: Command): void {
           },
         });
         try {
-          await pipeline(inputStream(image), count, progress('restore'), createWriteStream(file, { flags: 'w' }));
+          if (image === '-') await pipeline(inputStream(image), count, progress('restore'), createWriteStream(file, { flags: 'w' }));
+          else await writeEach(counted(fileChunks(image), 'restore'), file).then(async () => { bytes = (await stat(image)).size; });
           if (bytes === 0) throw new VdiskError('CORRUPT', 'corrupt image: truncated: input ends at byte 0 (empty input)');
         } catch (e) {
           if (isVdiskError(e)) throw e;
@@ -161,20 +211,20 @@ export function registerBackupCommands(program: Command): void {
         console.log(`restored ${target.name}`);
         return;
       }
-      const run = (src: Readable) =>
+      const run = (src: Readable | ImageSource) =>
         withRegistry(dir, async (reg) => {
-          const r = await restoreRecorded(reg, src.pipe(progress('restore')), target);
+          const r = await restoreRecorded(reg, src instanceof Readable ? src.pipe(progress('restore')) : counted(src as AsyncIterable<Uint8Array>, 'restore'), target);
           console.log(`restored ${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`);
         }, storeOpts);
       // Open the store only once the image's first bytes arrive: in `vdiskfs backup … | vdiskfs restore -`
       // the backup must get the store first.
-      const input = await afterFirstChunk(inputStream(image));
+      const input = image === '-' ? await afterFirstChunk(inputStream(image)) : undefined;
       try {
-        await run(input);
+        await run(input ?? fileChunks(image));
       } catch (e) {
         // `vdiskfs backup … | vdiskfs restore - …` on one unmounted store: the backup holds the store.
         // Spool the stream to a file next to the store and restore once the backup has let go.
-        if (!isVdiskError(e, 'LOCKED') || (await readMountInfo(dir))) throw e;
+        if (!input || !isVdiskError(e, 'LOCKED') || (await readMountInfo(dir))) throw e;
         const spool = join(dir, `restore-spool-${process.pid}.tmp`);
         process.stderr.write(`vdiskfs: store in use by another vdiskfs process; spooling the image to ${spool} until it is free\n`);
         try {
@@ -199,7 +249,7 @@ export function registerBackupCommands(program: Command): void {
     .description('check an image without restoring it (exit 0 good)')
     .argument('<image>', "image file, or '-' for stdin")
     .action(async (image: string) => {
-      const r = await verifyImage(inputStream(image));
+      const r = await verifyImage(imageInput(image));
       const h = r.header;
       console.log(`ok: ${r.kind} image of ${h.diskName}@${h.snapName} (${h.snapId})${h.baseSnapName ? ` since ${h.baseSnapName}` : ''}, ${r.slotCount} blocks of ${formatSize(h.blockSize)}, ${r.zeroCount} holes, ${r.totalLength} bytes`);
     });
@@ -211,7 +261,7 @@ export function registerBackupCommands(program: Command): void {
     .option('--verify', 'also check the whole image')
     .option('--rows <n>', 'table rows to print', '50')
     .action(async (image: string, o: { verify?: boolean; rows: string }) => {
-      const ins = await inspectImage(inputStream(image), { verify: !!o.verify });
+      const ins = await inspectImage(imageInput(image), { verify: !!o.verify });
       process.stdout.write(formatInspection(ins, Number(o.rows)));
     });
 }

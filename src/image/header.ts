@@ -1,6 +1,6 @@
 // Encoding and checked decoding of the fixed header (4096 bytes) and trailer record (64 bytes).
 // All integers big-endian. decodeHeader verifies, in this order: magic, version, header length,
-// header crc, incompatible features, then every field against the canonical v1 layout; it throws
+// header crc, incompatible features, then every field against the canonical layout; it throws
 // ImageError CORRUPT naming the field. Field offsets here must match FORMAT.md exactly.
 
 import { crc32 } from './crc32.js';
@@ -12,8 +12,11 @@ import {
 
 export const MAGIC = Buffer.from('VDSKIMG\0', 'latin1');
 export const TRAILER_MAGIC = Buffer.from('VDSKEND\0', 'latin1');
-export const VERSION = 1;
-/** Feature bits known to this implementation (none yet in version 1). */
+/** The version this implementation writes: 2 (slots in source physical order; FORMAT.md, changelog). */
+export const VERSION = 2;
+/** Versions this implementation reads: 1 (slots in ascending lbn order) and 2. */
+export const READ_VERSIONS: readonly number[] = [1, 2];
+/** Feature bits known to this implementation (none yet in versions 1 and 2). */
 export const KNOWN_INCOMPAT = 0;
 export const KNOWN_COMPAT = 0;
 /** Reader implementation limit on table entries (bounds memory; not a format limit). */
@@ -74,7 +77,7 @@ function readStr(b: Buffer, off: number, name: string): string {
 export function encodeHeader(p: ImagePlan, tablesCrc: number): Buffer {
   const b = Buffer.alloc(HEADER_LENGTH);
   MAGIC.copy(b, H.magic);
-  b.writeUInt32BE(VERSION, H.version);
+  b.writeUInt32BE(p.version, H.version);
   b.writeUInt32BE(HEADER_LENGTH, H.headerLength);
   b.writeUInt32BE(0, H.incompat);
   b.writeUInt32BE(0, H.compat);
@@ -105,7 +108,7 @@ export function headerCrcOf(b: Buffer): number {
 export function checkHeaderPrefix(b: Buffer): number {
   if (!b.subarray(0, 8).equals(MAGIC)) throw corrupt('header.magic', 'not a vdiskfs image (bad magic)', 0);
   const version = b.readUInt32BE(H.version);
-  if (version !== VERSION) throw corrupt('header.version', `unsupported version ${version}`, H.version);
+  if (!READ_VERSIONS.includes(version)) throw corrupt('header.version', `unsupported version ${version}`, H.version);
   const hl = b.readUInt32BE(H.headerLength);
   if (hl !== HEADER_LENGTH) throw corrupt('header.headerLength', `unsupported header length ${hl}`, H.headerLength);
   return hl;
@@ -152,7 +155,7 @@ export function decodeHeader(b: Buffer): ImageHeader {
     if (u64(f) !== layout[f]) throw corrupt(`header.${f}`, `expected ${layout[f]}`, H[f]);
   }
   const h: ImageHeader = {
-    ...layout, version: VERSION, incompatFeatures: incompat, compatFeatures: b.readUInt32BE(H.compat), kind,
+    ...layout, version: b.readUInt32BE(H.version), incompatFeatures: incompat, compatFeatures: b.readUInt32BE(H.compat), kind,
     virtualSize, blockCount, sourceAllocated: u64('sourceAllocated'), snapCreated: u64('snapCreated'),
     tablesCrc: b.readUInt32BE(H.tablesCrc), headerCrc,
     diskName: readStr(b, H.diskName, 'diskName'), snapName: readStr(b, H.snapName, 'snapName'),
@@ -167,10 +170,10 @@ export function decodeHeader(b: Buffer): ImageHeader {
   return h;
 }
 
-export function encodeTrailer(t: Omit<TrailerRecord, 'trailerCrc' | 'version'>): Buffer {
+export function encodeTrailer(t: Omit<TrailerRecord, 'trailerCrc'>): Buffer {
   const b = Buffer.alloc(TRAILER_RECORD_LENGTH);
   TRAILER_MAGIC.copy(b, T.magic);
-  b.writeUInt32BE(VERSION, T.version);
+  b.writeUInt32BE(t.version, T.version);
   b.writeUInt32BE(t.blockSize, T.blockSize);
   writeU64(b, T.totalLength, t.totalLength);
   writeU64(b, T.slotCount, t.slotCount);
@@ -189,7 +192,7 @@ export function decodeTrailer(b: Buffer, at: number): TrailerRecord {
   const trailerCrc = b.readUInt32BE(T.trailerCrc);
   if (crc32(b.subarray(0, T.trailerCrc)) !== trailerCrc) throw corrupt('trailer', 'trailer checksum mismatch', at);
   const version = b.readUInt32BE(T.version);
-  if (version !== VERSION) throw corrupt('trailer.version', `unsupported version ${version}`, at + T.version);
+  if (!READ_VERSIONS.includes(version)) throw corrupt('trailer.version', `unsupported version ${version}`, at + T.version);
   const u64 = (off: number): number => readU64(b, off);
   return { version, blockSize: b.readUInt32BE(T.blockSize), totalLength: u64(T.totalLength),
     slotCount: u64(T.slotCount), zeroCount: u64(T.zeroCount), headerCrc: b.readUInt32BE(T.headerCrc),

@@ -26,6 +26,11 @@ export interface ImagePlanInput extends ImageIdentity {
   sourcePbns: ArrayLike<number>; // slot i -> source physical block number (same length)
   zeroLbns: ArrayLike<number>;   // delta only: lbns that became holes, ascending; [] for full
   sourceAllocated: number;       // allocated blocks in the source snapshot
+  /**
+   * Format version to write (default 2). Version 2 puts the slots in ascending source pbn order (the
+   * producer then reads the pool sequentially); version 1 keeps the ascending lbn order of dataLbns.
+   */
+  version?: 1 | 2;
 }
 
 /** Every offset of an image; derived from (headerLength, blockSize, slotCount, zeroCount, groupBlocks). */
@@ -38,6 +43,7 @@ export interface ImageLayout {
 }
 
 export interface ImagePlan extends ImageLayout, ImageIdentity {
+  version: 1 | 2;
   kind: 'full' | 'delta'; virtualSize: number; blockCount: number; sourceAllocated: number;
   lbns: Float64Array; pbns: Float64Array; zeros: Float64Array; // private copies of the input
 }
@@ -140,10 +146,13 @@ export function planImage(input: ImagePlanInput): ImagePlan {
     if (lbns[i]! === zeros[j]!) throw invalid(`zeroLbns[${j}]`, `lbn ${zeros[j]} is also a data lbn`);
     if (lbns[i]! < zeros[j]!) i++; else j++;
   }
+  const version = input.version ?? 2;
+  if (version !== 1 && version !== 2) throw invalid('version', `must be 1 or 2, got ${String(version)}`);
   const layout = computeLayout({ headerLength: HEADER_LENGTH, blockSize, slotCount: lbns.length,
     zeroCount: zeros.length, groupBlocks: defaultGroupBlocks(blockSize) });
   if (!Number.isSafeInteger(layout.totalLength)) throw invalid('dataLbns', 'image too large');
-  const plan: ImagePlan = { ...layout, kind, virtualSize, blockCount, sourceAllocated: input.sourceAllocated,
+  if (version === 2) physicalOrder(lbns, pbns);
+  const plan: ImagePlan = { ...layout, version, kind, virtualSize, blockCount, sourceAllocated: input.sourceAllocated,
     diskName: input.diskName ?? '', snapName: input.snapName ?? '', snapId: input.snapId,
     snapCreated: input.snapCreated, lbns, pbns, zeros };
   if (kind === 'delta') {
@@ -151,6 +160,42 @@ export function planImage(input: ImagePlanInput): ImagePlan {
     if (input.baseSnapName) plan.baseSnapName = input.baseSnapName;
   }
   return plan;
+}
+
+/**
+ * Reorder the slots (lbns[i], pbns[i]) in place into ascending pbn order (ties, which a consistent view
+ * does not have, by lbn): the order of version 2 images. Already-ordered input (a disk written
+ * sequentially) costs one pass.
+ */
+export function physicalOrder(lbns: Float64Array, pbns: Float64Array): void {
+  let sorted = true;
+  for (let i = 1; i < pbns.length && sorted; i++) sorted = pbns[i - 1]! < pbns[i]!;
+  if (sorted) return;
+  const idx = new Uint32Array(pbns.length);
+  for (let i = 0; i < idx.length; i++) idx[i] = i;
+  idx.sort((a, b) => pbns[a]! - pbns[b]! || lbns[a]! - lbns[b]!);
+  const l = lbns.slice();
+  const p = pbns.slice();
+  for (let i = 0; i < idx.length; i++) {
+    lbns[i] = l[idx[i]!]!;
+    pbns[i] = p[idx[i]!]!;
+  }
+}
+
+/**
+ * Runs of consecutive pbns among slots [first, end): [startSlot, count] pairs where slots startSlot ..
+ * startSlot+count-1 hold pbns p, p+1, ..., each run at most maxBlocks long. Pure; the producer reads one
+ * run with one request.
+ */
+export function pbnRuns(pbns: ArrayLike<number>, first: number, end: number, maxBlocks = Infinity): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let i = first; i < end;) {
+    let n = 1;
+    while (i + n < end && n < maxBlocks && pbns[i + n]! === pbns[i]! + n) n++;
+    out.push([i, n]);
+    i += n;
+  }
+  return out;
 }
 
 /** Map an absolute byte offset to its region. Offsets >= totalLength map to 'eof'. */

@@ -13,7 +13,7 @@ import { corrupt } from './imageError.js';
 import { HEADER_LENGTH, TRAILER_RECORD_LENGTH, describeOffset, groupSlots, type ImageLayout } from './layout.js';
 
 export interface ImageTables {
-  /** slot i -> logical block number (strictly ascending). */
+  /** slot i -> logical block number (distinct; strictly ascending in version 1 images). */
   lbns: Float64Array;
   /** slot i -> source physical block number. */
   pbns: Float64Array;
@@ -61,7 +61,7 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
     yield { type: 'header', header };
 
     const tcrc = new Crc32();
-    const readTable = async (offset: number, count: number, name: string, ascending: boolean): Promise<Float64Array> => {
+    const readTable = async (offset: number, count: number, name: string, check: 'ascending' | 'inRange' | 'none'): Promise<Float64Array> => {
       const out = new Float64Array(count);
       let prev = -1;
       for (let i = 0; i < count; i += TABLE_PIECE) {
@@ -72,25 +72,34 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
           const v = readU64(b, 8 * k);
           const at = offset + 8 * (i + k);
           if (v < 0) throw corrupt(`${name} entry ${i + k}`, 'value exceeds 2^53-1', at);
-          if (ascending && (v <= prev || v >= header.blockCount)) {
+          if (check === 'ascending' && (v <= prev || v >= header.blockCount)) {
             throw corrupt(`${name} entry ${i + k}`, `lbn ${v} out of range or not strictly ascending`, at);
           }
+          if (check === 'inRange' && v >= header.blockCount) throw corrupt(`${name} entry ${i + k}`, `lbn ${v} out of range`, at);
           out[i + k] = prev = v;
         }
       }
       return out;
     };
-    const lbns = await readTable(header.lbnTableOffset, header.slotCount, 'lbnTable', true);
-    const pbns = await readTable(header.pbnTableOffset, header.slotCount, 'pbnTable', false);
-    const zeros = await readTable(header.zeroTableOffset, header.zeroCount, 'zeroTable', true);
+    // v1: slots in ascending lbn order; v2: slots in source physical order, lbns distinct (checked below)
+    const lbns = await readTable(header.lbnTableOffset, header.slotCount, 'lbnTable', header.version === 1 ? 'ascending' : 'inRange');
+    const pbns = await readTable(header.pbnTableOffset, header.slotCount, 'pbnTable', 'none');
+    const zeros = await readTable(header.zeroTableOffset, header.zeroCount, 'zeroTable', 'ascending');
     const pad = await src.read(header.dataOffset - header.tablesEnd);
     tcrc.update(pad);
     if (tcrc.digest() !== header.tablesCrc) throw corrupt('tables', 'tables checksum mismatch', header.lbnTableOffset);
     const nz = pad.findIndex((x) => x !== 0);
     if (nz >= 0) throw corrupt('tablePadding', 'non-zero padding', header.tablesEnd + nz);
-    for (let i = 0, j = 0; i < lbns.length && j < zeros.length;) {
-      if (lbns[i]! === zeros[j]!) throw corrupt(`zeroTable entry ${j}`, `lbn ${zeros[j]} is also a data lbn`, header.zeroTableOffset + 8 * j);
-      if (lbns[i]! < zeros[j]!) i++; else j++;
+    const sortedLbns = header.version === 1 ? lbns : lbns.slice().sort();
+    for (let i = 1; i < sortedLbns.length && header.version !== 1; i++) {
+      if (sortedLbns[i]! === sortedLbns[i - 1]!) {
+        const at = lbns.indexOf(sortedLbns[i]!, lbns.indexOf(sortedLbns[i]!) + 1);
+        throw corrupt(`lbnTable entry ${at}`, `lbn ${sortedLbns[i]} appears twice`, header.lbnTableOffset + 8 * at);
+      }
+    }
+    for (let i = 0, j = 0; i < sortedLbns.length && j < zeros.length;) {
+      if (sortedLbns[i]! === zeros[j]!) throw corrupt(`zeroTable entry ${j}`, `lbn ${zeros[j]} is also a data lbn`, header.zeroTableOffset + 8 * j);
+      if (sortedLbns[i]! < zeros[j]!) i++; else j++;
     }
     yield { type: 'tables', tables: { lbns, pbns, zeros } };
 
@@ -113,6 +122,7 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
     const mismatch = (field: string, ok: boolean): void => {
       if (!ok) throw corrupt(`trailer.${field}`, 'trailer does not match header', header.trailerOffset);
     };
+    mismatch('version', t.version === header.version);
     mismatch('totalLength', t.totalLength === header.totalLength);
     mismatch('slotCount', t.slotCount === header.slotCount);
     mismatch('zeroCount', t.zeroCount === header.zeroCount);

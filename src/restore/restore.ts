@@ -20,6 +20,7 @@ import { commitChanges } from '../disk/io.js';
 import { needsPreserve, type Change } from '../disk/plan.js';
 import type { Entry } from '../meta/keys.js';
 import { claimed, claimOf, dropClaim } from '../disk/identity.js';
+import type { BlockStore } from '../store/blockStore.js';
 
 export type RestoreTarget = { mode: 'new'; name: string } | { mode: 'into'; name: string };
 
@@ -68,7 +69,7 @@ function checkInto(d: DiskState, h: ImageHeader): void {
   throw invalid(`disk ${d.rec.name} does not hold base snapshot ${h.diskName}@${h.baseSnapName} (${h.baseSnapId}) of this incremental image: ${why}; restore a full image of ${h.baseSnapName} into it first`);
 }
 
-/** Block writes a restore keeps in flight at most. */
+/** Block writes a restore keeps in flight at most when the store cannot stage them (page-cache pool files). */
 const MAX_WRITES_IN_FLIGHT = 32;
 
 export async function restoreImage(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
@@ -76,35 +77,64 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
   checkTarget(reg, target);
   let header: ImageHeader | undefined;
   let bs = 0;
-  const lbns: number[] = [];
-  const pbns: number[] = [];
+  let lbns: number[] = [];
+  let pbns: number[] = [];
   const zeros: number[] = [];
   let committed = false;
-  // Block writes in flight at once (with O_DIRECT pool files each one is a disk round trip); every one has
-  // settled before the commit, and the first failure fails the restore.
+  let store: BlockStore | undefined;
+  // Block writes in flight (with O_DIRECT pool files each unstaged one is a disk round trip); every one has
+  // settled before the commit, and the first failure fails the restore. A store that stages writes
+  // (stageBehind: copied at once into 1 MiB runs of adjacent blocks, written behind) gets the blocks that
+  // way, and the restore waits only when no run is free; one promise per run, not per block.
   const writing: Promise<void>[] = [];
+  let lastRun: Promise<void> | undefined;
+  const track = (w: Promise<void>): void => {
+    if (w === lastRun) return;
+    lastRun = w;
+    w.catch(() => undefined); // a failure is reported by settleWrites, not as an unhandled rejection first
+    writing.push(w);
+  };
   const settleWrites = async (): Promise<void> => {
     const r = await Promise.allSettled(writing.splice(0));
     const bad = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
     if (bad) throw bad.reason;
   };
+  /** Wait for the oldest writes until `ready()` (or nothing is left in flight). */
+  const waitUntil = async (ready: () => boolean): Promise<void> => {
+    while (!ready() && writing.length > 0) {
+      const w = writing.shift()!;
+      try {
+        await w;
+      } catch (e) {
+        writing.unshift(w); // still reported by settleWrites
+        throw e;
+      }
+    }
+  };
   try {
     await parseImage(source, {
-      header: (h) => {
+      header: async (h) => {
         checkHeader(reg, target, h);
         header = h;
         bs = h.blockSize;
+        store = await ctx.pool.store(bs);
       },
-      block: async (lbn, data) => {
+      block: (lbn, data) => {
         const pbn = ctx.pool.allocate(bs);
         pbns.push(pbn);
         lbns.push(lbn);
-        const store = await ctx.pool.store(bs);
+        const st = store!;
+        if (st.stageBehind && st.behindRoom) {
+          if (st.behindRoom(bs)) return track(st.stageBehind(pbn, data)());
+          // no run free: wait for the oldest, then stage (one wait per run, not per block)
+          return waitUntil(() => st.behindRoom!(bs)).then(() => {
+            if (st.behindRoom!(bs)) track(st.stageBehind!(pbn, data)());
+            else track(st.write(pbn, Buffer.from(data)));
+          });
+        }
         // a private copy: the parser's buffer may be the writer's, which is not ours once this returns
-        const w = store.write(pbn, Buffer.from(data));
-        w.catch(() => undefined); // a failure is reported by settleWrites, not as an unhandled rejection first
-        writing.push(w);
-        if (writing.length >= MAX_WRITES_IN_FLIGHT) await settleWrites();
+        track(st.write(pbn, Buffer.from(data)));
+        if (writing.length >= MAX_WRITES_IN_FLIGHT) return waitUntil(() => writing.length < MAX_WRITES_IN_FLIGHT / 2);
       },
       zero: (lbn) => {
         zeros.push(lbn);
@@ -112,6 +142,7 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
     });
     await settleWrites();
     const h = header!;
+    if (h.version !== 1) [lbns, pbns] = byLbn(lbns, pbns); // the commit takes the blocks in lbn order, as v1 gives them
     await reg.serialized(async () => {
       checkTarget(reg, target); // the world may have changed while the image streamed in
       if (target.mode === 'new') await commitNew(reg, target.name, h, lbns, pbns);
@@ -124,6 +155,12 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
     await Promise.allSettled(writing);
     if (!committed) for (const pbn of pbns) ctx.pool.free(bs, pbn);
   }
+}
+
+/** The (lbn, pbn) pairs sorted by lbn (version 2 images list their slots in the source's physical order). */
+export function byLbn(lbns: number[], pbns: number[]): [number[], number[]] {
+  const idx = lbns.map((_, i) => i).sort((a, b) => lbns[a]! - lbns[b]!);
+  return [idx.map((i) => lbns[i]!), idx.map((i) => pbns[i]!)];
 }
 
 async function commitNew(reg: Registry, name: string, h: ImageHeader, lbns: number[], pbns: number[]): Promise<void> {

@@ -21,6 +21,14 @@ export interface BlockStore {
    * streaming reads blocks in logical order, which is random physical order on a cold cache).
    */
   readParallel?(pbn: number, dst: Buffer): Promise<void>;
+  /**
+   * Read the `count` consecutive blocks pbn .. pbn+count-1 into dst (count × blockSize bytes) with one
+   * request, off the event loop (image producers read runs of physically adjacent blocks). dst from
+   * allocAligned() is read into directly; other memory may cost a copy.
+   */
+  readRun?(pbn: number, count: number, dst: Buffer): Promise<void>;
+  /** Memory suited to readRun (sector-aligned for O_DIRECT pool files): every block-multiple offset of it. */
+  allocAligned?(bytes: number): Promise<Buffer>;
   /** Write `data` (blockSize bytes, or a sub-range at offsetInBlock) to block `pbn`. */
   write(pbn: number, data: Buffer, offsetInBlock?: number): Promise<void>;
   /**

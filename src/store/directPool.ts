@@ -169,6 +169,9 @@ export class DirectPoolFileStore implements BlockStore {
   private slotWaiters: ((b: Buffer) => void)[] = [];
   /** The first write failure: every later sync() reports it. */
   private failed: Error | null = null;
+  /** Memory handed out by allocAligned(): its ArrayBuffer -> the byte offset where the aligned part starts. */
+  private lent = new WeakMap<ArrayBufferLike, number>();
+  private arenas = 0;
 
   private constructor(
     readonly blockSize: number,
@@ -264,6 +267,32 @@ export class DirectPoolFileStore implements BlockStore {
       await ioAll('read', this.fd, part, pbn * this.blockSize);
       part.copy(dst, 0, 0, dst.length);
     });
+  }
+
+  /**
+   * Blocks pbn .. pbn+count-1 with one O_DIRECT read straight into dst when dst is memory from
+   * allocAligned() (else block by block through the aligned slots). Waits for writes to those pbns first.
+   */
+  async readRun(pbn: number, count: number, dst: Buffer): Promise<void> {
+    for (let i = 0; i < count; i++) {
+      const p = pbn + i;
+      if (this.inflight.has(p) || this.open?.byPbn.has(p)) await this.settled(p);
+    }
+    const base = this.lent.get(dst.buffer);
+    if (base !== undefined && (dst.byteOffset - base) % SECTOR === 0 && dst.length % SECTOR === 0) {
+      await ioAll('read', this.fd, dst, pbn * this.blockSize);
+      return;
+    }
+    const bs = this.blockSize;
+    await Promise.all(Array.from({ length: count }, (_, i) => this.readParallel(pbn + i, dst.subarray(i * bs, (i + 1) * bs))));
+  }
+
+  /** Sector-aligned memory for readRun (a new arena, found like the store's own). */
+  async allocAligned(bytes: number): Promise<Buffer> {
+    const arena = await alignedArena(`${this.path}.${++this.arenas}`, bytes);
+    if (!arena) return Buffer.allocUnsafeSlow(bytes);
+    this.lent.set(arena.buffer, arena.byteOffset);
+    return arena;
   }
 
   /** Run fn with one of the aligned block-sized buffers, waiting for one if all are in use. */

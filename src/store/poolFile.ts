@@ -101,6 +101,19 @@ export class PoolFileStore implements BlockStore {
     }
   }
 
+  async readRun(pbn: number, count: number, dst: Buffer): Promise<void> {
+    for (let i = 0; i < count; i++) if (this.inflight.has(pbn + i)) await this.settled(pbn + i);
+    let done = 0;
+    while (done < dst.length) {
+      const { bytesRead } = await this.fh.read(dst, done, dst.length - done, pbn * this.blockSize + done);
+      if (bytesRead === 0) {
+        dst.fill(0, done);
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
   /** Warm the page cache ahead of a sequential reader (one read in flight; results discarded). */
   private readAhead(pos: number, length: number): void {
     const sequential = Math.abs(pos - this.nextSeq) <= 4 * this.blockSize;

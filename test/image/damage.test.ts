@@ -111,7 +111,9 @@ describe('damage detection', () => {
   });
 
   it('refuses unknown versions and unknown incompatible features, accepts unknown compatible ones', async () => {
-    await expectCorrupt([resealed((h) => h.writeUInt32BE(2, HEADER_FIELDS.version))], /^header\.version$/);
+    await expectCorrupt([resealed((h) => h.writeUInt32BE(3, HEADER_FIELDS.version))], /^header\.version$/);
+    // a v2 image relabelled v1 (header resealed): its trailer still says 2
+    await expectCorrupt([resealed((h) => h.writeUInt32BE(1, HEADER_FIELDS.version))], /^trailer\.version$/);
     await expectCorrupt([resealed((h) => h.writeUInt32BE(0, HEADER_FIELDS.version))], /^header\.version$/);
     await expectCorrupt([resealed((h) => h.writeUInt32BE(1, HEADER_FIELDS.incompat))], /^header\.incompatFeatures$/);
     await expectCorrupt([resealed((h) => h.writeUInt32BE(0x80000000, HEADER_FIELDS.incompat))], /^header\.incompatFeatures$/);

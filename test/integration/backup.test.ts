@@ -136,11 +136,12 @@ async function fullRoundTrip(disk: string, size: number, blockSize: number, seed
   expect(h.zeroCount).toBe(0);
   expect(h.totalLength).toBe(expected);
   expect(h.snapId).toBe(await snapId(disk, 's1'));
-  const { lbns } = imageTables(img);
+  const { lbns, slotLbns } = imageTables(img);
   expect(lbns).toEqual(used);
-  // Slots hold the snapshot's blocks, in ascending lbn order.
+  // Slots hold the snapshot's blocks (in the source's physical order: format version 2).
+  expect(h.version).toBe(2);
   for (const i of [0, Math.floor(used.length / 2), used.length - 1]) {
-    const blk = await readRange(m.snap(disk, 's1'), used[i]! * blockSize, blockSize);
+    const blk = await readRange(m.snap(disk, 's1'), slotLbns![i]! * blockSize, blockSize);
     expect(img.subarray(h.dataOffset + i * blockSize, h.dataOffset + (i + 1) * blockSize).equals(blk), `slot ${i}`).toBe(true);
   }
 

@@ -21,6 +21,7 @@ export function imageSize(slots: number, zeros: number, blockSize: number): numb
 }
 
 export interface ImageFields {
+  version: number;
   magic: string;
   kind: number;
   blockSize: number;
@@ -44,6 +45,7 @@ const str = (b: Buffer, o: number): string => b.subarray(o + 2, o + 2 + b.readUI
 export function parseHeader(img: Buffer): ImageFields {
   return {
     magic: img.subarray(0, 8).toString('latin1'),
+    version: img.readUInt32BE(8),
     kind: img.readUInt32BE(24),
     blockSize: img.readUInt32BE(28),
     virtualSize: u64(img, 32),
@@ -60,15 +62,19 @@ export function parseHeader(img: Buffer): ImageFields {
   };
 }
 
-/** The block correspondence table (slot -> lbn) and the zero list. */
-export function imageTables(img: Buffer): { lbns: number[]; zeros: number[] } {
+/** The block correspondence table: `lbns` the image's data lbns ascending, `slotLbns` slot i -> lbn; the zero list. */
+export function imageTables(img: Buffer): { lbns: number[]; zeros: number[]; slotLbns?: number[] } {
   const h = parseHeader(img);
-  const lbns: number[] = [];
-  for (let i = 0; i < h.slotCount; i++) lbns.push(u64(img, 4096 + 8 * i));
+  const slotLbns: number[] = [];
+  for (let i = 0; i < h.slotCount; i++) slotLbns.push(u64(img, 4096 + 8 * i));
   const zeros: number[] = [];
   const zt = 4096 + 16 * h.slotCount;
   for (let i = 0; i < h.zeroCount; i++) zeros.push(u64(img, zt + 8 * i));
-  return { lbns, zeros };
+  const lbns = [...slotLbns].sort((a, b) => a - b);
+  // version 2 images list slots in the source's physical order (FORMAT.md): only the set is compared by default
+  const out: { lbns: number[]; zeros: number[]; slotLbns?: number[] } = { lbns, zeros };
+  Object.defineProperty(out, 'slotLbns', { value: slotLbns, enumerable: false });
+  return out;
 }
 
 /** `cmp -s a b` (optionally only the first n bytes): true when identical. Output of cmp kept for messages. */
@@ -200,8 +206,9 @@ export function damagedVariants(good: Buffer): Variant[] {
     { name: 'flip header magic (byte 3)', data: flip(good, 3), where: /magic @0:/ },
     { name: 'flip header slotCount (byte 47)', data: flip(good, 47), where: /header @0: .*checksum/ },
     { name: 'flip header reserved (byte 200)', data: flip(good, 200), where: /header @0: .*checksum/ },
-    // lbn 0 becomes 1, equal to the next entry: reported at entry 1.
-    { name: 'flip lbn table (first entry, low byte)', data: flip(good, 4096 + 7), where: /lbnTable entry 1 @4104:/ },
+    // the first slot's lbn changes: the tables checksum (version 2 lists slots in physical order, so no
+    // ordering check can see it first)
+    { name: 'flip lbn table (first entry, low byte)', data: flip(good, 4096 + 7), where: /tables @4096: .*checksum|lbnTable entry/ },
     { name: 'flip lbn table (last entry, high byte)', data: flip(good, 4096 + 8 * last, 0x80), where: new RegExp(`lbnTable entry ${last} @${4096 + 8 * last}:`) },
     { name: 'flip source allocation record', data: flip(good, 4096 + 8 * h.slotCount + 7), where: /tables @4096: .*checksum/ },
     { name: 'flip table padding', data: flip(good, d - 1), where: /tables @4096: .*checksum|tablePadding/ },
