@@ -19,14 +19,15 @@ import { fileChunks } from '../image/fileSource.js';
 import { formatSize } from '../util/size.js';
 import { mountDevice } from '../util/mountinfo.js';
 
-function progress(label: string, total?: number): Transform {
-  let done = 0;
-  let last = 0;
+/** Progress on stderr (when it is a terminal): bytes so far, percent of `total`, rate; at most twice a second. */
+function meter(label: string, total?: number): { add(n: number): void; end(): void } {
   const tty = process.stderr.isTTY;
   const started = Date.now();
-  return new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      done += chunk.length;
+  let done = 0;
+  let last = 0;
+  return {
+    add(n) {
+      done += n;
       const now = Date.now();
       if (tty && now - last > 500) {
         last = now;
@@ -34,10 +35,22 @@ function progress(label: string, total?: number): Transform {
         const pct = total ? ` ${((100 * done) / total).toFixed(1)}%` : '';
         process.stderr.write(`\r${label}: ${formatSize(done)}${total ? ` of ${formatSize(total)}` : ''}${pct} ${formatSize(rate)}/s   `);
       }
+    },
+    end() {
+      if (tty) process.stderr.write(`\r${label}: ${formatSize(done)} done${' '.repeat(30)}\n`);
+    },
+  };
+}
+
+function progress(label: string, total?: number): Transform {
+  const m = meter(label, total);
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      m.add(chunk.length);
       cb(null, chunk);
     },
     flush(cb) {
-      if (tty) process.stderr.write(`\r${label}: ${formatSize(done)} done${' '.repeat(30)}\n`);
+      m.end();
       cb();
     },
   });
@@ -84,23 +97,13 @@ function imageInput(image: string): ImageSource {
 
 /** Count the bytes passing (no buffering: a chunk is passed on before the next is asked for). */
 async function* counted(src: AsyncIterable<Uint8Array>, label: string, total?: number): AsyncGenerator<Buffer> {
-  const tty = process.stderr.isTTY;
-  const started = Date.now();
-  let done = 0;
-  let last = 0;
+  const m = meter(label, total);
   for await (const c of src) {
     const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
-    done += b.length;
-    const now = Date.now();
-    if (tty && now - last > 500) {
-      last = now;
-      const rate = done / Math.max(0.001, (now - started) / 1000);
-      const pct = total ? ` ${((100 * done) / total).toFixed(1)}%` : '';
-      process.stderr.write(`\r${label}: ${formatSize(done)}${total ? ` of ${formatSize(total)}` : ''}${pct} ${formatSize(rate)}/s   `);
-    }
+    m.add(b.length);
     yield b;
   }
-  if (tty) process.stderr.write(`\r${label}: ${formatSize(done)} done${' '.repeat(30)}\n`);
+  m.end();
 }
 
 /** Write every chunk to `out`, each written before the next is asked for (so the source may reuse buffers). */

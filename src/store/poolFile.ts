@@ -90,22 +90,19 @@ export class PoolFileStore implements BlockStore {
 
   async readParallel(pbn: number, dst: Buffer): Promise<void> {
     await this.settled(pbn);
-    let done = 0;
-    while (done < dst.length) {
-      const { bytesRead } = await this.fh.read(dst, done, dst.length - done, pbn * this.blockSize + done);
-      if (bytesRead === 0) {
-        dst.fill(0, done);
-        return;
-      }
-      done += bytesRead;
-    }
+    await this.readFrom(pbn * this.blockSize, dst);
   }
 
   async readRun(pbn: number, count: number, dst: Buffer): Promise<void> {
     for (let i = 0; i < count; i++) if (this.inflight.has(pbn + i)) await this.settled(pbn + i);
+    await this.readFrom(pbn * this.blockSize, dst);
+  }
+
+  /** Fill dst from file offset pos on the thread pool; what lies past the end of the file reads as zeros. */
+  private async readFrom(pos: number, dst: Buffer): Promise<void> {
     let done = 0;
     while (done < dst.length) {
-      const { bytesRead } = await this.fh.read(dst, done, dst.length - done, pbn * this.blockSize + done);
+      const { bytesRead } = await this.fh.read(dst, done, dst.length - done, pos + done);
       if (bytesRead === 0) {
         dst.fill(0, done);
         return;
