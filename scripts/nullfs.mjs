@@ -44,6 +44,8 @@ const fileStat = () => ({
 })
 
 // Request counts, printed to stderr at exit with NULLFS_STATS=1 (shows the request size the kernel uses).
+const ZEROS = Buffer.alloc(MAX_IO) // never written: every read's reply
+
 const stats = { reads: 0, readBytes: 0, writes: 0, writeBytes: 0 }
 function printStats () {
   if (process.env.NULLFS_STATS !== '1') return
@@ -67,13 +69,12 @@ const ops = {
     return cb(0, 42)
   },
   release (path, fd, cb) { cb(0) },
-  read (path, fd, buf, len, pos, cb) {
-    if (pos >= size) return cb(0)
-    const n = Math.min(len, size - pos)
+  // read_buf, as vdiskfs reads (src/fuse/mount.ts): the reply is a Buffer of ours that the binding copies once.
+  readBuffer (path, fd, len, pos, cb) {
+    const n = Math.max(0, Math.min(len, size - pos))
     stats.reads++
     stats.readBytes += n
-    buf.fill(0, 0, n) // libfuse hands us malloc'd memory: do not leak its old contents
-    return cb(n)
+    return cb(0, ZEROS.subarray(0, n))
   },
   write (path, fd, buf, len, pos, cb) {
     stats.writes++
@@ -93,8 +94,9 @@ const ops = {
   flush (path, fd, cb) { cb(0) },
   utimens (path, atime, mtime, cb) { cb(0) },
   chmod (path, mode, cb) { cb(0) },
+  // As vdiskfs (src/fuse/mount.ts): auto_inval_data off, so a read is not preceded by a GETATTR.
   initWithConfig (conn, cb) {
-    cb(0, { maxWrite: Math.min(MAX_IO, conn.maxWrite) })
+    cb(0, { maxWrite: Math.min(MAX_IO, conn.maxWrite), want: (conn.want & ~(1 << 12)) >>> 0 })
   },
   lseek (path, fd, offset, whence, cb) {
     if (offset >= size) return cb(Fuse.ENXIO)

@@ -21,6 +21,8 @@ const SEEK_HOLE = 4;
 export const FALLOC = { KEEP_SIZE: 0x01, PUNCH_HOLE: 0x02, COLLAPSE_RANGE: 0x08, ZERO_RANGE: 0x10, INSERT_RANGE: 0x20, UNSHARE_RANGE: 0x40 } as const;
 /** FUSE_CAP_ATOMIC_O_TRUNC (fuse_common.h). */
 const CAP_ATOMIC_O_TRUNC = 1 << 3;
+/** FUSE_CAP_AUTO_INVAL_DATA (fuse_common.h): libfuse asks for it by default; vdiskfs turns it off (see init). */
+const CAP_AUTO_INVAL_DATA = 1 << 12;
 
 /** The FUSE 3 connection offered at init (fuse-napi's initWithConfig). */
 interface Connection {
@@ -88,6 +90,29 @@ async function setReadahead(mountpoint: string, bytes: number): Promise<void> {
   }
 }
 
+/**
+ * Reply buffers for readBuffer. The binding copies a reply's bytes out on the next tick after the callback
+ * (its reply is queued with process.nextTick), so a buffer handed back goes to the free list only at the
+ * next setImmediate, after that copy; until then no other request can be given it.
+ */
+export class ReplyBuffers {
+  private free: Buffer[] = [];
+  constructor(private readonly size: number, private readonly keep = 16) {}
+
+  take(len: number): Buffer {
+    if (len > this.size) return Buffer.allocUnsafe(len);
+    return (this.free.pop() ?? Buffer.allocUnsafeSlow(this.size)).subarray(0, len);
+  }
+
+  give(buf: Buffer): void {
+    if (buf.buffer.byteLength !== this.size || buf.byteOffset !== 0) return; // one of take's own allocations only
+    const whole = Buffer.from(buf.buffer, 0, this.size);
+    setImmediate(() => {
+      if (this.free.length < this.keep) this.free.push(whole);
+    });
+  }
+}
+
 export interface Mounted {
   tree: Tree;
   unmount(): Promise<void>;
@@ -96,6 +121,7 @@ export interface Mounted {
 export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): Promise<Mounted> {
   const log = logger('fuse');
   const handles = new Map<number, Handle>();
+  const replies = new ReplyBuffers(MAX_WRITE);
   let nextFd = 10;
   const uid = process.getuid?.() ?? 0;
   const gid = process.getgid?.() ?? 0;
@@ -165,18 +191,29 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
       if (!h?.release) return cb(0);
       h.release().then(() => cb(0), (e) => cb(fail('release', path, e)));
     },
-    read(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
+    // FUSE read_buf: we hand the binding a Buffer of ours, which it copies once into the reply. With plain
+    // `read` the binding would allocate a fresh Buffer per request (1 MiB of external memory each, whose
+    // collection made V8's incremental marking the largest single cost of a cold sequential read) and
+    // copy it a second time; here the reply comes from a few reused buffers (ReplyBuffers).
+    readBuffer(path: string, fd: number, len: number, pos: number, cb: (err: number, buf?: Buffer) => void) {
       const h = handles.get(fd);
       if (!h?.read) return cb(E.EBADF);
-      const dst = buf.subarray(0, len);
-      const failed = (e: unknown) => cb(fail('read', path, e, { offset: pos, length: len }));
+      const dst = replies.take(len);
+      const failed = (e: unknown) => {
+        replies.give(dst);
+        cb(fail('read', path, e, { offset: pos, length: len }));
+      };
+      const reply = (n: number) => {
+        cb(0, dst.subarray(0, n));
+        replies.give(dst);
+      };
       try {
         const n = h.readNow?.(dst, pos);
-        if (n !== undefined) return cb(n);
+        if (n !== undefined) return reply(n);
       } catch (e) {
         return failed(e);
       }
-      h.read(dst, pos).then(cb, failed);
+      h.read(dst, pos).then(reply, failed);
     },
     write(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
       const h = handles.get(fd);
@@ -317,6 +354,13 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     ...ops,
     // O_TRUNC arrives with open() (atomic_o_trunc), so `cat img > disk` opens a disk like a block device
     // (O_TRUNC ignored) while an explicit truncate(2) still gets its clear refusal.
+    // auto_inval_data off: with it (and attr_timeout=0) the kernel sends a GETATTR before every read(2) and
+    // drops the file's whole page cache whenever the mtime moved, which every write moves: a database that
+    // writes a page and reads another lost its cache each time, and a cached 4 KiB read cost a round trip
+    // (random 4K reads measured 0.5-0.7x of what they are without it). It is not needed for correctness:
+    // writes through the mount keep the kernel's pages true, fallocate punches them in the kernel, and
+    // every other change (rollback, restore, shrink) is refused while the disk is open and is then caught
+    // by auto_cache at the next open (test/integration/cache.test.ts).
     initWithConfig(c: Connection, cb: (err: number, config?: Record<string, unknown>) => void) {
       conn = c;
       const maxWrite = Math.min(MAX_WRITE, c.maxWrite);
@@ -324,7 +368,7 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
       readaheadAtInit = readahead > 0 && readahead <= c.maxReadahead;
       cb(0, {
         maxWrite,
-        want: (c.want | (c.capable & CAP_ATOMIC_O_TRUNC)) >>> 0,
+        want: ((c.want | (c.capable & CAP_ATOMIC_O_TRUNC)) & ~CAP_AUTO_INVAL_DATA) >>> 0,
         ...(readaheadAtInit ? { maxReadahead: readahead } : {}),
       });
     },
