@@ -173,6 +173,13 @@ export class Context {
    */
   backlog = 0;
 
+  /**
+   * A batch has committed without sync since the last synced one. While false, a sync commit with no
+   * changes of its own has nothing to make durable and skips LevelDB's log flush (an fsync after in-place
+   * overwrites, the steady state of a database, changes no table).
+   */
+  private unsynced = true;
+
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
   /** `ready`: the pool writes the batch's entries point at (written behind); the batch waits for them. */
@@ -199,7 +206,9 @@ export class Context {
           const ready = group.flatMap((g) => (g.ready ? [g.ready] : []));
           if (ready.length) await Promise.all(ready);
           if (ops.length) await this.db.batch(ops, { sync });
-          else if (sync) await this.db.put(SYNC_KEY, new Date().toISOString(), { sync: true });
+          else if (sync && this.unsynced) await this.db.put(SYNC_KEY, new Date().toISOString(), { sync: true });
+          // LevelDB's log is written in order: a synced batch makes every batch before it durable too.
+          this.unsynced = sync ? false : this.unsynced || ops.length > 0;
           settle();
           for (const g of group) g.resolve();
         } catch (e) {

@@ -75,13 +75,25 @@ export class Registry {
     await this.ctx.db.close();
   }
 
-  /** fdatasync the pool, then make the metadata durable. */
+  /**
+   * Make every acknowledged write durable: the pool's data (fdatasync), then the tables that point at it
+   * (LevelDB's log), so that a table entry is never durable before the data it points at. When every pool
+   * store writes through to the device (O_DIRECT), the two flushes run side by side: a batch is written to
+   * LevelDB only after the pool writes it references have completed (Context.commit's `ready`), so those
+   * writes are already on the device and any device flush that makes the batch durable makes them durable
+   * too; fsync still answers only when both are done. A sync with no table change since the last one
+   * flushes the pool only (Context.commit).
+   */
   async sync(): Promise<void> {
     await this.ctx.drain();
     // A metadata batch that failed after its writes were acknowledged makes every later fsync fail.
     if (this.ctx.failure) throw new VdiskError('IO', `a metadata commit failed; acknowledged writes may be lost: ${this.ctx.failure.message}`);
-    await this.ctx.pool.sync();
-    await this.ctx.commit([], true);
+    if (this.ctx.pool.writesThrough()) {
+      await Promise.all([this.ctx.pool.sync(), this.ctx.commit([], true)]);
+    } else {
+      await this.ctx.pool.sync();
+      await this.ctx.commit([], true);
+    }
   }
 
   disk(name: string): DiskState {

@@ -61,6 +61,11 @@ export interface BlockStore {
    * not stay with the file. Stores without per-file space (LevelBlockStore) leave it out.
    */
   trim?(blocks: number): Promise<void>;
+  /**
+   * A completed write has reached the device (O_DIRECT), not only the page cache: then the device flush of
+   * any other file (LevelDB's log) also makes it durable, and the registry may flush both side by side.
+   */
+  readonly writesThrough?: boolean;
   /** Make every completed write durable (fdatasync). */
   sync(): Promise<void>;
   close(): Promise<void>;

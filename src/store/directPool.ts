@@ -155,6 +155,7 @@ async function alignedArena(near: string, size: number): Promise<Buffer | null> 
 }
 
 export class DirectPoolFileStore implements BlockStore {
+  readonly writesThrough = true;
   private readonly chunkBytes: number;
   /** Per pbn, the tail of its chain of writes (staged or in flight); removed when the last one settles. */
   private inflight = new Map<number, Promise<void>>();

@@ -57,6 +57,11 @@ export class Pool {
   }
 
   /** The store for blockSize if it is open already (the synchronous fast paths never open one). */
+  /** Every open store's completed writes are on the device (BlockStore.writesThrough). */
+  writesThrough(): boolean {
+    return [...this.stores.values()].every((s) => s.writesThrough === true);
+  }
+
   storeNow(blockSize: number): BlockStore | undefined {
     return this.stores.get(blockSize);
   }
