@@ -104,6 +104,34 @@ export function readViewNow(ctx: Context, disk: DiskState, snapIndex: number, of
   return length;
 }
 
+/**
+ * The whole new content of a block a partial write does not own yet, built without awaiting: the block's
+ * current content (`cur`, the live entry) with `data` copied in at offsetInBlock, in a buffer from
+ * takeBlockBuffer. Undefined when the current content cannot be read now: a clone's hole (its backing), a
+ * store without synchronous reads, a block with a write in flight, or a merge that is all zeros (the async
+ * path frees such a block).
+ */
+function mergeNow(ctx: Context, disk: DiskState, cur: Entry | null, offsetInBlock: number, data: Buffer): Buffer | undefined {
+  const bs = disk.blockSize;
+  if (!cur && disk.rec.backing) return undefined;
+  const store = ctx.pool.storeNow(bs);
+  if (cur?.kind === 'data' && (!store?.readSync || store.busy?.(cur.pbn))) return undefined;
+  const block = takeBlockBuffer(bs);
+  try {
+    if (cur?.kind === 'data') store!.readSync!(cur.pbn, block, 0);
+    else block.fill(0);
+  } catch (e) {
+    giveBlockBuffer(block);
+    throw e;
+  }
+  data.copy(block, offsetInBlock);
+  if (isZero(block)) {
+    giveBlockBuffer(block);
+    return undefined;
+  }
+  return block;
+}
+
 /** chainEntry from memory: the entry, null (none along the chain), or undefined (not all in memory). */
 function chainEntryNow(disk: DiskState, snapIndex: number, lbn: number): Entry | null | undefined {
   const snaps = disk.rec.snapshots;
@@ -136,23 +164,39 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const epoch = disk.rec.epoch;
   const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
   const changes: Change[] = [];
+  const merged: Buffer[] = [];
+  const giveBack = (): undefined => {
+    for (const b of merged) giveBlockBuffer(b);
+    return undefined;
+  };
   for (const p of pieces) {
-    if (disk.lock.isLocked(p.lbn)) return undefined;
+    if (disk.lock.isLocked(p.lbn)) return giveBack();
     const cur = disk.live.peek(p.lbn);
-    if (cur === undefined) return undefined;
+    if (cur === undefined) return giveBack();
     let preserve = false;
     if (L && cur) preserve = cur.epoch <= L.epoch;
     else if (L) {
       const held = disk.snapTable(L.id).peek(p.lbn);
-      if (held === undefined) return undefined;
+      if (held === undefined) return giveBack();
       preserve = held === null;
     }
     const data = src.subarray(p.bufOffset, p.bufOffset + p.length);
-    if (isZero(data)) return undefined;
+    if (isZero(data)) return giveBack();
     if (cur?.kind === 'data' && !preserve) inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
     else if (p.whole) changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block: data });
-    else return undefined;
+    else {
+      // A partial write into a block it does not own yet (a snapshot holds it, or none exists): the new
+      // block is the old content with this write merged in, copied once; the block's later writes then
+      // land in place. The old content must be readable now: a clone's hole reads its backing (async).
+      const block = mergeNow(ctx, disk, cur, p.offsetInBlock, data);
+      if (!block) return giveBack();
+      merged.push(block);
+      changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block });
+    }
   }
+  // Merged blocks stage more bytes than the request carries: the store must have room for all of them.
+  const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + c.block!.length, 0);
+  if (staged > src.length && !store.behindRoom(staged)) return giveBack();
   const reserved: number[] = [];
   try {
     for (const c of changes) {
@@ -162,6 +206,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     }
   } catch (e) {
     for (const pbn of reserved) ctx.pool.free(disk.blockSize, pbn);
+    giveBack();
     if (isVdiskError(e, 'NO_SPACE')) return undefined; // the async path drains the pipeline and retries
     throw e;
   }
@@ -170,7 +215,8 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const stageBehind = store.stageBehind.bind(store);
   const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock));
   const newWrites = changes.map((c) => stageBehind((c.next as { pbn: number }).pbn, c.block!));
-  for (const c of changes) c.block = undefined; // `block` was the caller's buffer: not kept past this call
+  for (const c of changes) c.block = undefined; // the caller's buffer or a merge buffer: not kept past this call
+  giveBack(); // stageBehind copied them
   later(() => {
     try {
       for (const w of inPlaceWrites) w().catch(() => undefined);

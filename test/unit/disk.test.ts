@@ -624,8 +624,11 @@ describe('synchronous fast paths (readViewNow / writeDiskNow)', () => {
     const hole = Buffer.alloc(64 * K, 0xee);
     expect(readViewNow(ctx, d, -1, 2 * 64 * K, hole)).toBe(64 * K);
     expect(hole.equals(Buffer.alloc(64 * K))).toBe(true);
-    // Declines: partial write needing a merge, zeros (may free a block), a locked block, a closed gate.
-    expect(writeDiskNow(ctx, d, 3 * 64 * K + 10, Buffer.alloc(100, 1))).toBeUndefined();
+    // A partial write into a hole merges with zeros without an await (a new block, written behind).
+    expect(writeDiskNow(ctx, d, 3 * 64 * K + 10, Buffer.alloc(100, 1))).toBe(100);
+    const merged = await read(reg, d, 3 * 64 * K, 64 * K);
+    expect(merged.equals(Buffer.concat([Buffer.alloc(10), Buffer.alloc(100, 1), Buffer.alloc(64 * K - 110)]))).toBe(true);
+    // Declines: zeros (may free a block), a locked block, a closed gate.
     expect(writeDiskNow(ctx, d, 0, Buffer.alloc(64 * K))).toBeUndefined();
     const release = await d.lock.acquire(1);
     expect(writeDiskNow(ctx, d, 64 * K, again.subarray(0, 64 * K))).toBeUndefined();
@@ -645,6 +648,71 @@ describe('synchronous fast paths (readViewNow / writeDiskNow)', () => {
     expect(n).toBe(128 * K);
     expect((await read(reg, d, 0, 128 * K)).equals(third)).toBe(true);
     expect((await read(reg, d, 0, 128 * K, 0)).equals(again)).toBe(true);
+    await reg.close();
+  });
+
+  it('a partial write into a block a snapshot holds copies the block once, without an await; the snapshot keeps the old content', async () => {
+    const { dir, reg } = await fresh();
+    await reg.create('p', 4 * M, 64 * K);
+    const d = reg.disk('p');
+    const ctx = reg.ctx;
+    const base = randomBytes(prng(21), 4 * 64 * K);
+    await writeDisk(ctx, d, 0, base);
+    await reg.sync(); // the blocks' writes are in the file: nothing busy
+    await createSnapshot(ctx, d, 's1');
+    const expectLive = Buffer.from(base);
+    // 8 KiB "pages" at odd places in blocks 0..3, one spanning blocks 1 and 2.
+    const writes: [number, Buffer][] = [
+      [8 * K, randomBytes(prng(22), 8 * K)],
+      [2 * 64 * K - 4 * K, randomBytes(prng(23), 8 * K)],
+      [3 * 64 * K + 56 * K, randomBytes(prng(24), 8 * K)],
+    ];
+    const used = (): number => {
+      const a = ctx.pool.allocator(64 * K);
+      let n = 0;
+      for (let pbn = 0; pbn < a.usedEnd(); pbn++) if (a.isUsed(pbn)) n++;
+      return n;
+    };
+    const usedBefore = used();
+    for (const [at, data] of writes) {
+      expect(writeDiskNow(ctx, d, at, data)).toBe(data.length);
+      data.copy(expectLive, at);
+      data.fill(0x5a); // the caller's buffer is free once the call returns
+    }
+    // A second page into a block this write already copied lands in place: no further block.
+    const more = randomBytes(prng(25), 8 * K);
+    const inPlaceAt = 3 * 64 * K + 8 * K;
+    expect(writeDiskNow(ctx, d, inPlaceAt, more) ?? (await writeDisk(ctx, d, inPlaceAt, more))).toBe(8 * K);
+    more.copy(expectLive, inPlaceAt);
+    await ctx.drain();
+    expect(used() - usedBefore).toBe(4); // blocks 0, 1, 2, 3 copied once each
+    expect((await read(reg, d, 0, 4 * 64 * K)).equals(expectLive)).toBe(true);
+    expect((await read(reg, d, 0, 4 * 64 * K, 0)).equals(base)).toBe(true);
+    // Durable and exact after a reopen.
+    await reg.sync();
+    await reg.close();
+    const again = await Registry.open({ dir });
+    expect((await read(again, again.disk('p'), 0, 4 * 64 * K)).equals(expectLive)).toBe(true);
+    expect((await read(again, again.disk('p'), 0, 4 * 64 * K, 0)).equals(base)).toBe(true);
+    await again.close();
+  });
+
+  it('a partial write into a clone\'s hole declines (its old content is the backing\'s, read asynchronously)', async () => {
+    const { reg } = await fresh();
+    await reg.create('o', 1 * M, 64 * K);
+    const o = reg.disk('o');
+    const base = randomBytes(prng(31), 64 * K);
+    await writeDisk(reg.ctx, o, 0, base);
+    await createSnapshot(reg.ctx, o, 's');
+    await cloneSnapshot(reg.ctx, o, 's', 'c');
+    const c = reg.disk('c');
+    await read(reg, c, 64 * K, 64 * K); // entries of the clone cached
+    await read(reg, c, 0, 64 * K);
+    expect(writeDiskNow(reg.ctx, c, 100, Buffer.alloc(10, 7))).toBeUndefined();
+    await writeDisk(reg.ctx, c, 100, Buffer.alloc(10, 7));
+    const want = Buffer.from(base);
+    want.fill(7, 100, 110);
+    expect((await read(reg, c, 0, 64 * K)).equals(want)).toBe(true);
     await reg.close();
   });
 });
