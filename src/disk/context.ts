@@ -180,6 +180,11 @@ export class Context {
    */
   private unsynced = true;
 
+  /** Nothing queued or being written, and nothing committed since the last synced batch: LevelDB has nothing to make durable. */
+  get settled(): boolean {
+    return !this.pumping && this.queue.length === 0 && !this.unsynced;
+  }
+
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
   /** `ready`: the pool writes the batch's entries point at (written behind); the batch waits for them. */

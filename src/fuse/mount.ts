@@ -247,6 +247,11 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     },
     fsync(path: string, _datasync: boolean, fd: number, cb: (err: number) => void) {
       const h = handles.get(fd);
+      try {
+        if (h?.fsyncNow?.()) return cb(0);
+      } catch (e) {
+        return cb(fail('fsync', path, e));
+      }
       const p = h?.fsync ? h.fsync() : reg.sync();
       p.then(() => cb(0), (e) => cb(fail('fsync', path, e)));
     },

@@ -36,6 +36,8 @@ export interface Handle {
   writeNow?(src: Buffer, pos: number, later: (work: () => void) => void): number | undefined;
   truncate?(size: number): Promise<void>;
   fsync?(): Promise<void>;
+  /** A synchronous attempt at fsync: true when done, false to call fsync() instead. */
+  fsyncNow?(): boolean;
   /** Called at every close(2) of a descriptor; its error is close's error (dd reports it). */
   flush?(): Promise<void>;
   release?(): Promise<void>;
@@ -177,6 +179,7 @@ export class Tree {
           },
           truncate: (size) => this.truncateDisk(name, size),
           fsync: () => this.reg.sync(),
+          fsyncNow: () => this.reg.syncNow(),
           release: async () => {
             if (released) return;
             released = true;

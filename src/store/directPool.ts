@@ -29,7 +29,7 @@
  * the reader); a staged write drops every chunk it overlaps, and no chunk is read over a busy pbn.
  */
 import { open, unlink, type FileHandle } from 'node:fs/promises';
-import { constants, readSync, writeSync, read as readCb, write as writeCb } from 'node:fs';
+import { constants, fdatasyncSync, readSync, writeSync, read as readCb, write as writeCb } from 'node:fs';
 import type { BlockStore } from './blockStore.js';
 import { trimFile } from './poolFile.js';
 
@@ -530,6 +530,34 @@ export class DirectPoolFileStore implements BlockStore {
     await this.drainWrites();
     if (this.failed) throw this.failed;
     await this.fh.datasync(); // O_DIRECT bypasses the page cache, not the device's write cache
+  }
+
+  syncNow(): boolean {
+    if (this.failed) throw this.failed;
+    const run = this.open;
+    for (const tail of this.inflight.values()) if (tail !== run?.done) return false;
+    // Every write the open run must follow has settled (each clears its tail when it does).
+    if (run) {
+      this.open = null;
+      if (run.timer) clearTimeout(run.timer);
+      run.timer = null;
+      let err: Error | null = null;
+      try {
+        for (const st of run.stretches) writeAllSync(this.fd, run.buf.subarray(st.mem, st.mem + st.len), st.pos);
+      } catch (e) {
+        err = e as Error;
+        this.failed ??= err;
+      }
+      for (const pbn of run.byPbn.keys()) this.clearTail(pbn, run.done);
+      this.giveRun(run.buf);
+      if (err) {
+        run.reject(err);
+        throw err;
+      }
+      run.resolve();
+    }
+    fdatasyncSync(this.fd);
+    return true;
   }
 
   async close(): Promise<void> {

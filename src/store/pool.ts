@@ -56,12 +56,12 @@ export class Pool {
     return p;
   }
 
-  /** The store for blockSize if it is open already (the synchronous fast paths never open one). */
   /** Every open store's completed writes are on the device (BlockStore.writesThrough). */
   writesThrough(): boolean {
     return [...this.stores.values()].every((s) => s.writesThrough === true);
   }
 
+  /** The store for blockSize if it is open already (the synchronous fast paths never open one). */
   storeNow(blockSize: number): BlockStore | undefined {
     return this.stores.get(blockSize);
   }
@@ -108,6 +108,17 @@ export class Pool {
 
   private discard(s: BlockStore, pbn: number): void {
     s.discard?.(pbn).catch((e: unknown) => log.warn({ err: e, pbn, blockSize: s.blockSize }, 'discarding a freed block failed; the open-time sweep will remove it'));
+  }
+
+  /**
+   * sync() on this thread, for fsync's fast path (BlockStore.syncNow): true once every store has flushed,
+   * false when one cannot now (a store still opening, one without syncNow, a write in flight); then sync().
+   */
+  syncNow(): boolean {
+    if (this.opening.size !== this.stores.size) return false;
+    const stores = [...this.stores.values()];
+    if (!stores.every((s) => s.syncNow)) return false;
+    return stores.every((s) => s.syncNow!());
   }
 
   async sync(): Promise<void> {

@@ -202,3 +202,32 @@ describe('with readahead', () => {
   });
 });
 });
+
+describe('DirectPoolFileStore.syncNow (fsync on the event loop)', () => {
+  it('writes what is staged and flushes when nothing is in flight, and declines while a write is', async () => {
+    const path = join(await tempDir(), 'pool.dat');
+    const store = (await KINDS[1]!.open(path)) as DirectPoolFileStore;
+    const { readFile } = await import('node:fs/promises');
+    try {
+      const a = Buffer.alloc(BS / 8, 0x5a);
+      const staged = store.stageBehind(3, a, BS / 4)();
+      expect(store.busy(3)).toBe(true);
+      expect(store.syncNow()).toBe(true);
+      expect(store.busy(3)).toBe(false);
+      await staged; // the staged write's promise settles as written
+      expect((await readFile(path)).subarray(3 * BS + BS / 4, 3 * BS + BS / 4 + a.length).equals(a)).toBe(true);
+
+      const inFlight = store.write(4, Buffer.alloc(BS, 7)); // the general path submits at once
+      expect(store.syncNow()).toBe(false);
+      await inFlight;
+      expect(store.syncNow()).toBe(true);
+
+      // A failed write: syncNow reports it as sync() does.
+      await (store as unknown as { fh: { close(): Promise<void> } }).fh.close();
+      await expect(store.write(5, Buffer.alloc(BS, 1))).rejects.toThrow();
+      expect(() => store.syncNow()).toThrow();
+    } finally {
+      await store.close().catch(() => undefined);
+    }
+  });
+});
