@@ -165,6 +165,8 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
   const changes: Change[] = [];
   const merged: Buffer[] = [];
+  /** Changes whose new block is copied behind from the old one (their `block` is this write's part only). */
+  const copies = new Map<Change, { from: number; offsetInBlock: number }>();
   const giveBack = (): undefined => {
     for (const b of merged) giveBlockBuffer(b);
     return undefined;
@@ -184,7 +186,15 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     if (isZero(data)) return giveBack();
     if (cur?.kind === 'data' && !preserve) inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
     else if (p.whole) changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block: data });
-    else {
+    else if (cur?.kind === 'data' && store.copyBehind && store.copyRoom?.()) {
+      // A partial write into a block a snapshot holds: the new block gets the old one's content by a copy
+      // behind (the store reads it off this thread, ordered before this write and every later one to the
+      // new block), so the answer does not wait for a read of the old block. Copied once; the block's
+      // later writes land in place.
+      const c: Change = { lbn: p.lbn, cur, next: undefined, preserve, block: data };
+      copies.set(c, { from: cur.pbn, offsetInBlock: p.offsetInBlock });
+      changes.push(c);
+    } else {
       // A partial write into a block it does not own yet (a snapshot holds it, or none exists): the new
       // block is the old content with this write merged in, copied once; the block's later writes then
       // land in place. The old content must be readable now: a clone's hole reads its backing (async).
@@ -214,7 +224,14 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   // references new blocks waits for their writes, and if one fails the batch fails and frees them.
   const stageBehind = store.stageBehind.bind(store);
   const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock));
-  const newWrites = changes.map((c) => stageBehind((c.next as { pbn: number }).pbn, c.block!));
+  const newWrites = changes.map((c) => {
+    const pbn = (c.next as { pbn: number }).pbn;
+    const cp = copies.get(c);
+    if (!cp) return stageBehind(pbn, c.block!);
+    const copied = store.copyBehind!(cp.from, pbn); // before the stage: the write is ordered after the copy
+    const written = stageBehind(pbn, c.block!, cp.offsetInBlock);
+    return () => Promise.all([copied, written()]).then(() => undefined);
+  });
   for (const c of changes) c.block = undefined; // the caller's buffer or a merge buffer: not kept past this call
   giveBack(); // stageBehind copied them
   later(() => {

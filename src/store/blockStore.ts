@@ -46,6 +46,13 @@ export interface BlockStore {
    * much more now (for one request).
    */
   stageBehind?(pbn: number, data: Buffer, offsetInBlock?: number): () => Promise<void>;
+  /**
+   * With stageBehind: copy block `from` into block `to` behind, after every write to `from` issued so far
+   * and before every write to `to` issued after the call (busy(to) meanwhile); copyRoom() says whether
+   * another copy may be started now.
+   */
+  copyBehind?(from: number, to: number): Promise<void>;
+  copyRoom?(): boolean;
   busy?(pbn: number): boolean;
   behindRoom?(bytes: number): boolean;
   /**

@@ -42,6 +42,8 @@ const CHUNKS = 6;
 /** Chunks kept read ahead of the furthest byte a sequential reader asked for. */
 const AHEAD = 3;
 const PARALLEL_SLOTS = 4;
+/** Block copies (copyBehind) in flight at most before the fast path declines (64 KiB blocks: 4 MiB). */
+const COPIES_AHEAD = 64;
 const PROBE_BYTES = 64 * 1024;
 
 const floorTo = (n: number, a: number): number => Math.floor(n / a) * a;
@@ -493,6 +495,53 @@ export class DirectPoolFileStore implements BlockStore {
       () => this.clearTail(pbn, p),
     );
     return p;
+  }
+
+  /**
+   * Copy block `from` into block `to` behind the caller's back: the copy reads `from` once every write to
+   * it issued so far has settled, and is ordered before every write to `to` issued after this call (it
+   * becomes `to`'s tail, which later stages and reads wait for). A partial write into a block a snapshot
+   * holds is then acknowledged without waiting for the old block to be read (disk/io.ts writeDiskNow).
+   */
+  copyBehind(from: number, to: number): Promise<void> {
+    const bs = this.blockSize;
+    this.dropChunks(to * bs, bs);
+    // The open run goes now if it holds a write to either block: a write staged to `to` after this call
+    // lands in a later run that waits for the copy, and the copy waits for `from`'s writes, so a run that
+    // held both would wait for itself.
+    if (this.open && (this.open.byPbn.has(from) || this.open.byPbn.has(to))) this.submit(this.open);
+    const prev = this.inflight.get(to);
+    const op = async (): Promise<void> => {
+      await this.settled(from);
+      if (this.failed) throw this.failed;
+      await this.withSlot(async (slot) => {
+        const part = slot.subarray(0, bs);
+        try {
+          await ioAll('read', this.fd, part, from * bs);
+          await ioAll('write', this.fd, part, to * bs);
+        } catch (e) {
+          this.failed ??= e as Error;
+          throw e;
+        }
+      });
+    };
+    const p = prev ? prev.then(op, op) : op();
+    this.copies++;
+    p.catch(() => undefined);
+    this.setTail(to, p);
+    const settle = (): void => {
+      this.copies--;
+      this.clearTail(to, p);
+    };
+    p.then(settle, settle);
+    return p;
+  }
+
+  /** Copies in flight (copyBehind): the fast path takes no more than COPIES_AHEAD at once. */
+  private copies = 0;
+
+  copyRoom(): boolean {
+    return this.failed === null && this.copies < COPIES_AHEAD;
   }
 
   /** The general path's write: staged like a write-behind and submitted at once; settles when written. */

@@ -231,3 +231,57 @@ describe('DirectPoolFileStore.syncNow (fsync on the event loop)', () => {
     }
   });
 });
+
+describe('DirectPoolFileStore.copyBehind (copy-on-write of a block, off the event loop)', () => {
+  it('copies the source as its earlier writes left it, before every later write to the target', async () => {
+    const store = (await KINDS[1]!.open(join(await tempDir(), 'pool.dat'))) as DirectPoolFileStore;
+    try {
+      const rnd = prng(7);
+      const a = randomBytes(rnd, BS);
+      store.writeSync(1, a);
+      store.writeSync(2, randomBytes(rnd, BS)); // stale bytes of the target: must all be replaced
+      // A write to the source still staged (in the open run) when the copy is asked for: the copy follows it.
+      const b = randomBytes(rnd, 8192);
+      const bDone = store.stageBehind(1, b, 16384)();
+      const copied = store.copyBehind(1, 2);
+      expect(store.busy(2)).toBe(true);
+      // Writes to the target issued after the copy land on top of it, aligned or not.
+      const c = randomBytes(rnd, 8192);
+      const cDone = store.stageBehind(2, c, 40960)();
+      const d = randomBytes(rnd, 1000);
+      const dDone = store.stageBehind(2, d, 3)();
+      await Promise.race([
+        Promise.all([bDone, copied, cDone, dDone]),
+        new Promise((_, rej) => setTimeout(() => rej(new Error('copyBehind and the writes around it did not settle')), 5000)),
+      ]);
+      expect(store.busy(2)).toBe(false);
+      const want = Buffer.from(a);
+      b.copy(want, 16384);
+      c.copy(want, 40960);
+      d.copy(want, 3);
+      const got = Buffer.alloc(BS);
+      await store.read(2, got);
+      expect(got.equals(want)).toBe(true);
+      const src = Buffer.alloc(BS);
+      await store.read(1, src);
+      b.copy(a, 16384);
+      expect(src.equals(a)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a read of the target waits for the copy', async () => {
+    const store = (await KINDS[1]!.open(join(await tempDir(), 'pool.dat'))) as DirectPoolFileStore;
+    try {
+      const a = randomBytes(prng(8), BS);
+      store.writeSync(5, a);
+      void store.copyBehind(5, 6);
+      const got = Buffer.alloc(BS);
+      await store.read(6, got);
+      expect(got.equals(a)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
