@@ -356,7 +356,8 @@ export async function ddRepeat ({ src, dst, chunkMiB, times, timeoutMs }) {
 
 /**
  * One fio job (psync, buffered). opts: { filename, rw ('randread'|'randwrite'|...), bs ('4k'), size ('1G'),
- * runtime (s) }. Returns { iops, MBps, latUsMean, raw } for the job's read or write side.
+ * runtime (s), extra (more fio arguments) }. Returns { iops, MBps, latUsMean, errors } for the job's read or write
+ * side, and job: fio's JSON for the job (latency percentiles, the sync section with --fsync).
  */
 export async function fio ({ filename, rw, bs = '4k', size = '1G', runtime = 15, extra = [] }) {
   const args = [
@@ -374,7 +375,8 @@ export async function fio ({ filename, rw, bs = '4k', size = '1G', runtime = 15,
     iops: side.iops,
     MBps: side.bw_bytes / 1e6,
     latUsMean: side.clat_ns ? side.clat_ns.mean / 1000 : null,
-    errors: job.error
+    errors: job.error,
+    job
   }
 }
 

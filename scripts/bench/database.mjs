@@ -1,0 +1,259 @@
+// Bench section "database": what a database or a VM on a disk sees, each figure against the same on a plain
+// file of the filesystem the store lives on, measured in the same run (vdiskfs and plain take turns, medians
+// of config.rounds):
+//   fsync    fio 8 KiB random overwrites, psync, --fsync=1 (each write followed by fsync), over a region
+//            written first (2 GiB; quick 128 MiB): IOPS and fsync latency p50/p99, disk file vs plain file
+//   cow      fio 8 KiB random writes (psync, buffered) over the same kind of region right after a new
+//            snapshot of the disk, against the same with no snapshot (the snapshot is deleted after each
+//            round, so every round starts from blocks the disk owns); plain file for scale
+//   pgbench  PostgreSQL on ext4 on a loop device over a 20 GiB (quick 4 GiB) vdiskfs disk, and over a plain
+//            sparse file of the same size: `pgbench -i -s 20` (quick 2) once each, then `pgbench -c 4 -j 2
+//            -T 60` (quick 10) per round; TPS ratio
+//   snaplat  snapshot creation (`snapshot` line to .vdisk/ctl, timed from this process) every 2 s during one
+//            more vdiskfs pgbench run, and 20 while idle: median, p99, max; the TPS of that run too
+// PostgreSQL runs as the `postgres` user (runuser); its directories are under the bench temp dir, which is
+// made traversable (0711) for it. Skipped parts say why in the notes (no pgbench, not root, no postgres user).
+import { chmod, mkdir, rm } from 'node:fs/promises'
+import path from 'node:path'
+import { MiB, ddRepeat, exists, fio, fmt, median, onCleanup, run, which } from './lib.mjs'
+import { mountVdiskfs } from './vdisk.mjs'
+
+const log = (s) => process.stderr.write(`   ${s}\n`)
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const pct = (xs, p) => {
+  if (!xs.length) return null
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]
+}
+const ratio = (a, b) => (a != null && b ? `${fmt(a / b, 2)}×` : '–')
+
+/** fio 8 KiB random writes; with fsync, the fsync latency percentiles (µs) from fio's JSON too. */
+async function fio8k (filename, sizeBytes, runtime, fsync) {
+  const r = await fio({ filename, rw: 'randwrite', bs: '8k', size: `${sizeBytes / MiB}M`, runtime, extra: fsync ? ['--fsync=1'] : [] })
+  const sync = r.job?.sync?.lat_ns
+  return {
+    iops: r.iops,
+    writeP50Us: r.job?.write?.clat_ns?.percentile?.['50.000000'] / 1000,
+    ...(fsync && sync?.N ? { syncP50Us: sync.percentile['50.000000'] / 1000, syncP99Us: sync.percentile['99.000000'] / 1000 } : {})
+  }
+}
+
+async function pgBinaries () {
+  const find = async (name) => (await which(name)) ?? ((await exists(`/usr/lib/postgresql/15/bin/${name}`)) ? `/usr/lib/postgresql/15/bin/${name}` : null)
+  const b = { initdb: await find('initdb'), pgCtl: await find('pg_ctl'), pgbench: await find('pgbench') }
+  if (!b.initdb || !b.pgCtl || !b.pgbench) return { skip: 'PostgreSQL (initdb, pg_ctl, pgbench) not installed: pgbench rows skipped' }
+  if (process.getuid?.() !== 0) return { skip: 'not root (loop devices, runuser): pgbench rows skipped' }
+  const id = await run('id', ['-u', 'postgres'], { check: false })
+  if (id.code !== 0) return { skip: 'no `postgres` user: pgbench rows skipped' }
+  return b
+}
+
+/**
+ * ext4 on a loop device over `image`, PostgreSQL in it on `port`. Returns { pgbench(args), stop() }.
+ * Every step registers its undo with onCleanup, so an abort at any point unwinds what was done.
+ */
+async function startPostgres (ctx, bins, name, image, port) {
+  const as = (cmd, args, opts = {}) => run('runuser', ['-u', 'postgres', '--', cmd, ...args], opts)
+  await run('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,lazy_itable_init=0,lazy_journal_init=0', image], { timeoutMs: 10 * 60_000 })
+  const loop = (await run('losetup', ['--find', '--show', image])).stdout.trim()
+  const detach = onCleanup(() => run('losetup', ['-d', loop], { check: false, duringCleanup: true }))
+  const mnt = path.join(ctx.dir, `pg-${name}`)
+  await mkdir(mnt, { recursive: true })
+  await run('mount', [loop, mnt])
+  const unmountExt4 = onCleanup(() => run('umount', ['-l', mnt], { check: false, duringCleanup: true }))
+  await run('chown', ['postgres:postgres', mnt])
+  await chmod(mnt, 0o700)
+  const data = path.join(mnt, 'data')
+  await as(bins.initdb, ['-D', data, '-A', 'trust', '-U', 'postgres'], { timeoutMs: 5 * 60_000 })
+  const stopPg = onCleanup(() => as(bins.pgCtl, ['-D', data, 'stop', '-m', 'immediate', '-w'], { check: false, duringCleanup: true, timeoutMs: 60_000 }))
+  await as(bins.pgCtl, ['-D', data, '-w', '-l', path.join(mnt, 'server.log'), '-o', `-p ${port} -k ${mnt} -c listen_addresses=''`, 'start'], { timeoutMs: 120_000 })
+  const pgbench = (args, timeoutMs = 30 * 60_000) => as(bins.pgbench, ['-h', mnt, '-p', String(port), ...args, 'postgres'], { timeoutMs })
+  return {
+    pgbench,
+    async stop () {
+      await stopPg()
+      await unmountExt4()
+      await detach()
+    }
+  }
+}
+
+/** TPS from pgbench's summary ("tps = 123.4 (without initial connection time)"). */
+function parseTps (out) {
+  const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out) ?? /tps = ([\d.]+)/.exec(out)
+  if (!m) throw new Error(`cannot parse pgbench output: ${out.slice(-500)}`)
+  return Number(m[1])
+}
+
+export const databaseSection = {
+  key: 'database',
+  title: 'Databases: fsync, small writes after a snapshot, pgbench, snapshots under load',
+  async run (ctx, res) {
+    const { config } = ctx
+    const quick = config.quick
+    const regionBytes = (quick ? 128 : 2048) * MiB
+    const chunkMiB = Math.min(config.seqMiB, regionBytes / MiB)
+    const fill = (dst) => ddRepeat({ src: ctx.src, dst, chunkMiB, times: regionBytes / MiB / chunkMiB, timeoutMs: config.ddTimeoutMs })
+    const runtime = config.fioRuntime
+    const rounds = config.rounds
+    const figures = { fsync: { plain: [], vdiskfs: [] }, cow: { plain: [], without: [], after: [] }, pgbench: { plain: [], vdiskfs: [] } }
+    const guard = async (key, fn) => {
+      try {
+        return await fn()
+      } catch (err) {
+        res.errors.push(`${key}: ${err.message}`)
+        log(`${key}: ERROR ${err.message.split('\n')[0]}`)
+        return null
+      }
+    }
+
+    await chmod(ctx.dir, 0o711) // PostgreSQL (user postgres) reaches its directories under it
+    const plainFile = path.join(ctx.dir, 'db-plain.bin')
+    const m = await mountVdiskfs(ctx, 'db')
+    if (m.skip) return { skipped: m.skip }
+    const pgs = []
+    try {
+      // ---- fsync and cow ---------------------------------------------------------------------------
+      await m.create('fs', `${2 * regionBytes / MiB}M`)
+      await m.create('cow', `${2 * regionBytes / MiB}M`)
+      log(`writing the ${regionBytes / MiB} MiB regions (plain file, disks fs and cow)...`)
+      await run('truncate', ['-s', String(2 * regionBytes), plainFile])
+      for (const f of [plainFile, m.diskFile('fs'), m.diskFile('cow')]) await fill(f)
+      for (let round = 1; round <= rounds; round++) {
+        log(`round ${round} of ${rounds}`)
+        await guard('fsync plain', async () => figures.fsync.plain.push(await fio8k(plainFile, regionBytes, runtime, true)))
+        await guard('fsync vdiskfs', async () => figures.fsync.vdiskfs.push(await fio8k(m.diskFile('fs'), regionBytes, runtime, true)))
+        const [p, v] = [figures.fsync.plain.at(-1), figures.fsync.vdiskfs.at(-1)]
+        if (p && v) log(`fsync=1 8K: plain ${fmt(p.iops)} IOPS p50 ${fmt(p.syncP50Us)} µs; vdiskfs ${fmt(v.iops)} IOPS p50 ${fmt(v.syncP50Us)} µs`)
+        await guard('cow plain', async () => figures.cow.plain.push(await fio8k(plainFile, regionBytes, runtime, false)))
+        await guard('cow without', async () => figures.cow.without.push(await fio8k(m.diskFile('cow'), regionBytes, runtime, false)))
+        await guard('cow after', async () => {
+          await m.snapshot('cow', `r${round}`)
+          try {
+            figures.cow.after.push(await fio8k(m.diskFile('cow'), regionBytes, runtime, false))
+          } finally {
+            await m.control(`delete-snapshot cow r${round}`)
+          }
+        })
+        const [w, a] = [figures.cow.without.at(-1), figures.cow.after.at(-1)]
+        if (w && a) log(`8K randwrite: without snapshot ${fmt(w.iops)} IOPS, after a new snapshot ${fmt(a.iops)} IOPS`)
+      }
+      await rm(plainFile, { force: true })
+      for (const d of ['fs', 'cow']) await m.control(`delete ${d}`)
+
+      const med = (xs, k) => xs.length ? median(xs.map((x) => x[k])) : null
+      const fp = { iops: med(figures.fsync.plain, 'iops'), p50: med(figures.fsync.plain, 'syncP50Us'), p99: med(figures.fsync.plain, 'syncP99Us'), w: med(figures.fsync.plain, 'writeP50Us') }
+      const fv = { iops: med(figures.fsync.vdiskfs, 'iops'), p50: med(figures.fsync.vdiskfs, 'syncP50Us'), p99: med(figures.fsync.vdiskfs, 'syncP99Us'), w: med(figures.fsync.vdiskfs, 'writeP50Us') }
+      res.tables.push({
+        title: `fio 8 KiB random overwrites with --fsync=1 (psync, ${regionBytes / MiB} MiB region, ${runtime} s; median of ${rounds})`,
+        headers: ['target', 'IOPS', 'write p50 µs', 'fsync p50 µs', 'fsync p99 µs', 'IOPS × plain', 'fsync p50 × plain', 'fsync p99 × plain'],
+        rows: [['plain file', fp, true], ['vdiskfs disk', fv, false]].map(([label, f, base]) => [label, fmt(f.iops), fmt(f.w), fmt(f.p50), fmt(f.p99),
+          base ? '1.00×' : ratio(f.iops, fp.iops), base ? '1.00×' : ratio(f.p50, fp.p50), base ? '1.00×' : ratio(f.p99, fp.p99)])
+      })
+      const cw = { plain: med(figures.cow.plain, 'iops'), without: med(figures.cow.without, 'iops'), after: med(figures.cow.after, 'iops') }
+      res.tables.push({
+        title: `fio 8 KiB random writes (psync, buffered, ${regionBytes / MiB} MiB region, ${runtime} s; median of ${rounds}), after a new snapshot vs without`,
+        headers: ['case', 'IOPS', '× without snapshot', '× plain file'],
+        rows: [['plain file', cw.plain], ['vdiskfs disk, no snapshot', cw.without], ['vdiskfs disk, right after a new snapshot', cw.after]]
+          .map(([label, v]) => [label, fmt(v), ratio(v, cw.without), ratio(v, cw.plain)])
+      })
+      res.figures.fsync = { plain: fp, vdiskfs: fv, p50Ratio: fp.p50 ? fv.p50 / fp.p50 : null, raw: figures.fsync }
+      res.figures.cow = { ...cw, afterToWithout: cw.without ? cw.after / cw.without : null, raw: figures.cow }
+
+      // ---- pgbench ---------------------------------------------------------------------------------
+      const bins = await pgBinaries()
+      if (bins.skip) {
+        res.notes.push(bins.skip)
+        return res
+      }
+      const pgBytes = (quick ? 4 : 20) * 1024 * MiB
+      const scale = quick ? 2 : 20
+      const seconds = quick ? 10 : 60
+      const plainImage = path.join(ctx.dir, 'pg-plain.img')
+      await run('truncate', ['-s', String(pgBytes), plainImage])
+      await m.create('pg', `${pgBytes / MiB}M`)
+      const targets = [
+        { key: 'plain', label: 'ext4 on a plain sparse file', image: plainImage, port: 5441 },
+        { key: 'vdiskfs', label: 'ext4 on a vdiskfs disk', image: m.diskFile('pg'), port: 5442 }
+      ]
+      const init = {}
+      for (const t of targets) {
+        log(`${t.label}: mkfs.ext4, initdb, pgbench -i -s ${scale}...`)
+        const pg = await guard(`pgbench setup ${t.key}`, () => startPostgres(ctx, bins, t.key, t.image, t.port))
+        if (!pg) continue
+        pgs.push(pg)
+        t.pg = pg
+        const r = await guard(`pgbench -i ${t.key}`, () => t.pg.pgbench(['-i', '-q', '-s', String(scale)]))
+        if (r) init[t.key] = r.seconds
+        else t.pg = null
+      }
+      const bench = (t) => guard(`pgbench ${t.key}`, async () => parseTps((await t.pg.pgbench(['-c', '4', '-j', '2', '-T', String(seconds)])).stdout))
+      for (let round = 1; round <= rounds; round++) {
+        for (const t of targets) {
+          if (!t.pg) continue
+          const tps = await bench(t)
+          if (tps != null) figures.pgbench[t.key].push(tps)
+          log(`pgbench round ${round}, ${t.label}: ${fmt(tps)} TPS`)
+        }
+      }
+      const [tp, tv] = [median(figures.pgbench.plain), median(figures.pgbench.vdiskfs)]
+      // ---- snapshots under that load, and idle ---------------------------------------------------------
+      const vd = targets[1]
+      let underLoad = []
+      let loadTps = null
+      const idle = []
+      if (vd.pg) {
+        log(`pgbench on vdiskfs with a snapshot every 2 s...`)
+        let done = false
+        const taker = (async () => {
+          await sleep(2000)
+          for (let i = 0; !done; i++) {
+            const t0 = process.hrtime.bigint()
+            await m.control(`snapshot pg load${i}`)
+            underLoad.push(Number(process.hrtime.bigint() - t0) / 1e6)
+            await sleep(2000)
+          }
+        })()
+        loadTps = await bench(vd)
+        done = true
+        await guard('snapshots under load', () => taker)
+        for (let i = 0; i < 20; i++) {
+          const t0 = process.hrtime.bigint()
+          await guard('idle snapshot', () => m.control(`snapshot pg idle${i}`))
+          idle.push(Number(process.hrtime.bigint() - t0) / 1e6)
+          await sleep(100)
+        }
+        for (let i = 0; i < underLoad.length; i++) await guard('delete snapshot', () => m.control(`delete-snapshot pg load${i}`))
+        for (let i = 0; i < 20; i++) await guard('delete snapshot', () => m.control(`delete-snapshot pg idle${i}`))
+        underLoad = underLoad.filter(Number.isFinite)
+      }
+      res.tables.push({
+        title: `pgbench on ext4 on a loop device (PostgreSQL defaults; -i -s ${scale}, then -c 4 -j 2 -T ${seconds}; median of ${rounds})`,
+        headers: ['target', 'pgbench -i s', 'TPS', 'TPS × plain'],
+        rows: [
+          [targets[0].label, fmt(init.plain, 1), fmt(tp), '1.00×'],
+          [targets[1].label, fmt(init.vdiskfs, 1), fmt(tv), ratio(tv, tp)],
+          ...(loadTps != null ? [[`${targets[1].label}, a snapshot every 2 s`, '', fmt(loadTps), ratio(loadTps, tp)]] : [])
+        ]
+      })
+      const dist = (xs) => ({ n: xs.length, median: median(xs), p99: pct(xs, 0.99), max: xs.length ? Math.max(...xs) : null })
+      const sl = { underLoad: dist(underLoad), idle: dist(idle) }
+      res.tables.push({
+        title: 'Snapshot creation (`snapshot` line to .vdisk/ctl, open + write + close timed from the bench process)',
+        headers: ['when', 'snapshots', 'median ms', 'p99 ms', 'max ms'],
+        rows: [['during pgbench (every 2 s)', sl.underLoad], ['idle (every 100 ms)', sl.idle]]
+          .map(([label, d]) => [label, String(d.n), fmt(d.median, 1), fmt(d.p99, 1), fmt(d.max, 1)])
+      })
+      res.figures.pgbench = { init, plainTps: tp, vdiskfsTps: tv, ratio: tp ? tv / tp : null, withSnapshotsTps: loadTps, raw: figures.pgbench }
+      res.figures.snapshotMs = { ...sl, raw: { underLoad, idle } }
+      res.figures.peakRssMiB = await m.server.peakRssMiB()
+      res.notes.push(`server peak RSS ${fmt(res.figures.peakRssMiB, 0)} MiB`)
+    } finally {
+      for (const pg of pgs) await pg.stop().catch((err) => res.errors.push(`postgres teardown: ${err.message}`))
+      await m.stop()
+      await rm(plainFile, { force: true })
+      await rm(path.join(ctx.dir, 'pg-plain.img'), { force: true })
+    }
+    return res
+  }
+}
