@@ -5,8 +5,8 @@
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
 import { openDb } from '../meta/db.js';
-import { DISK_PREFIX, SEQ_KEY, diskKey, historyKey } from '../meta/keys.js';
-import type { BlockStoreKind, DiskRecord, SeqRecord } from '../meta/records.js';
+import { DISK_PREFIX, HISTORY_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
+import type { BlockStoreKind, DiskRecord, HistoryRecord, SeqRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
 import { bottomFactory } from '../store/bottoms.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
@@ -208,12 +208,11 @@ export class Registry {
       const rec: DiskRecord = { ...d.rec, size };
       if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, first) };
       const b = d.rec.backing;
-      const origin = b ? this.ctx.diskById(b.diskId) : undefined;
-      const originIdx = origin && b ? origin.rec.snapshots.findIndex((x) => x.id === b.snapId) : -1;
-      if (b && L && origin && originIdx >= 0) {
+      const backing = this.ctx.backingOf(d);
+      if (b && L && backing) {
         // Blocks past the new end that the clone inherits change from backing data to zeros: the latest
         // snapshot must keep seeing the backing data, so it records them as `inherit`.
-        const inherited = await collectView(this.ctx, origin, originIdx);
+        const inherited = await collectView(this.ctx, backing.origin, backing.index);
         for (const lbn of inherited.lbns) {
           if (lbn < first || lbn >= b.limitBlocks) continue;
           if ((await d.live.get(lbn)) === undefined && (await needsPreserve(d, L, undefined, lbn))) {
@@ -234,13 +233,13 @@ export class Registry {
   async recordHistory(command: string, result: 'ok' | 'error', message?: string, code?: string): Promise<void> {
     const seq = this.ctx.seq.history;
     this.ctx.seq = { ...this.ctx.seq, history: seq + 1 };
-    const rec = { time: new Date().toISOString(), command, result, ...(message ? { message } : {}), ...(code ? { code } : {}) };
+    const rec: HistoryRecord = { time: new Date().toISOString(), command, result, ...(message ? { message } : {}), ...(code ? { code } : {}) };
     await this.ctx.commit([{ type: 'put', key: historyKey(seq), value: JSON.stringify(rec) }, this.ctx.seqOp()]);
   }
 
-  async history(limit = 1000): Promise<{ time: string; command: string; result: string; message?: string }[]> {
-    const out = [];
-    for await (const v of this.ctx.db.values({ gte: 'h!', lt: 'h!~', reverse: true, limit })) out.push(JSON.parse(v));
+  async history(limit = 1000): Promise<HistoryRecord[]> {
+    const out: HistoryRecord[] = [];
+    for await (const v of this.ctx.db.values({ gte: HISTORY_PREFIX, lt: prefixEnd(HISTORY_PREFIX), reverse: true, limit })) out.push(JSON.parse(v) as HistoryRecord);
     return out.reverse();
   }
 }

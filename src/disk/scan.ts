@@ -5,7 +5,7 @@
  * `vdiskfs check`.
  */
 import type { Context } from './context.js';
-import { decodeEntry, idOfTableKey } from '../meta/keys.js';
+import { LIVE_TABLES, SNAP_TABLES, decodeEntry, idOfTableKey, prefixEnd } from '../meta/keys.js';
 
 export interface ScanReport {
   entries: number;
@@ -29,11 +29,11 @@ export async function scanTables(ctx: Context): Promise<ScanReport> {
       d.held.set(s.id, 0);
     }
   }
-  for (const prefix of ['t!', 's!'] as const) {
-    for await (const [key, value] of ctx.db.iterator({ gte: prefix, lt: prefix + '~' })) {
+  for (const prefix of [LIVE_TABLES, SNAP_TABLES] as const) {
+    for await (const [key, value] of ctx.db.iterator({ gte: prefix, lt: prefixEnd(prefix) })) {
       report.entries++;
       const id = idOfTableKey(key);
-      const owner = prefix === 't!' ? liveOwner.get(id) : snapOwner.get(id);
+      const owner = prefix === LIVE_TABLES ? liveOwner.get(id) : snapOwner.get(id);
       if (!owner) {
         report.orphanTables.add(key.slice(0, 11));
         report.orphanEntries++;
@@ -50,7 +50,7 @@ export async function scanTables(ctx: Context): Promise<ScanReport> {
       report.dataBlocks++;
       if (!ctx.pool.allocator(owner.bs).mark(e.pbn)) report.doubleRefs.push({ key, pbn: e.pbn });
       const disk = ctx.disks.get(owner.name)!;
-      if (prefix === 't!') disk.allocated++;
+      if (prefix === LIVE_TABLES) disk.allocated++;
       else disk.held.set(id, (disk.held.get(id) ?? 0) + 1);
     }
   }

@@ -1,7 +1,7 @@
 /**
  * The tree the mount shows, as FUSE-agnostic nodes over the core: a path resolves to a directory (a list
- * of names) or a file (stat + open -> handle). Errors are the core's typed errors; ops.ts maps them to
- * errno. Rendered files (status, history) are rendered at open and served from that buffer.
+ * of names) or a file (stat + open -> handle). Errors are the core's typed errors; mount.ts maps them to
+ * errno (errno.ts). Rendered files (status, history) are rendered at open and served from that buffer.
  */
 import type { Registry } from '../disk/registry.js';
 import { discardRange, readView, readViewNow, writeDisk, writeDiskNow } from '../disk/io.js';
@@ -111,7 +111,7 @@ export class Tree {
       stat: () => ({ mode: RO, size: snap.size, blocks: ((d.held.get(snap.id) ?? 0) * d.blockSize) / 512, blksize: d.blockSize, mtime: new Date(snap.created) }),
       open: async (write) => {
         if (write) throw readOnly('snapshots are read-only');
-        d.snapOpen.set(snap.id, (d.snapOpen.get(snap.id) ?? 0) + 1);
+        d.pinSnapshots([snap.id]);
         let released = false;
         const index = () => d.rec.snapshots.findIndex((s) => s.id === snap.id);
         return {
@@ -133,7 +133,7 @@ export class Tree {
           release: async () => {
             if (released) return;
             released = true;
-            d.snapOpen.set(snap.id, (d.snapOpen.get(snap.id) ?? 1) - 1);
+            d.unpinSnapshots([snap.id]);
           },
         };
       },

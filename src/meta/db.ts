@@ -101,7 +101,3 @@ export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind } 
   return { db, blockStore: recorded };
 }
 
-export async function getOne(db: Db, key: string): Promise<string | undefined> {
-  const [v] = await db.getMany([key]);
-  return v;
-}

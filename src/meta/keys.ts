@@ -21,22 +21,23 @@ const hex = (n: number, width: number): string => n.toString(16).padStart(width,
 export const diskKey = (name: string): string => `disk!${name}`;
 export const DISK_PREFIX = 'disk!';
 
-/** Live allocation table of a disk: t!<diskId:8>!<lbn:12>. */
-export const liveKey = (diskId: number, lbn: number): string => `t!${hex(diskId, 8)}!${hex(lbn, 12)}`;
-export const livePrefix = (diskId: number): string => `t!${hex(diskId, 8)}!`;
-/** Blocks a snapshot preserved (its own table): s!<snapId:8>!<lbn:12>. */
-export const snapKey = (snapId: number, lbn: number): string => `s!${hex(snapId, 8)}!${hex(lbn, 12)}`;
-export const snapPrefix = (snapId: number): string => `s!${hex(snapId, 8)}!`;
-export const historyKey = (seq: number): string => `h!${hex(seq, 12)}`;
+/** Live allocation tables (one per disk): t!<diskId:8>!<lbn:12>. */
+export const LIVE_TABLES = 't!';
+/** Snapshot tables (the blocks a snapshot preserved): s!<snapId:8>!<lbn:12>. */
+export const SNAP_TABLES = 's!';
+export const livePrefix = (diskId: number): string => `${LIVE_TABLES}${hex(diskId, 8)}!`;
+export const snapPrefix = (snapId: number): string => `${SNAP_TABLES}${hex(snapId, 8)}!`;
+/** The key of block lbn in the table with this prefix (livePrefix, snapPrefix). */
+export const tableKey = (prefix: string, lbn: number): string => prefix + hex(lbn, 12);
 export const HISTORY_PREFIX = 'h!';
+export const historyKey = (seq: number): string => `${HISTORY_PREFIX}${hex(seq, 12)}`;
 
 /**
  * Block data of the LevelDB bottom (LevelBlockStore): b!<blockSize:8>!<pbn:12>, value the block's bytes.
  * The block size is in the key because pbns are numbered per block size, like the pool files.
  */
 export const BLOCK_PREFIX = 'b!';
-export const blockKey = (blockSize: number, pbn: number): string => `b!${hex(blockSize, 8)}!${hex(pbn, 12)}`;
-export const blockPrefix = (blockSize: number): string => `b!${hex(blockSize, 8)}!`;
+export const blockKey = (blockSize: number, pbn: number): string => `${BLOCK_PREFIX}${hex(blockSize, 8)}!${hex(pbn, 12)}`;
 
 /** The block size and pbn of a block key, or undefined if the key is not one. */
 export function parseBlockKey(key: string): { blockSize: number; pbn: number } | undefined {

@@ -8,7 +8,7 @@
  * block of the same table discards its neighbours (generation check).
  */
 import type { Db } from './db.js';
-import { decodeEntry, encodeEntry, lbnOfKey, prefixEnd, type Entry } from './keys.js';
+import { decodeEntry, encodeEntry, lbnOfKey, prefixEnd, tableKey, type Entry } from './keys.js';
 
 const PREFETCH = 256;
 
@@ -70,7 +70,7 @@ export class Table {
   ) {}
 
   key(lbn: number): string {
-    return this.prefix + lbn.toString(16).padStart(12, '0');
+    return tableKey(this.prefix, lbn);
   }
 
   /** Prefetches in flight: a get inside one waits for it instead of reading the same run again. */
