@@ -56,8 +56,7 @@ export async function checkStore(dir: string, opts: { repair?: boolean } = {}): 
       if (d.rec.id >= ctx.seq.disk) r.errors.push(`disk ${d.rec.name}: id ${d.rec.id} not below the sequence ${ctx.seq.disk}`);
       const b = d.rec.backing;
       if (b) {
-        const o = ctx.diskById(b.diskId);
-        if (!o || !o.rec.snapshots.some((s) => s.id === b.snapId)) r.errors.push(`clone ${d.rec.name}: its backing snapshot (disk ${b.diskId}, snapshot ${b.snapId}) is missing`);
+        if (!ctx.backingOf(d)) r.errors.push(`clone ${d.rec.name}: its backing snapshot (disk ${b.diskId}, snapshot ${b.snapId}) is missing`);
       }
     }
     const sizes = new Set([...ctx.disks.values()].map((d) => d.blockSize));

@@ -28,9 +28,8 @@ export function storeStatus(reg: Registry): StoreStatus {
     const b = d.rec.backing;
     let clonedFrom: string | undefined;
     if (b) {
-      const o = ctx.diskById(b.diskId);
-      const s = o?.rec.snapshots.find((x) => x.id === b.snapId);
-      clonedFrom = o && s ? `${o.rec.name}@${s.name}` : 'unknown';
+      const o = ctx.backingOf(d);
+      clonedFrom = o ? `${o.origin.rec.name}@${o.snap.name}` : 'unknown';
     }
     return {
       name,

@@ -86,6 +86,15 @@ export class DiskState {
     return this.rec.blockSize;
   }
 
+  /** Hold snapshots open (their files or images are being read): they cannot be deleted meanwhile. */
+  pinSnapshots(ids: Iterable<number>): void {
+    for (const id of ids) this.snapOpen.set(id, (this.snapOpen.get(id) ?? 0) + 1);
+  }
+
+  unpinSnapshots(ids: Iterable<number>): void {
+    for (const id of ids) this.snapOpen.set(id, (this.snapOpen.get(id) ?? 1) - 1);
+  }
+
   isOpen(): boolean {
     return this.openCount > 0;
   }
@@ -114,6 +123,18 @@ export class Context {
   diskById(id: number): DiskState | undefined {
     for (const d of this.disks.values()) if (d.rec.id === id) return d;
     return undefined;
+  }
+
+  /**
+   * A clone's backing snapshot: the origin disk, the snapshot's index in it and its record; undefined for
+   * a disk that is not a clone, or whose backing is missing (which check reports as an error).
+   */
+  backingOf(disk: DiskState): { origin: DiskState; index: number; snap: SnapshotRecord } | undefined {
+    const b = disk.rec.backing;
+    if (!b) return undefined;
+    const origin = this.diskById(b.diskId);
+    const index = origin ? origin.rec.snapshots.findIndex((s) => s.id === b.snapId) : -1;
+    return origin && index >= 0 ? { origin, index, snap: origin.rec.snapshots[index]! } : undefined;
   }
 
   recordOp(rec: DiskRecord): BatchOp {

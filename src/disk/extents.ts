@@ -31,9 +31,8 @@ async function* mapped(ctx: Context, disk: DiskState, snapIndex: number, from: n
   const b = disk.rec.backing;
   if (b) {
     limit = snapIndex >= 0 ? (snaps[snapIndex]!.backingBlocks ?? b.limitBlocks) : b.limitBlocks;
-    const origin = ctx.diskById(b.diskId);
-    const idx = origin ? origin.rec.snapshots.findIndex((s) => s.id === b.snapId) : -1;
-    if (origin && idx >= 0 && from < limit) backing = mapped(ctx, origin, idx, from);
+    const o = ctx.backingOf(disk);
+    if (o && from < limit) backing = mapped(ctx, o.origin, o.index, from);
   }
   try {
     const heads: ([number, Entry] | null)[] = [];

@@ -319,11 +319,10 @@ export async function discardRange(ctx: Context, disk: DiskState, offset: number
       if (changes.length >= DISCARD_BATCH) await flush();
     }
     // A clone's holes read its backing: where the backing has data, they get a `zero` entry too.
-    const origin = b ? ctx.diskById(b.diskId) : undefined;
-    const originIdx = origin && b ? origin.rec.snapshots.findIndex((x) => x.id === b.snapId) : -1;
-    if (b && origin && originIdx >= 0 && first < b.limitBlocks) {
+    const backing = ctx.backingOf(disk);
+    if (b && backing && first < b.limitBlocks) {
       await flush();
-      for (const lbn of (await collectView(ctx, origin, originIdx)).lbns) {
+      for (const lbn of (await collectView(ctx, backing.origin, backing.index)).lbns) {
         if (lbn < first || lbn >= stop || lbn >= b.limitBlocks || seen.has(lbn)) continue;
         if ((await disk.live.get(lbn)) !== undefined) continue;
         changes.push({ lbn, cur: undefined, next, preserve: await needsPreserve(disk, L, undefined, lbn) });

@@ -37,10 +37,9 @@ export async function resolve(ctx: Context, disk: DiskState, snapIndex: number, 
   if (e?.kind === 'zero') return ZERO;
   const b = disk.rec.backing;
   if (!b || lbn >= backingLimit(disk, snapIndex)) return ZERO;
-  const origin = ctx.diskById(b.diskId);
-  if (!origin) return ZERO;
-  const idx = origin.rec.snapshots.findIndex((s) => s.id === b.snapId);
-  if (idx < 0) return ZERO;
+  const o = ctx.backingOf(disk);
+  if (!o) return ZERO;
+  const { origin, index: idx } = o;
   const release = await origin.lock.acquire(lbn);
   try {
     return await resolve(ctx, origin, idx, lbn);

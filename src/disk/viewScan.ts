@@ -40,9 +40,8 @@ function openSources(ctx: Context, disk: DiskState, snapIndex: number): { source
   let limit = 0;
   if (b) {
     limit = snapIndex >= 0 ? (snaps[snapIndex]!.backingBlocks ?? b.limitBlocks) : b.limitBlocks;
-    const origin = ctx.diskById(b.diskId);
-    const idx = origin ? origin.rec.snapshots.findIndex((s) => s.id === b.snapId) : -1;
-    if (origin && idx >= 0) backing = merge(openSources(ctx, origin, idx));
+    const o = ctx.backingOf(disk);
+    if (o) backing = merge(openSources(ctx, o.origin, o.index));
   }
   return { sources, ...(backing ? { backing } : {}), limit, blocks: blocksFor(size, disk.blockSize) };
 }

@@ -38,12 +38,12 @@ export function installSections(tree: Tree, reg: Registry): void {
       open: async (write) => {
         if (write) throw readOnly('backup images are read-only');
         const ids = [snap.id, ...(t.baseIndex !== undefined ? [t.disk.rec.snapshots[t.baseIndex]!.id] : [])];
-        for (const id of ids) t.disk.snapOpen.set(id, (t.disk.snapOpen.get(id) ?? 0) + 1);
+        t.disk.pinSnapshots(ids);
         let producer;
         try {
           producer = await producerFor(ctx, t);
         } catch (e) {
-          for (const id of ids) t.disk.snapOpen.set(id, (t.disk.snapOpen.get(id) ?? 1) - 1);
+          t.disk.unpinSnapshots(ids);
           throw e;
         }
         const p = producer;
@@ -54,7 +54,7 @@ export function installSections(tree: Tree, reg: Registry): void {
           release: async () => {
             if (released) return;
             released = true;
-            for (const id of ids) t.disk.snapOpen.set(id, (t.disk.snapOpen.get(id) ?? 1) - 1);
+            t.disk.unpinSnapshots(ids);
           },
         } satisfies Handle;
       },
