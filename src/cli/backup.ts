@@ -12,6 +12,7 @@ import { storeDir } from './storeDir.js';
 import { BLOCK_STORE_HELP, checkMountedBlockStore, withRegistry, type StoreOptions } from './offline.js';
 import { parseBlockStore, readMountInfo } from '../meta/db.js';
 import { isVdiskError, invalid, VdiskError } from '../errors.js';
+import { errorFromErrno } from './exit.js';
 import { findTarget, producerFor } from '../image/snapshotImage.js';
 import { restoreRecorded, type RestoreTarget } from '../restore/restore.js';
 import { verifyImage, inspectImage, formatInspection, type ImageSource } from '../image/index.js';
@@ -164,7 +165,7 @@ export function registerBackupCommands(program: Command): void {
       if (vdisk) {
         const file = o.since ? join(vdisk, 'deltas', disk, `${o.since}..${snap}`) : join(vdisk, 'copies', disk, snap);
         const size = await stat(file).then((st) => st.size, (e: NodeJS.ErrnoException) => {
-          throw new VdiskError(e.code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `no image ${ref}${o.since ? ` since ${o.since}` : ''} on the mount (${e.code})`);
+          throw errorFromErrno(e.code, `no image ${ref}${o.since ? ` since ${o.since}` : ''} on the mount (${e.code})`);
         });
         await writeEach(counted(fileChunks(file), 'backup', size), out);
         return;
@@ -209,7 +210,7 @@ export function registerBackupCommands(program: Command): void {
           if (isVdiskError(e)) throw e;
           const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
           const reason = (await restoreReason(vdisk, target, started)) ?? `the reason is in ${join(dir, 'vdiskfs.log')}`;
-          throw new VdiskError(code === 'ENOSPC' ? 'NO_SPACE' : code === 'EINVAL' ? 'INVALID' : code === 'EBUSY' ? 'BUSY' : 'CORRUPT', `restore through the mount failed (${code}): ${reason}`);
+          throw errorFromErrno(code, `restore through the mount failed (${code}): ${reason}`, 'CORRUPT');
         }
         console.log(`restored ${target.name}`);
         return;

@@ -1,7 +1,10 @@
 /** The one place typed errors become exit codes and messages on stderr. */
-import { errorCode, errorMessage } from '../errors.js';
+import { errorCode, errorMessage, VdiskError, type ErrorCode } from '../errors.js';
 
 const CODES: Record<string, number> = { INVALID: 2, NOT_FOUND: 3, EXISTS: 4, BUSY: 5, LOCKED: 5, NO_SPACE: 6, CORRUPT: 7, READ_ONLY: 8 };
+
+/** `vdiskfs check`'s own exit codes, as qemu-img check's. */
+export const CHECK_EXIT = { CLEAN: 0, NOT_COMPLETED: 1, ERRORS: 2, LEAKS: 3 } as const;
 
 export function exitCodeOf(e: unknown): number {
   const code = errorCode(e);
@@ -11,4 +14,15 @@ export function exitCodeOf(e: unknown): number {
 export function die(e: unknown): never {
   process.stderr.write(`vdiskfs: ${errorMessage(e)}\n`);
   process.exit(exitCodeOf(e));
+}
+
+/**
+ * An errno from a call into the mount (a control or image file), as the typed error the daemon raised: the
+ * inverse of src/fuse/errno.ts. EIO stands for more than one (IO, CORRUPT): `otherwise` says which the
+ * caller means, and is taken for any errno not listed.
+ */
+const FROM_ERRNO: Record<string, ErrorCode> = { EINVAL: 'INVALID', ENOENT: 'NOT_FOUND', EEXIST: 'EXISTS', EBUSY: 'BUSY', ENOSPC: 'NO_SPACE', EROFS: 'READ_ONLY' };
+
+export function errorFromErrno(errno: string | undefined, message: string, otherwise: ErrorCode = 'IO'): VdiskError {
+  return new VdiskError((errno !== undefined ? FROM_ERRNO[errno] : undefined) ?? otherwise, message);
 }

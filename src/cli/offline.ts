@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { Registry } from '../disk/registry.js';
 import { blockStoreMismatch, readMountInfo } from '../meta/db.js';
 import type { BlockStoreKind } from '../meta/records.js';
-import { isVdiskError, VdiskError, type ErrorCode } from '../errors.js';
+import { isVdiskError } from '../errors.js';
+import { errorFromErrno } from './exit.js';
 import { runLine } from '../control/commands.js';
 import type { StoreStatus } from '../control/status.js';
 
@@ -29,8 +30,6 @@ export async function withRegistry<T>(dir: string, fn: (reg: Registry) => Promis
     await reg.close();
   }
 }
-
-const ERRNO_CODES: Record<string, ErrorCode> = { EINVAL: 'INVALID', ENOENT: 'NOT_FOUND', EEXIST: 'EXISTS', EBUSY: 'BUSY', ENOSPC: 'NO_SPACE', EROFS: 'READ_ONLY', EIO: 'IO' };
 
 /**
  * A --block-store given for a store that a daemon serves: the mount's status.json says which bottom the
@@ -60,7 +59,7 @@ export async function runControl(dir: string, line: string, opts: StoreOptions =
       const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
       const hist = await readFile(join(vdisk, 'history'), 'utf8').catch(() => '');
       const last = hist.trimEnd().split('\n').pop()?.split('\t')[3];
-      throw new VdiskError(ERRNO_CODES[code] ?? 'IO', last ?? `${code} from ${info.mountpoint}`);
+      throw errorFromErrno(code, last ?? `${code} from ${info.mountpoint}`);
     }
   }
 }

@@ -183,9 +183,9 @@ describe('crash rounds: SIGKILL while two writers fsync records', () => {
         // No errors ever. A leak is possible and allowed: pool writes in flight at the kill can extend
         // a pool file past the last block the committed tables reference (nothing but `check --repair`
         // gives that space back). It must be exactly that kind of leak, and repair must clear it.
-        expect(c.code, `seed ${SEED} round ${round}: check after the crash:\n${c.stdout}${c.stderr}`).not.toBe(1);
+        expect([0, 3], `seed ${SEED} round ${round}: check after the crash (exit ${c.code}):\n${c.stdout}${c.stderr}`).toContain(c.code);
         expect(c.stdout).toMatch(/^0 errors/m);
-        if (c.code === 2) {
+        if (c.code === 3) {
           leakRounds++;
           const leaks = c.stdout.split('\n').filter((l) => l.startsWith('LEAK:'));
           for (const l of leaks) expect(l, `seed ${SEED} round ${round}`).toMatch(/^LEAK: pool-\d+\.dat: \d+ bytes past the last referenced block$/);
@@ -235,7 +235,7 @@ describe('two daemons on one store', () => {
       expect(await isMountpoint(a.mp)).toBe(true);
       // The offline CLI is refused too (it would be a second opener), pointing at the mount.
       const chk = await vdiskfs(['check', '--store', a.store]);
-      expect(chk.code).not.toBe(0);
+      expect(chk.code).toBe(1); // the check could not be completed
       expect(chk.stderr).toMatch(/in use|locked|mounted/i);
       // The first daemon is alive and unchanged.
       expect(isAlive(a.pid!)).toBe(true);
@@ -318,7 +318,7 @@ describe('bad input: a clear errno, the daemon alive, nothing changed', () => {
     }
   });
 
-  // BUG: the ctl node (src/fuse/nodes.ts ctlNode) parses every FUSE write on its own, but the kernel
+  // Fixed bug, kept as a regression test: the ctl node (src/fuse/nodes.ts ctlNode) parses every FUSE write on its own, but the kernel
   // splits one write(2) larger than max_write (128 KiB) into several FUSE writes, and `cat script > ctl`
   // writes in 128 KiB pieces anyway: a line that straddles a piece boundary is cut in two ("snapsho" +
   // "t d s7776"), fails with EINVAL, and every command before it in the same write(2) has already been
@@ -514,7 +514,7 @@ describe('bad input: a clear errno, the daemon alive, nothing changed', () => {
     await stop(m);
     // Deleting leaves pool-file space past the last used block: a leak (exit 2) is fine, an error is not.
     const chk = await vdiskfs(['check', '--store', m.store]);
-    expect(chk.code, chk.stdout).not.toBe(1);
+    expect([0, 3], chk.stdout).toContain(chk.code);
     expect(chk.stdout).toMatch(/^0 errors/m);
     await m.mount();
     await expectUnchanged('the failed and the good import');
