@@ -136,7 +136,7 @@ describe('damaged images', () => {
     expect((await m.status()).disks.map((d) => d.name)).not.toContain('bad2');
   });
 
-  // BUG: through the mount, `vdiskfs restore EMPTYFILE --as x` (or `... restore - --as x < /dev/null`) prints
+  // Fixed bug, kept as a regression test: through the mount, `vdiskfs restore EMPTYFILE --as x` (or `... restore - --as x < /dev/null`) prints
   // "restored x" and exits 0, but no disk x exists (nothing was written to import/x, so the FUSE file never
   // saw an image). Offline the same command correctly fails (exit 7, "truncated: input ends at byte 0").
   it('through the mount: the CLI restore of an empty input fails', async () => {

@@ -631,7 +631,7 @@ describe('core', () => {
     }
   });
 
-  // BUG (src/fuse/nodes.ts, Tree.rendered): status/status.json/history are served from a buffer rendered
+  // Fixed bug, kept as a regression test (src/fuse/nodes.ts, Tree.rendered): status/status.json/history are served from a buffer rendered
   // at open, but the kernel limits reads to the st_size it got from an earlier getattr. When a control
   // command runs between the two (generation bump), the reader gets the new content cut at the old size:
   // truncated, unparsable JSON. Repro: one process loops `create dN 1M` / `delete dN-1` on ctl while
@@ -676,7 +676,7 @@ describe('core', () => {
     for (const d of (await m.status()).disks) if (d.name.startsWith('race')) await m.ctlOk(`delete ${d.name}`);
   });
 
-  // BUG (src/control/commands.ts, runLine): a successful command is recorded in the history verbatim, so a
+  // Fixed bug, kept as a regression test (src/control/commands.ts, runLine): a successful command is recorded in the history verbatim, so a
   // command whose words are separated by a TAB (accepted: words split on \s+) breaks the tab-separated
   // format (time, result, command, message): `printf 'create\ttabbed 1M\n' > ctl` gives a history line with
   // 5 fields, command "create". (Failed commands have control characters replaced by '?'.)

@@ -161,7 +161,7 @@ describe('concurrency', () => {
 });
 
 describe('resize racing writes', () => {
-  // BUG: Registry.resize zeroes the tail of the new last block with writeDisk() *before* it enters the
+  // Fixed bug, kept as a regression test: Registry.resize zeroes the tail of the new last block with writeDisk() *before* it enters the
   // gate; a write issued meanwhile (still inside the old size) lands in that tail after the zeroing, and
   // the shrink keeps the partial block as is. Growing again then shows that data past the old end.
   it('a shrink leaves the tail of the new last block zero even with a write racing it', async () => {
@@ -175,7 +175,7 @@ describe('resize racing writes', () => {
     expect(d.rec.size).toBe(5120);
     await reg.resize('d', 64 * K);
     const b = await readAll(reg, 'd');
-    expect(b.subarray(5120).every((x) => x === 0)).toBe(true); // bytes 6000..6099 are 7 today
+    expect(b.subarray(5120).every((x) => x === 0)).toBe(true); // bytes 6000..6099 were 7 before the fix
     await reg.close();
   });
 });

@@ -45,7 +45,7 @@ describe('concurrent control commands', () => {
     await reg.close();
   });
 
-  // BUG: deleteSnapshot computes the snapshot's index k before gate.exclusively and uses
+  // Fixed bug, kept as a regression test: deleteSnapshot computes the snapshot's index k before gate.exclusively and uses
   // snapshots[k-1] as "older" inside it. If an older snapshot is deleted meanwhile, k is stale: deleting c
   // of [a,b,c] after a was removed takes snapshots[1] = c itself as "older", frees c's preserved blocks
   // instead of moving them to b, and b silently reads the live data (2) instead of its own (1).
@@ -54,22 +54,22 @@ describe('concurrent control commands', () => {
     await history(reg, [[1, 'a'], [null, 'b'], [null, 'c']], 2); // only c's table holds block 0 (=1)
     await Promise.all([runLine(reg, 'delete-snapshot d a'), runLine(reg, 'delete-snapshot d c')]);
     expect(reg.disk('d').rec.snapshots.map((s) => s.name)).toEqual(['b']);
-    expect(await byte0(reg, 'd', 0)).toBe(1); // 2 today
+    expect(await byte0(reg, 'd', 0)).toBe(1); // 2 before the fix
     await reg.close();
   });
 
-  // BUG: rollback also resolves the index before the gate; with an older snapshot deleted meanwhile,
+  // Fixed bug, kept as a regression test: rollback also resolves the index before the gate; with an older snapshot deleted meanwhile,
   // changedSince(d, staleK) is empty and "rolled d back to c" is reported while nothing was rolled back.
   it('rollback racing delete-snapshot of an older snapshot still rolls back to the named snapshot', async () => {
     const reg = await setup();
     await history(reg, [[1, 'a'], [2, 'b'], [3, 'c']], 4);
     const r = await Promise.allSettled([runLine(reg, 'delete-snapshot d a'), runLine(reg, 'rollback d c')]);
     expect(r[1]!.status).toBe('fulfilled');
-    expect(await byte0(reg, 'd')).toBe(3); // 4 today
+    expect(await byte0(reg, 'd')).toBe(3); // 4 before the fix
     await reg.close();
   });
 
-  // BUG: deleteSnapshot checks for dependent clones before the gate; cloneSnapshot takes no lock. Both
+  // Fixed bug, kept as a regression test: deleteSnapshot checks for dependent clones before the gate; cloneSnapshot takes no lock. Both
   // succeed: the clone's backing snapshot is gone and the clone silently reads zeros.
   it('clone racing delete-snapshot of the same snapshot: one of them fails, the clone never loses data', async () => {
     const reg = await setup();
@@ -77,28 +77,28 @@ describe('concurrent control commands', () => {
     const r = await Promise.allSettled([runLine(reg, 'delete-snapshot d t'), runLine(reg, 'clone d t c')]);
     const cloned = r[1]!.status === 'fulfilled';
     const deleted = r[0]!.status === 'fulfilled';
-    expect(cloned && deleted).toBe(false); // both succeed today
+    expect(cloned && deleted).toBe(false); // both succeeded before the fix
     if (cloned) expect(await byte0(reg, 'c')).toBe(1);
     await reg.close();
   });
 
-  // BUG: same for deleting the whole disk: `delete d -r` checks clonesOf before the gate.
+  // Fixed bug, kept as a regression test: same for deleting the whole disk: `delete d -r` checks clonesOf before the gate.
   it('clone racing delete -r of its origin: one of them fails', async () => {
     const reg = await setup();
     await history(reg, [[1, 't']], 2);
     const r = await Promise.allSettled([runLine(reg, 'delete d -r'), runLine(reg, 'clone d t c')]);
-    expect(r.every((x) => x.status === 'fulfilled')).toBe(false); // both succeed today; c then reads zeros
+    expect(r.every((x) => x.status === 'fulfilled')).toBe(false); // both succeeded before the fix; c then reads zeros
     await reg.close();
   });
 
-  // BUG: the EXISTS checks run before an await (the commit), so the same name can be taken twice:
+  // Fixed bug, kept as a regression test: the EXISTS checks run before an await (the commit), so the same name can be taken twice:
   // two snapshots named `s` (persisted; the second is unreachable by name), and for create/clone the
   // second record silently replaces the first that was already reported as created.
   it('two concurrent snapshots with the same name: one fails with EXISTS', async () => {
     const reg = await setup();
     const r = await Promise.allSettled([runLine(reg, 'snapshot d s'), runLine(reg, 'snapshot d s')]);
     expect(r.map((x) => x.status).sort()).toEqual(['fulfilled', 'rejected']);
-    expect(reg.disk('d').rec.snapshots.map((s) => s.name)).toEqual(['s']); // ['s', 's'] today
+    expect(reg.disk('d').rec.snapshots.map((s) => s.name)).toEqual(['s']); // ['s', 's'] before the fix
     await reg.close();
   });
 

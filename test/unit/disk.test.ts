@@ -182,7 +182,7 @@ describe.each(['file', 'leveldb'] as const)('block store %s', (bottom) => {
       await reg.close();
     });
 
-    // BUG (minor): readView does not validate its offset like writeDisk does: a negative offset reads
+    // Fixed bug, kept as a regression test (minor): readView does not validate its offset like writeDisk does: a negative offset reads
     // "before the disk" as zeros and returns a full count, a fractional one escapes as Node's
     // ERR_OUT_OF_RANGE instead of a VdiskError (errors.ts: "the core throws only these").
     it('readView refuses a negative or fractional offset with INVALID', async () => {
@@ -190,8 +190,8 @@ describe.each(['file', 'leveldb'] as const)('block store %s', (bottom) => {
       await reg.create('d', 64 * K, 4096);
       const d = reg.disk('d');
       await writeDisk(reg.ctx, d, 0, Buffer.alloc(4096, 1));
-      await expectCode(readView(reg.ctx, d, -1, -8, Buffer.alloc(16)), 'INVALID'); // returns 16 today
-      await expectCode(readView(reg.ctx, d, -1, 1.5, Buffer.alloc(16)), 'INVALID'); // ERR_OUT_OF_RANGE today
+      await expectCode(readView(reg.ctx, d, -1, -8, Buffer.alloc(16)), 'INVALID'); // returned 16 before the fix
+      await expectCode(readView(reg.ctx, d, -1, 1.5, Buffer.alloc(16)), 'INVALID'); // ERR_OUT_OF_RANGE before the fix
       await reg.close();
     });
 
@@ -428,7 +428,7 @@ describe.each(['file', 'leveldb'] as const)('block store %s', (bottom) => {
   });
 
   describe('table cache', () => {
-    // BUG: commitChanges stages the preserved entry of a hole as `preservedOf(c)` = a *new* {kind:'inherit'}
+    // Fixed bug, kept as a regression test: commitChanges stages the preserved entry of a hole as `preservedOf(c)` = a *new* {kind:'inherit'}
     // object, and after the commit calls snapTable.committed(lbn, preservedOf(c)) with another new object;
     // Table.committed compares with `===`, so the staged entry is never taken out of `pending` (which is
     // never evicted). Every hole first written after a snapshot leaks one pending entry for as long as the
@@ -443,7 +443,7 @@ describe.each(['file', 'leveldb'] as const)('block store %s', (bottom) => {
       await reg.ctx.drain();
       const pending = (t: unknown) => (t as { pending: Map<number, unknown> }).pending.size;
       expect(pending(d.live)).toBe(0);
-      expect(pending(d.snapTable(d.rec.snapshots[0]!.id))).toBe(0); // 56 today
+      expect(pending(d.snapTable(d.rec.snapshots[0]!.id))).toBe(0); // 56 before the fix
       await reg.close();
     });
   });

@@ -252,7 +252,7 @@ describe('power cut (volatile layer)', () => {
     });
   }
 
-  // BUG: after a power cut that drops unsynced pool writes past the end of the pool file while their
+  // Fixed bug, kept as a regression test: after a power cut that drops unsynced pool writes past the end of the pool file while their
   // (unsynced, non-fsync'd) LevelDB batch survives, `checkStore` reports an ERROR
   // "pool-4096.dat is N bytes but blocks up to M are referenced (missing data)", so `vdiskfs check`
   // exits 1 on a store that is in a state the durability contract allows (only unsynced data lost).
@@ -388,7 +388,7 @@ describe('failed write with sibling pool writes still in flight', () => {
   // The failed write frees its reserved blocks as soon as the first pool write fails; if a sibling
   // pool write of the same disk write is still running, a later write that is given one of those freed
   // blocks can be overwritten by that stale sibling.
-  // BUG: writePieces (src/disk/io.ts) frees the reserved pbns in the catch of Promise.all as soon as
+  // Fixed bug, kept as a regression test: writePieces (src/disk/io.ts) frees the reserved pbns in the catch of Promise.all as soon as
   // ONE pool write rejects, while the other pool writes of the same disk write may still be pending
   // (any BlockStore layer that is asynchronous: the delay layer, a future async pool). A concurrent write
   // that is allocated one of those pbns is then silently overwritten by the stale pending write.
