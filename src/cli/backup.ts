@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Transform } from 'node:stream';
 import { storeDir } from './storeDir.js';
-import { BLOCK_STORE_HELP, checkMountedBlockStore, withRegistry, type StoreOptions } from './offline.js';
+import { BLOCK_STORE_HELP, checkMountedBlockStore, failureReason, withRegistry, type StoreOptions } from './offline.js';
 import { parseBlockStore, readMountInfo } from '../meta/db.js';
 import { isVdiskError, invalid, VdiskError } from '../errors.js';
 import { errorFromErrno } from './exit.js';
@@ -75,16 +75,8 @@ async function afterFirstChunk(src: Readable): Promise<Readable> {
  * Why a restore through the mount failed, in words: the mount writes one history line per restore
  * (restore/restore.ts restoreRecorded); the newest one for this target since `since` (ms) has the reason.
  */
-async function restoreReason(vdisk: string, target: RestoreTarget, since: number): Promise<string | undefined> {
-  const command = `restore ${target.mode === 'new' ? 'as' : 'into'} ${target.name}`;
-  const text = await readFile(join(vdisk, 'history'), 'utf8').catch(() => '');
-  for (const line of text.split('\n').reverse()) {
-    const [time, result, cmd, message] = line.split('\t');
-    if (cmd !== command || !time) continue;
-    if (Date.parse(time) < since - 1000) return undefined;
-    return result === 'error' ? message : undefined;
-  }
-  return undefined;
+function restoreReason(vdisk: string, target: RestoreTarget, since: number): Promise<string | undefined> {
+  return failureReason(vdisk, `restore ${target.mode === 'new' ? 'as' : 'into'} ${target.name}`, since);
 }
 
 function inputStream(image: string): Readable {

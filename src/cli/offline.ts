@@ -42,6 +42,22 @@ export async function checkMountedBlockStore(dir: string, vdiskDir: string, want
   if (recorded !== wanted) throw blockStoreMismatch(dir, recorded, wanted);
 }
 
+/**
+ * Why the mount refused `command` at or after `since` (ms): the message of its newest history line, if that
+ * line is an error. Matched by command and time, not taken from the history's last line, which may be
+ * another client's.
+ */
+export async function failureReason(vdisk: string, command: string, since: number): Promise<string | undefined> {
+  const text = await readFile(join(vdisk, 'history'), 'utf8').catch(() => '');
+  for (const line of text.split('\n').reverse()) {
+    const [time, result, cmd, message] = line.split('\t');
+    if (cmd !== command || !time) continue;
+    if (Date.parse(time) < since - 1000) return undefined;
+    return result === 'error' ? message : undefined;
+  }
+  return undefined;
+}
+
 /** Run a control line on the store, directly or through the mount that holds it. */
 export async function runControl(dir: string, line: string, opts: StoreOptions = {}): Promise<string> {
   try {
@@ -52,14 +68,14 @@ export async function runControl(dir: string, line: string, opts: StoreOptions =
     if (!info) throw e;
     const vdisk = join(info.mountpoint, '.vdisk');
     await checkMountedBlockStore(dir, vdisk, opts.blockStore);
+    const started = Date.now();
     try {
       await appendFile(join(vdisk, 'ctl'), line + '\n');
       return `done through the mount at ${info.mountpoint}`;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-      const hist = await readFile(join(vdisk, 'history'), 'utf8').catch(() => '');
-      const last = hist.trimEnd().split('\n').pop()?.split('\t')[3];
-      throw errorFromErrno(code, last ?? `${code} from ${info.mountpoint}`);
+      const reason = await failureReason(vdisk, line.trim(), started);
+      throw errorFromErrno(code, reason ?? `${code} from ${info.mountpoint}`);
     }
   }
 }
