@@ -4,7 +4,7 @@
 # npm ci + build, and `vdiskfs` on PATH. Idempotent; quiet unless something is installed.
 #
 #   scripts/setup.sh            # everything needed to mount and to run `npm test`
-#   scripts/setup.sh --bench    # additionally qemu-utils / qemu-storage-daemon for `npm run bench`
+#   scripts/setup.sh --bench    # additionally qemu-utils / qemu-storage-daemon and postgresql for `npm run bench`
 #
 # Env: SETUP_VERBOSE=1 shows the output of apt-get and npm; SETUP_FORCE_APT=1 runs the apt step anyway.
 set -euo pipefail
@@ -78,6 +78,8 @@ have_libfuse3_dev || die "libfuse3 development files (pkg-config fuse3) still mi
 
 if [[ $WANT_BENCH -eq 1 ]]; then
   if ! command -v qemu-img >/dev/null 2>&1; then apt_install qemu-utils || log "qemu-utils not installable; skipping"; fi
+  # the bench section `database` runs PostgreSQL's initdb, pg_ctl and pgbench (it skips pgbench without them)
+  if ! command -v pgbench >/dev/null 2>&1; then apt_install postgresql || log "postgresql not installable; the database section skips pgbench"; fi
   if ! command -v qemu-storage-daemon >/dev/null 2>&1; then
     apt_update_once
     if apt_has qemu-system-common; then

@@ -13,7 +13,7 @@
 //            more vdiskfs pgbench run, and 20 while idle: median, p99, max; the TPS of that run too
 // PostgreSQL runs as the `postgres` user (runuser); its directories are under the bench temp dir, which is
 // made traversable (0711) for it. Skipped parts say why in the notes (no pgbench, not root, no postgres user).
-import { chmod, mkdir, rm } from 'node:fs/promises'
+import { chmod, mkdir, readdir, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { MiB, ddRepeat, exists, fio, fmt, median, onCleanup, run, which } from './lib.mjs'
 import { mountVdiskfs } from './vdisk.mjs'
@@ -38,8 +38,18 @@ async function fio8k (filename, sizeBytes, runtime, fsync) {
   }
 }
 
+/** Debian keeps initdb and pg_ctl under /usr/lib/postgresql/<version>/bin, off PATH: the newest there. */
+async function pgLibBin (name) {
+  const versions = await readdir('/usr/lib/postgresql').catch(() => [])
+  for (const v of versions.sort((a, b) => Number(b) - Number(a))) {
+    const p = `/usr/lib/postgresql/${v}/bin/${name}`
+    if (await exists(p)) return p
+  }
+  return null
+}
+
 async function pgBinaries () {
-  const find = async (name) => (await which(name)) ?? ((await exists(`/usr/lib/postgresql/15/bin/${name}`)) ? `/usr/lib/postgresql/15/bin/${name}` : null)
+  const find = async (name) => (await which(name)) ?? (await pgLibBin(name))
   const b = { initdb: await find('initdb'), pgCtl: await find('pg_ctl'), pgbench: await find('pgbench') }
   if (!b.initdb || !b.pgCtl || !b.pgbench) return { skip: 'PostgreSQL (initdb, pg_ctl, pgbench) not installed: pgbench rows skipped' }
   if (process.getuid?.() !== 0) return { skip: 'not root (loop devices, runuser): pgbench rows skipped' }
