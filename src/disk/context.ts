@@ -137,6 +137,16 @@ export class Context {
     return origin && index >= 0 ? { origin, index, snap: origin.rec.snapshots[index]! } : undefined;
   }
 
+  /**
+   * The record of a new disk, with the next disk id: the sequence moves on at once, and the caller commits
+   * the record with seqOp() in one batch (create, clone, restore as a new disk).
+   */
+  newDiskRecord(name: string, size: number, blockSize: number, backing?: DiskRecord['backing']): DiskRecord {
+    const rec: DiskRecord = { id: this.seq.disk, name, size, blockSize, created: this.clock.tick(), epoch: 1, snapshots: [], ...(backing ? { backing } : {}) };
+    this.seq = { ...this.seq, disk: this.seq.disk + 1 };
+    return rec;
+  }
+
   recordOp(rec: DiskRecord): BatchOp {
     return { type: 'put', key: diskKey(rec.name), value: JSON.stringify(rec) };
   }

@@ -17,7 +17,7 @@ import { logger } from '../log.js';
 import { assertUnclaimed, claimStands, dropClaim } from './identity.js';
 
 const log = logger('io');
-import { needsPreserve, type Change } from './plan.js';
+import { alreadyZero, needsPreserve, zeroEntry, type Change } from './plan.js';
 import { collectView } from './viewScan.js';
 
 /** Read from the live disk (snapIndex -1) or a snapshot into dst; returns bytes read (short at the end). */
@@ -304,7 +304,7 @@ export async function discardRange(ctx: Context, disk: DiskState, offset: number
     await ctx.drain();
     const L = disk.latest();
     const b = disk.rec.backing;
-    const next: Entry | undefined = b ? { kind: 'zero', epoch: disk.rec.epoch } : undefined;
+    const next = zeroEntry(!!b, disk.rec.epoch);
     let changes: Change[] = [];
     const flush = async (): Promise<void> => {
       if (changes.length) await commitChanges(ctx, disk, changes);
@@ -314,7 +314,7 @@ export async function discardRange(ctx: Context, disk: DiskState, offset: number
     for await (const [lbn, cur] of disk.live.entries(first)) {
       if (lbn >= stop) break;
       if (b) seen.add(lbn);
-      if (cur.kind === 'zero' && next) continue;
+      if (alreadyZero(cur, next)) continue;
       changes.push({ lbn, cur, next, preserve: await needsPreserve(disk, L, cur, lbn) });
       if (changes.length >= DISCARD_BATCH) await flush();
     }
@@ -383,9 +383,8 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     }
     let next: Entry | undefined;
     if (zero) {
-      next = hasBacking ? { kind: 'zero', epoch } : undefined;
-      const same = (cur === undefined && next === undefined) || (cur?.kind === 'zero' && next?.kind === 'zero');
-      if (same) continue;
+      next = zeroEntry(hasBacking, epoch);
+      if (alreadyZero(cur, next)) continue;
     } else {
       next = { kind: 'data', pbn: -1, epoch };
     }

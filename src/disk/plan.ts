@@ -10,6 +10,20 @@ import type { DiskState } from './context.js';
 import type { Entry } from '../meta/keys.js';
 import type { SnapshotRecord } from '../meta/records.js';
 
+/**
+ * The live entry that makes a block read as zeros: none, or, where a clone's backing would show through
+ * (`overBacking`: the disk is a clone and the block is below its backing's limit), a `zero` entry that hides
+ * it. Writes of zeros, discard and restore all write zeros this way.
+ */
+export function zeroEntry(overBacking: boolean, epoch: number): Entry | undefined {
+  return overBacking ? { kind: 'zero', epoch } : undefined;
+}
+
+/** Changing `cur` to the zero entry `next` (zeroEntry) changes nothing: the block reads as zeros already. */
+export function alreadyZero(cur: Entry | undefined, next: Entry | undefined): boolean {
+  return (cur === undefined && next === undefined) || (cur?.kind === 'zero' && next?.kind === 'zero');
+}
+
 export interface Change {
   lbn: number;
   /** Live entry before the change (undefined: none). */

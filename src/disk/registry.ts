@@ -138,8 +138,7 @@ export class Registry {
     checkBlockSize(blockSize);
     checkVirtualSize(size, blockSize);
     if (this.ctx.disks.has(name)) throw exists(`disk ${name}`);
-    const rec: DiskRecord = { id: this.ctx.seq.disk, name, size, blockSize, created: this.ctx.clock.tick(), epoch: 1, snapshots: [] };
-    this.ctx.seq = { ...this.ctx.seq, disk: this.ctx.seq.disk + 1 };
+    const rec = this.ctx.newDiskRecord(name, size, blockSize);
     await this.ctx.commit([this.ctx.recordOp(rec), this.ctx.seqOp()], true);
     this.ctx.disks.set(name, new DiskState(rec, this.ctx));
     return rec;

@@ -144,17 +144,7 @@ export async function cloneSnapshot(ctx: Context, d: DiskState, snapName: string
   checkName(newName);
   if (ctx.disks.has(newName)) throw exists(`disk ${newName}`);
   const snap = d.rec.snapshots[d.snapIndex(snapName)]!;
-  const rec: DiskRecord = {
-    id: ctx.seq.disk,
-    name: newName,
-    size: snap.size,
-    blockSize: d.blockSize,
-    created: ctx.clock.tick(),
-    epoch: 1,
-    snapshots: [],
-    backing: { diskId: d.rec.id, snapId: snap.id, limitBlocks: blocksFor(snap.size, d.blockSize) },
-  };
-  ctx.seq = { ...ctx.seq, disk: ctx.seq.disk + 1 };
+  const rec = ctx.newDiskRecord(newName, snap.size, d.blockSize, { diskId: d.rec.id, snapId: snap.id, limitBlocks: blocksFor(snap.size, d.blockSize) });
   await ctx.commit([ctx.recordOp(rec), ctx.seqOp()], true);
   ctx.disks.set(newName, new DiskState(rec, ctx));
   return rec;

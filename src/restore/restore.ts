@@ -17,8 +17,7 @@ import type { DiskRecord } from '../meta/records.js';
 import type { BatchOp } from '../meta/table.js';
 import { collectView } from '../disk/viewScan.js';
 import { commitChanges } from '../disk/io.js';
-import { needsPreserve, type Change } from '../disk/plan.js';
-import type { Entry } from '../meta/keys.js';
+import { alreadyZero, needsPreserve, zeroEntry, type Change } from '../disk/plan.js';
 import { claimed, claimOf, dropClaim } from '../disk/identity.js';
 import type { BlockStore } from '../store/blockStore.js';
 
@@ -165,16 +164,7 @@ export function byLbn(lbns: number[], pbns: number[]): [number[], number[]] {
 
 async function commitNew(reg: Registry, name: string, h: ImageHeader, lbns: number[], pbns: number[]): Promise<void> {
   const ctx = reg.ctx;
-  const rec: DiskRecord = {
-    id: ctx.seq.disk,
-    name,
-    size: h.virtualSize,
-    blockSize: h.blockSize,
-    created: ctx.clock.tick(),
-    epoch: 1,
-    snapshots: [],
-  };
-  ctx.seq = { ...ctx.seq, disk: ctx.seq.disk + 1 };
+  const rec = ctx.newDiskRecord(name, h.virtualSize, h.blockSize);
   const d = new DiskState(claimed(rec, h.snapId), ctx);
   const ops: BatchOp[] = [ctx.recordOp(d.rec), ctx.seqOp()];
   for (let i = 0; i < lbns.length; i++) ops.push(d.live.putOp(lbns[i]!, { kind: 'data', pbn: pbns[i]!, epoch: 1 }));
@@ -212,8 +202,8 @@ async function commitInto(reg: Registry, name: string, h: ImageHeader, lbns: num
     }
     for (const lbn of zeroSet) {
       const cur = await d.live.get(lbn);
-      const next: Entry | undefined = hasBacking && lbn < newBlocks ? { kind: 'zero', epoch } : undefined;
-      if ((cur === undefined && next === undefined) || (cur?.kind === 'zero' && next?.kind === 'zero')) continue;
+      const next = zeroEntry(hasBacking && lbn < newBlocks, epoch);
+      if (alreadyZero(cur, next)) continue;
       changes.push({ lbn, cur, next, preserve: await needsPreserve(d, L, cur, lbn) });
     }
     const rec: DiskRecord = claimed({ ...d.rec, size: h.virtualSize }, h.snapId);
