@@ -444,9 +444,7 @@ export class DirectPoolFileStore implements BlockStore {
   /** Close the run and write it once the writes it must follow have settled. */
   private submit(run: Run): void {
     if (this.open !== run) return;
-    this.open = null;
-    if (run.timer) clearTimeout(run.timer);
-    run.timer = null;
+    this.closeRun(run);
     void Promise.allSettled([...run.deps]).then(async () => {
       let err: Error | null = null;
       try {
@@ -456,11 +454,23 @@ export class DirectPoolFileStore implements BlockStore {
         err = e as Error;
         this.failed ??= err;
       }
-      for (const pbn of run.byPbn.keys()) this.clearTail(pbn, run.done);
-      this.giveRun(run.buf);
-      if (err) run.reject(err);
-      else run.resolve();
+      this.settleRun(run, err);
     });
+  }
+
+  /** The open run takes no more writes. */
+  private closeRun(run: Run): void {
+    this.open = null;
+    if (run.timer) clearTimeout(run.timer);
+    run.timer = null;
+  }
+
+  /** The run's writes are done (or failed with err): its pbns are no longer busy for it, its buffer is free. */
+  private settleRun(run: Run, err: Error | null): void {
+    for (const pbn of run.byPbn.keys()) this.clearTail(pbn, run.done);
+    this.giveRun(run.buf);
+    if (err) run.reject(err);
+    else run.resolve();
   }
 
   private giveRun(buf: Buffer): void {
@@ -480,31 +490,36 @@ export class DirectPoolFileStore implements BlockStore {
   /** A write that does not cover whole sectors: after the pbn's earlier writes, read the sectors, patch, write. */
   private readModifyWrite(pbn: number, pos: number, copy: Buffer): Promise<void> {
     if (this.open?.byPbn.has(pbn)) this.submit(this.open);
-    const prev = this.inflight.get(pbn);
     const from = floorTo(pos, SECTOR);
     const span = ceilTo(pos + copy.length, SECTOR) - from;
-    const op = async (): Promise<void> => {
-      if (this.failed) throw this.failed;
-      await this.withSlot(async (slot) => {
-        const part = slot.subarray(0, span);
-        try {
-          await ioAll('read', this.fd, part, from);
-          copy.copy(part, pos - from);
-          await ioAll('write', this.fd, part, from);
-        } catch (e) {
-          this.failed ??= e as Error;
-          throw e;
-        }
-      });
-    };
+    return this.chain(pbn, () => this.throughSlot(span, from, from, (part) => copy.copy(part, pos - from)));
+  }
+
+  /** Run `op` after every write to pbn issued so far, as pbn's tail (reads and later writes wait for it). */
+  private chain(pbn: number, op: () => Promise<void>): Promise<void> {
+    const prev = this.inflight.get(pbn);
     const p = prev ? prev.then(op, op) : op();
     p.catch(() => undefined);
     this.setTail(pbn, p);
-    p.then(
-      () => this.clearTail(pbn, p),
-      () => this.clearTail(pbn, p),
-    );
+    const settle = (): void => this.clearTail(pbn, p);
+    p.then(settle, settle);
     return p;
+  }
+
+  /** Read `bytes` at readPos into an aligned slot, patch them, write them at writePos; a failure fails the store. */
+  private async throughSlot(bytes: number, readPos: number, writePos: number, patch?: (part: Buffer) => void): Promise<void> {
+    if (this.failed) throw this.failed;
+    await this.withSlot(async (slot) => {
+      const part = slot.subarray(0, bytes);
+      try {
+        await ioAll('read', this.fd, part, readPos);
+        patch?.(part);
+        await ioAll('write', this.fd, part, writePos);
+      } catch (e) {
+        this.failed ??= e as Error;
+        throw e;
+      }
+    });
   }
 
   /**
@@ -520,30 +535,15 @@ export class DirectPoolFileStore implements BlockStore {
     // lands in a later run that waits for the copy, and the copy waits for `from`'s writes, so a run that
     // held both would wait for itself.
     if (this.open && (this.open.byPbn.has(from) || this.open.byPbn.has(to))) this.submit(this.open);
-    const prev = this.inflight.get(to);
-    const op = async (): Promise<void> => {
-      await this.settled(from);
-      if (this.failed) throw this.failed;
-      await this.withSlot(async (slot) => {
-        const part = slot.subarray(0, bs);
-        try {
-          await ioAll('read', this.fd, part, from * bs);
-          await ioAll('write', this.fd, part, to * bs);
-        } catch (e) {
-          this.failed ??= e as Error;
-          throw e;
-        }
-      });
-    };
-    const p = prev ? prev.then(op, op) : op();
     this.copies++;
-    p.catch(() => undefined);
-    this.setTail(to, p);
-    const settle = (): void => {
+    const p = this.chain(to, async () => {
+      await this.settled(from);
+      await this.throughSlot(bs, from * bs, to * bs);
+    });
+    const done = (): void => {
       this.copies--;
-      this.clearTail(to, p);
     };
-    p.then(settle, settle);
+    p.then(done, done);
     return p;
   }
 
@@ -597,9 +597,7 @@ export class DirectPoolFileStore implements BlockStore {
     for (const tail of this.inflight.values()) if (tail !== run?.done) return false;
     // Every write the open run must follow has settled (each clears its tail when it does).
     if (run) {
-      this.open = null;
-      if (run.timer) clearTimeout(run.timer);
-      run.timer = null;
+      this.closeRun(run);
       let err: Error | null = null;
       try {
         for (const st of run.stretches) writeAllSync(this.fd, run.buf.subarray(st.mem, st.mem + st.len), st.pos);
@@ -607,13 +605,8 @@ export class DirectPoolFileStore implements BlockStore {
         err = e as Error;
         this.failed ??= err;
       }
-      for (const pbn of run.byPbn.keys()) this.clearTail(pbn, run.done);
-      this.giveRun(run.buf);
-      if (err) {
-        run.reject(err);
-        throw err;
-      }
-      run.resolve();
+      this.settleRun(run, err);
+      if (err) throw err;
     }
     fdatasyncSync(this.fd);
     return true;
