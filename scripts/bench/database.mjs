@@ -15,11 +15,11 @@
 // made traversable (0711) for it. Skipped parts say why in the notes (no pgbench, not root, no postgres user).
 import { chmod, mkdir, readdir, rm } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { MiB, ddRepeat, exists, fio, fmt, median, onCleanup, run, which } from './lib.mjs'
 import { mountVdiskfs } from './vdisk.mjs'
 
 const log = (s) => process.stderr.write(`   ${s}\n`)
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const pct = (xs, p) => {
   if (!xs.length) return null
   const s = [...xs].sort((a, b) => a - b)
@@ -209,7 +209,7 @@ export const databaseSection = {
       const [tp, tv] = [median(figures.pgbench.plain), median(figures.pgbench.vdiskfs)]
       // ---- snapshots under that load, and idle ---------------------------------------------------------
       const vd = targets[1]
-      let underLoad = []
+      const underLoad = []
       let loadTps = null
       const idle = []
       if (vd.pg) {
@@ -218,9 +218,7 @@ export const databaseSection = {
         const taker = (async () => {
           await sleep(2000)
           for (let i = 0; !done; i++) {
-            const t0 = process.hrtime.bigint()
-            await m.control(`snapshot pg load${i}`)
-            underLoad.push(Number(process.hrtime.bigint() - t0) / 1e6)
+            underLoad.push((await m.control(`snapshot pg load${i}`)) * 1000) // control() times open + write + close
             await sleep(2000)
           }
         })()
@@ -228,14 +226,12 @@ export const databaseSection = {
         done = true
         await guard('snapshots under load', () => taker)
         for (let i = 0; i < 20; i++) {
-          const t0 = process.hrtime.bigint()
-          await guard('idle snapshot', () => m.control(`snapshot pg idle${i}`))
-          idle.push(Number(process.hrtime.bigint() - t0) / 1e6)
+          const s = await guard('idle snapshot', () => m.control(`snapshot pg idle${i}`))
+          if (s != null) idle.push(s * 1000)
           await sleep(100)
         }
         for (let i = 0; i < underLoad.length; i++) await guard('delete snapshot', () => m.control(`delete-snapshot pg load${i}`))
         for (let i = 0; i < 20; i++) await guard('delete snapshot', () => m.control(`delete-snapshot pg idle${i}`))
-        underLoad = underLoad.filter(Number.isFinite)
       }
       res.tables.push({
         title: `pgbench on ext4 on a loop device (PostgreSQL defaults; -i -s ${scale}, then -c 4 -j 2 -T ${seconds}; median of ${rounds})`,
