@@ -36,8 +36,18 @@ export interface Change {
   block?: Buffer;
 }
 
-export async function needsPreserve(disk: DiskState, L: SnapshotRecord | undefined, cur: Entry | undefined, lbn: number): Promise<boolean> {
+/**
+ * The rule, from memory: whether changing lbn (live entry `cur`, null: none) must preserve the old entry for
+ * the latest snapshot L; undefined when it depends on L's table and that entry is not in memory.
+ */
+export function preserveNow(disk: DiskState, L: SnapshotRecord | undefined, cur: Entry | null, lbn: number): boolean | undefined {
   if (!L) return false;
   if (cur) return cur.epoch <= L.epoch;
-  return (await disk.snapTable(L.id).get(lbn)) === undefined;
+  const held = disk.snapTable(L.id).peek(lbn);
+  return held === undefined ? undefined : held === null;
+}
+
+/** The rule, reading L's table when needed. */
+export async function needsPreserve(disk: DiskState, L: SnapshotRecord | undefined, cur: Entry | undefined, lbn: number): Promise<boolean> {
+  return preserveNow(disk, L, cur ?? null, lbn) ?? (await disk.snapTable(L!.id).get(lbn)) === undefined;
 }

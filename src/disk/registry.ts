@@ -17,8 +17,8 @@ import { checkName } from './names.js';
 import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
 import { blocksFor } from '../util/range.js';
 import { busy, exists, VdiskError } from '../errors.js';
-import { writeExclusive, commitChanges } from './io.js';
-import { needsPreserve, type Change } from './plan.js';
+import { writeExclusive } from './write.js';
+import { Transaction } from './commit.js';
 import { clonesOf } from './snapshots.js';
 import { collectView } from './viewScan.js';
 import { dropClaim } from './identity.js';
@@ -183,9 +183,8 @@ export class Registry {
     if (size > d.rec.size) {
       await d.gate.exclusively(async () => {
         await dropClaim(this.ctx, d);
-        d.rec = { ...d.rec, size };
         try {
-          await this.ctx.commit([this.ctx.recordOp(d.rec)], true);
+          await new Transaction(this.ctx, d).commit({ record: { ...d.rec, size } });
         } finally {
           d.changed();
         }
@@ -199,29 +198,20 @@ export class Registry {
       if (tail) await writeExclusive(this.ctx, d, size, Buffer.alloc(Math.min(bs - tail, d.rec.size - size)));
       await this.ctx.drain();
       const first = blocksFor(size, bs);
-      const L = d.latest();
-      const changes: Change[] = [];
-      for await (const [lbn, cur] of d.live.entries(first)) {
-        changes.push({ lbn, cur, next: undefined, preserve: await needsPreserve(d, L, cur, lbn) });
-      }
+      const tx = new Transaction(this.ctx, d);
+      for await (const [lbn, cur] of d.live.entries(first)) await tx.set(lbn, undefined, cur);
       const rec: DiskRecord = { ...d.rec, size };
       if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, first) };
       const b = d.rec.backing;
       const backing = this.ctx.backingOf(d);
-      if (b && L && backing) {
+      if (b && tx.latest && backing) {
         // Blocks past the new end that the clone inherits change from backing data to zeros: the latest
-        // snapshot must keep seeing the backing data, so it records them as `inherit`.
+        // snapshot must keep seeing the backing data.
         const inherited = await collectView(this.ctx, backing.origin, backing.index);
-        for (const lbn of inherited.lbns) {
-          if (lbn < first || lbn >= b.limitBlocks) continue;
-          if ((await d.live.get(lbn)) === undefined && (await needsPreserve(d, L, undefined, lbn))) {
-            changes.push({ lbn, cur: undefined, next: undefined, preserve: true });
-          }
-        }
+        for (const lbn of inherited.lbns) if (lbn >= first && lbn < b.limitBlocks) await tx.keepForSnapshot(lbn);
       }
-      d.rec = rec;
       try {
-        await commitChanges(this.ctx, d, changes, [], [this.ctx.recordOp(rec)]);
+        await tx.commit({ record: rec });
       } finally {
         d.changed();
       }

@@ -7,22 +7,41 @@
  */
 import type { Context, DiskState } from './context.js';
 import type { Entry } from '../meta/keys.js';
+import type { Table } from '../meta/table.js';
 
 export type Resolved = { kind: 'data'; pbn: number; blockSize: number; owner: DiskState } | { kind: 'zero' };
 
 export const ZERO: Resolved = { kind: 'zero' };
 
+/**
+ * The tables of a view's read chain, highest priority first: snapshot k's own table, each newer snapshot's,
+ * then the live table (the backing of a clone comes after all of them). The one statement of the chain:
+ * lookups (chainEntry, chainEntryNow) and scans (viewScan.ts) all walk it.
+ */
+export function chainTables(disk: DiskState, snapIndex: number): Table[] {
+  const snaps = disk.rec.snapshots;
+  const out: Table[] = [];
+  if (snapIndex >= 0) for (let i = snapIndex; i < snaps.length; i++) out.push(disk.snapTable(snaps[i]!.id));
+  out.push(disk.live);
+  return out;
+}
+
 /** The first entry for lbn along the chain of the view, not following the backing. */
 export async function chainEntry(disk: DiskState, snapIndex: number, lbn: number): Promise<Entry | undefined> {
-  const snaps = disk.rec.snapshots;
-  if (snapIndex >= 0) {
-    for (let i = snapIndex; i < snaps.length; i++) {
-      const s = snaps[i]!;
-      const e = await disk.snapTable(s.id).get(lbn);
-      if (e) return e;
-    }
+  for (const t of chainTables(disk, snapIndex)) {
+    const e = await t.get(lbn);
+    if (e) return e;
   }
-  return disk.live.get(lbn);
+  return undefined;
+}
+
+/** chainEntry from memory: the entry, null (none along the chain), or undefined (not all in memory). */
+export function chainEntryNow(disk: DiskState, snapIndex: number, lbn: number): Entry | null | undefined {
+  for (const t of chainTables(disk, snapIndex)) {
+    const e = t.peek(lbn);
+    if (e !== null) return e;
+  }
+  return null;
 }
 
 function backingLimit(disk: DiskState, snapIndex: number): number {

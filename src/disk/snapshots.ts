@@ -16,8 +16,7 @@ import { busy, exists } from '../errors.js';
 import type { BatchOp } from '../meta/table.js';
 import type { Entry } from '../meta/keys.js';
 import { resolve, readResolved, chainEntry } from './resolve.js';
-import { commitChanges } from './io.js';
-import { needsPreserve, type Change } from './plan.js';
+import { Transaction } from './commit.js';
 import { blocksFor } from '../util/range.js';
 import { dropClaim } from './identity.js';
 
@@ -101,16 +100,13 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
     await dropClaim(ctx, d);
     await ctx.drain();
     const bs = d.blockSize;
-    const L = d.latest()!;
     const lbns = await changedSince(d, k);
-    const changes: Change[] = [];
+    const tx = new Transaction(ctx, d);
     const reserved: number[] = [];
     const store = await ctx.pool.store(bs);
     const buf = Buffer.allocUnsafe(bs);
     try {
       for (const lbn of lbns) {
-        const cur = await d.live.get(lbn);
-        const preserve = await needsPreserve(d, L, cur, lbn);
         const r = await resolve(ctx, d, k, lbn);
         let next: Entry | undefined;
         if (r.kind === 'data') {
@@ -123,7 +119,7 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
           const e = await chainEntry(d, k, lbn);
           next = e?.kind === 'zero' ? { kind: 'zero', epoch: d.rec.epoch } : undefined;
         }
-        changes.push({ lbn, cur, next, preserve });
+        await tx.set(lbn, next);
       }
     } catch (e) {
       for (const pbn of reserved) ctx.pool.free(bs, pbn);
@@ -131,9 +127,8 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
     }
     const rec: DiskRecord = { ...d.rec, size: target.size };
     if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: target.backingBlocks ?? rec.backing.limitBlocks };
-    d.rec = rec;
     try {
-      await commitChanges(ctx, d, changes, reserved, [ctx.recordOp(rec)]);
+      await tx.commit({ reserved, record: rec });
     } finally {
       d.changed();
     }

@@ -8,6 +8,7 @@
 import type { Context, DiskState } from './context.js';
 import { decodeEntry, lbnOfKey, prefixEnd, type Entry } from '../meta/keys.js';
 import { blocksFor } from '../util/range.js';
+import { chainTables } from './resolve.js';
 
 export interface ViewBlock {
   lbn: number;
@@ -31,9 +32,7 @@ function tableIterator(ctx: Context, prefix: string): Source {
 /** Create the iterators of a view (recursively for backings). Call with the gates held and queue drained. */
 function openSources(ctx: Context, disk: DiskState, snapIndex: number): { sources: Source[]; backing?: AsyncIterator<ViewBlock>; limit: number; blocks: number } {
   const snaps = disk.rec.snapshots;
-  const sources: Source[] = [];
-  if (snapIndex >= 0) for (let i = snapIndex; i < snaps.length; i++) sources.push(tableIterator(ctx, disk.snapTable(snaps[i]!.id).prefix));
-  sources.push(tableIterator(ctx, disk.live.prefix));
+  const sources: Source[] = chainTables(disk, snapIndex).map((t) => tableIterator(ctx, t.prefix));
   const size = snapIndex >= 0 ? snaps[snapIndex]!.size : disk.rec.size;
   const b = disk.rec.backing;
   let backing: AsyncIterator<ViewBlock> | undefined;

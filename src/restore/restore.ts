@@ -16,8 +16,7 @@ import { blocksFor } from '../util/range.js';
 import type { DiskRecord } from '../meta/records.js';
 import type { BatchOp } from '../meta/table.js';
 import { collectView } from '../disk/viewScan.js';
-import { commitChanges } from '../disk/io.js';
-import { alreadyZero, needsPreserve, zeroEntry, type Change } from '../disk/plan.js';
+import { Transaction } from '../disk/commit.js';
 import { claimed, claimOf, dropClaim } from '../disk/identity.js';
 import type { BlockStore } from '../store/blockStore.js';
 
@@ -191,28 +190,17 @@ async function commitInto(reg: Registry, name: string, h: ImageHeader, lbns: num
     const current = await collectView(ctx, d, -1, true);
     const extraZeros = current.lbns.filter((lbn) => !inImage.has(lbn) && (h.kind === 'full' || lbn >= newBlocks));
     const zeroSet = [...new Set([...zeros, ...extraZeros])].sort((a, b) => a - b);
-    const L = d.latest();
     const epoch = d.rec.epoch;
     const hasBacking = d.rec.backing !== undefined;
-    const changes: Change[] = [];
-    for (let i = 0; i < lbns.length; i++) {
-      const lbn = lbns[i]!;
-      const cur = await d.live.get(lbn);
-      changes.push({ lbn, cur, next: { kind: 'data', pbn: pbns[i]!, epoch }, preserve: await needsPreserve(d, L, cur, lbn) });
-    }
-    for (const lbn of zeroSet) {
-      const cur = await d.live.get(lbn);
-      const next = zeroEntry(hasBacking && lbn < newBlocks, epoch);
-      if (alreadyZero(cur, next)) continue;
-      changes.push({ lbn, cur, next, preserve: await needsPreserve(d, L, cur, lbn) });
-    }
-    const rec: DiskRecord = claimed({ ...d.rec, size: h.virtualSize }, h.snapId);
+    const tx = new Transaction(ctx, d);
+    for (let i = 0; i < lbns.length; i++) await tx.set(lbns[i]!, { kind: 'data', pbn: pbns[i]!, epoch });
+    for (const lbn of zeroSet) await tx.zero(lbn, hasBacking && lbn < newBlocks);
+    const rec: DiskRecord = { ...d.rec, size: h.virtualSize };
     if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, newBlocks) };
     try {
       // The record (size, claim) takes effect with the batch: if it fails, the disk keeps its old record,
       // which claims nothing any more.
-      await commitChanges(ctx, d, changes, [], [ctx.recordOp(rec)], true);
-      d.rec = rec;
+      await tx.commit({ record: rec, claim: h.snapId });
     } finally {
       d.changed();
     }
