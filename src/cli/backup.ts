@@ -163,8 +163,8 @@ export function registerBackupCommands(program: Command): void {
         return;
       }
       await withRegistry(dir, async (reg) => {
-        const t = findTarget(reg.ctx, disk, snap, o.since);
-        const p = await producerFor(reg.ctx, t);
+        const t = findTarget(reg, disk, snap, o.since);
+        const p = await producerFor(t);
         await writeEach(counted(p.chunks({ borrow: true }), 'backup', p.size), out);
       });
     });

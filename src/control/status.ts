@@ -21,35 +21,26 @@ export interface StoreStatus {
 }
 
 export function storeStatus(reg: Registry): StoreStatus {
-  const ctx = reg.ctx;
   const disks: DiskStatus[] = reg.names().map((name) => {
-    const d = ctx.disk(name);
-    const bs = d.blockSize;
-    const b = d.rec.backing;
-    let clonedFrom: string | undefined;
-    if (b) {
-      const o = ctx.backingOf(d);
-      clonedFrom = o ? `${o.origin.rec.name}@${o.snap.name}` : 'unknown';
-    }
+    const disk = reg.diskView(name);
+    const rec = disk.state.rec;
+    const b = disk.backing();
+    const clonedFrom = rec.backing ? (b?.name ?? 'unknown') : undefined;
     return {
       name,
-      size: d.rec.size,
-      blockSize: bs,
-      allocatedBytes: d.allocated * bs,
-      created: new Date(d.rec.created).toISOString(),
+      size: disk.size(),
+      blockSize: disk.blockSize,
+      allocatedBytes: disk.heldBytes(),
+      created: new Date(rec.created).toISOString(),
       ...(clonedFrom ? { clonedFrom } : {}),
-      ...(d.rec.contentUid ? { restoredFrom: d.rec.contentUid } : {}),
-      snapshots: d.rec.snapshots.map((s) => ({
-        name: s.name,
-        id: s.uid,
-        created: new Date(s.created).toISOString(),
-        size: s.size,
-        heldBytes: (d.held.get(s.id) ?? 0) * bs,
-      })),
+      ...(rec.contentUid ? { restoredFrom: rec.contentUid } : {}),
+      snapshots: disk.snapshots().map((v) => {
+        const s = v.snapshot()!;
+        return { name: s.name, id: s.uid, created: new Date(s.created).toISOString(), size: s.size, heldBytes: v.heldBytes() };
+      }),
     };
   });
-  const cap = ctx.pool.capacity;
-  const used = ctx.pool.usedBytes();
+  const { usedBytes: used, capacity: cap } = reg.poolUsage();
   return {
     pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null, blockStore: reg.blockStore },
     disks,

@@ -16,24 +16,18 @@
 import type { Context, DiskState } from './context.js';
 import type { Entry } from '../meta/keys.js';
 import { blocksFor } from '../util/range.js';
+import { backingLimit, chainTables } from './resolve.js';
 
 /**
  * The blocks from `from` on that some table of the view's chain (or its backing's data) mentions, in
  * ascending order, each with whether the view reads data there. Blocks not yielded are holes.
  */
 async function* mapped(ctx: Context, disk: DiskState, snapIndex: number, from: number): AsyncGenerator<[number, boolean]> {
-  const snaps = disk.rec.snapshots;
-  const sources: AsyncGenerator<[number, Entry]>[] = [];
-  if (snapIndex >= 0) for (let i = snapIndex; i < snaps.length; i++) sources.push(disk.snapTable(snaps[i]!.id).current(from));
-  sources.push(disk.live.current(from));
+  const sources = chainTables(disk, snapIndex).map((t) => t.current(from));
   let backing: AsyncGenerator<[number, boolean]> | undefined;
-  let limit = 0;
-  const b = disk.rec.backing;
-  if (b) {
-    limit = snapIndex >= 0 ? (snaps[snapIndex]!.backingBlocks ?? b.limitBlocks) : b.limitBlocks;
-    const o = ctx.backingOf(disk);
-    if (o && from < limit) backing = mapped(ctx, o.origin, o.index, from);
-  }
+  const limit = backingLimit(disk, snapIndex);
+  const o = ctx.backingOf(disk);
+  if (o && from < limit) backing = mapped(ctx, o.origin, o.index, from);
   try {
     const heads: ([number, Entry] | null)[] = [];
     for (const s of sources) {

@@ -19,6 +19,8 @@ import { blocksFor } from '../util/range.js';
 import { busy, exists, VdiskError } from '../errors.js';
 import { writeExclusive } from './write.js';
 import { Transaction } from './commit.js';
+import { flushStore, flushStoreNow } from './durable.js';
+import { Disk, View } from './view.js';
 import { clonesOf } from './snapshots.js';
 import { collectView } from './viewScan.js';
 import { dropClaim } from './identity.js';
@@ -75,45 +77,44 @@ export class Registry {
     await this.ctx.db.close();
   }
 
-  /**
-   * Make every acknowledged write durable: the pool's data (fdatasync), then the tables that point at it
-   * (LevelDB's log), so that a table entry is never durable before the data it points at. When every pool
-   * store writes through to the device (O_DIRECT), the two flushes run side by side: a batch is written to
-   * LevelDB only after the pool writes it references have completed (Context.commit's `ready`), so those
-   * writes are already on the device and any device flush that makes the batch durable makes them durable
-   * too; fsync still answers only when both are done. A sync with no table change since the last one
-   * flushes the pool only (Context.commit).
-   */
-  async sync(): Promise<void> {
-    await this.ctx.drain();
-    this.checkFailure();
-    if (this.ctx.pool.writesThrough()) {
-      await Promise.all([this.ctx.pool.sync(), this.ctx.commit([], true)]);
-    } else {
-      await this.ctx.pool.sync();
-      await this.ctx.commit([], true);
-    }
+  /** Make every acknowledged write durable (durable.ts). */
+  sync(): Promise<void> {
+    return flushStore(this.ctx);
   }
 
-  /**
-   * sync() without an await, when it can be: no table change waits to be made durable and the pool can
-   * flush on this thread (Pool.syncNow: nothing in flight). The steady state of a database (overwrites in
-   * place, then fsync) takes this path: the write and the flush are two syscalls instead of two thread-pool
-   * round trips. False: nothing was done, call sync().
-   */
+  /** sync() without an await when it can be; false: nothing was done, call sync(). */
   syncNow(): boolean {
-    this.checkFailure();
-    if (!this.ctx.settled) return false;
-    return this.ctx.pool.syncNow();
+    return flushStoreNow(this.ctx);
   }
 
-  /** A metadata batch that failed after its writes were acknowledged makes every later fsync fail. */
-  private checkFailure(): void {
-    if (this.ctx.failure) throw new VdiskError('IO', `a metadata commit failed; acknowledged writes may be lost: ${this.ctx.failure.message}`);
-  }
-
+  /** A disk's state, for the disk layer and its tests; everything above uses diskView/snapshotView. */
   disk(name: string): DiskState {
     return this.ctx.disk(name);
+  }
+
+  /** The live disk `name` as a Disk (NOT_FOUND if there is none). */
+  diskView(name: string): Disk {
+    return new Disk(this.ctx, this.ctx.disk(name));
+  }
+
+  /** Snapshot `disk@snap` as a View (NOT_FOUND if either is missing). */
+  snapshotView(name: string, snap: string): View {
+    const d = this.ctx.disk(name);
+    return new View(this.ctx, d, d.rec.snapshots[d.snapIndex(snap)]!.id);
+  }
+
+  /** A modification time strictly later than any handed out before (files whose content changes at each look). */
+  changeTime(): number {
+    return this.ctx.clock.tick();
+  }
+
+  /** Bytes the pool holds, and its capacity (Infinity: no limit). */
+  poolUsage(): { usedBytes: number; capacity: number } {
+    return { usedBytes: this.ctx.pool.usedBytes(), capacity: this.ctx.pool.capacity };
+  }
+
+  has(name: string): boolean {
+    return this.ctx.disks.has(name);
   }
 
   private control: Promise<unknown> = Promise.resolve();

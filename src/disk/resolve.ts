@@ -44,7 +44,8 @@ export function chainEntryNow(disk: DiskState, snapIndex: number, lbn: number): 
   return null;
 }
 
-function backingLimit(disk: DiskState, snapIndex: number): number {
+/** How many blocks of a clone's view read through to its backing (0: not a clone). */
+export function backingLimit(disk: DiskState, snapIndex: number): number {
   if (!disk.rec.backing) return 0;
   if (snapIndex >= 0) return disk.rec.snapshots[snapIndex]!.backingBlocks ?? disk.rec.backing.limitBlocks;
   return disk.rec.backing.limitBlocks;

@@ -8,7 +8,7 @@
 import type { Context, DiskState } from './context.js';
 import { decodeEntry, lbnOfKey, prefixEnd, type Entry } from '../meta/keys.js';
 import { blocksFor } from '../util/range.js';
-import { chainTables } from './resolve.js';
+import { backingLimit, chainTables } from './resolve.js';
 
 export interface ViewBlock {
   lbn: number;
@@ -34,14 +34,9 @@ function openSources(ctx: Context, disk: DiskState, snapIndex: number): { source
   const snaps = disk.rec.snapshots;
   const sources: Source[] = chainTables(disk, snapIndex).map((t) => tableIterator(ctx, t.prefix));
   const size = snapIndex >= 0 ? snaps[snapIndex]!.size : disk.rec.size;
-  const b = disk.rec.backing;
-  let backing: AsyncIterator<ViewBlock> | undefined;
-  let limit = 0;
-  if (b) {
-    limit = snapIndex >= 0 ? (snaps[snapIndex]!.backingBlocks ?? b.limitBlocks) : b.limitBlocks;
-    const o = ctx.backingOf(disk);
-    if (o) backing = merge(openSources(ctx, o.origin, o.index));
-  }
+  const limit = backingLimit(disk, snapIndex);
+  const o = ctx.backingOf(disk);
+  const backing: AsyncIterator<ViewBlock> | undefined = o ? merge(openSources(ctx, o.origin, o.index)) : undefined;
   return { sources, ...(backing ? { backing } : {}), limit, blocks: blocksFor(size, disk.blockSize) };
 }
 

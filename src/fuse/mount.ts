@@ -208,30 +208,27 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
         replies.give(dst);
       };
       try {
-        const n = h.readNow?.(dst, pos);
-        if (n !== undefined) return reply(n);
+        const n = h.read(dst, pos);
+        if (typeof n === 'number') return reply(n);
+        n.then(reply, failed);
       } catch (e) {
-        return failed(e);
+        failed(e);
       }
-      h.read(dst, pos).then(reply, failed);
     },
     write(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
       const h = handles.get(fd);
       if (!h?.write) return cb(E.EBADF);
       const failed = (e: unknown) => cb(fail('write', path, e, { offset: pos, length: len }));
       try {
+        // The binding hands every write its own fresh Buffer: the handle may keep it, no copy needed.
         let work: (() => void) | undefined;
-        const n = h.writeNow?.(buf.subarray(0, len), pos, (w) => (work = w));
-        if (n !== undefined) {
-          cb(n); // the binding sends the reply on the next tick: queue the rest of the write after it
-          if (work) process.nextTick(work);
-          return;
-        }
+        const n = h.write(buf.subarray(0, len), pos, (w) => (work = w));
+        if (typeof n !== 'number') return void n.then(cb, failed);
+        cb(n); // the binding sends the reply on the next tick: queue the rest of the write after it
+        if (work) process.nextTick(work);
       } catch (e) {
-        return failed(e);
+        failed(e);
       }
-      // The binding hands every write its own fresh Buffer: no copy needed, whatever the handle keeps.
-      h.write(buf.subarray(0, len), pos).then(cb, failed);
     },
     truncate(path: string, size: number, cb: (err: number) => void) {
       const node = tree.lookup(path);
@@ -248,12 +245,12 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     fsync(path: string, _datasync: boolean, fd: number, cb: (err: number) => void) {
       const h = handles.get(fd);
       try {
-        if (h?.fsyncNow?.()) return cb(0);
+        const p = h?.fsync ? h.fsync() : reg.sync();
+        if (!p) return cb(0);
+        p.then(() => cb(0), (e) => cb(fail('fsync', path, e)));
       } catch (e) {
-        return cb(fail('fsync', path, e));
+        cb(fail('fsync', path, e));
       }
-      const p = h?.fsync ? h.fsync() : reg.sync();
-      p.then(() => cb(0), (e) => cb(fail('fsync', path, e)));
     },
     flush(path: string, fd: number, cb: (err: number) => void) {
       const h = handles.get(fd);
@@ -262,8 +259,7 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     },
     statfs(_path: string, cb: (err: number, st?: unknown) => void) {
       const frsize = 1024 * 1024;
-      const used = reg.ctx.pool.usedBytes();
-      const capacity = reg.ctx.pool.capacity;
+      const { usedBytes: used, capacity } = reg.poolUsage();
       const done = (total: number, avail: number) =>
         cb(0, {
           bsize: frsize,

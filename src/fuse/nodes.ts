@@ -4,11 +4,9 @@
  * errno (errno.ts). Rendered files (status, history) are rendered at open and served from that buffer.
  */
 import type { Registry } from '../disk/registry.js';
-import { discardRange, readView, readViewNow, writeDisk, writeDiskNow } from '../disk/io.js';
-import { seekView } from '../disk/extents.js';
 import { runLine } from '../control/commands.js';
 import { renderStatus, storeStatus } from '../control/status.js';
-import { VdiskError, readOnly, invalid } from '../errors.js';
+import { readOnly, invalid } from '../errors.js';
 
 export interface NodeStat {
   mode: number;
@@ -28,16 +26,13 @@ export interface Handle {
   /** fallocate PUNCH_HOLE / ZERO_RANGE (keepSize: KEEP_SIZE was given). Without it: EOPNOTSUPP (EROFS if readOnly). */
   discard?(offset: number, length: number, keepSize: boolean): Promise<void>;
   readOnly?: boolean;
-  read?(dst: Buffer, pos: number): Promise<number>;
-  write?(src: Buffer, pos: number): Promise<number>;
-  /** Synchronous attempts at read/write: a byte count, or undefined to take the async method instead. */
-  readNow?(dst: Buffer, pos: number): number | undefined;
-  /** `later`: work to run once the reply is queued (see disk/io.ts writeDiskNow). */
-  writeNow?(src: Buffer, pos: number, later: (work: () => void) => void): number | undefined;
+  /** A byte count now, or a promise of it (disk layer: view.ts). */
+  read?(dst: Buffer, pos: number): number | Promise<number>;
+  /** A byte count now (with the rest of the work handed to `later`: see disk/write.ts), or a promise. */
+  write?(src: Buffer, pos: number, later: (work: () => void) => void): number | Promise<number>;
   truncate?(size: number): Promise<void>;
-  fsync?(): Promise<void>;
-  /** A synchronous attempt at fsync: true when done, false to call fsync() instead. */
-  fsyncNow?(): boolean;
+  /** Make the file's writes durable: undefined when done already, else a promise. */
+  fsync?(): Promise<void> | undefined;
   /** Called at every close(2) of a descriptor; its error is close's error (dd reports it). */
   flush?(): Promise<void>;
   release?(): Promise<void>;
@@ -76,7 +71,7 @@ export class Tree {
     if (parts.length === 0) return { kind: 'dir', list: () => [CONTROL_DIR, ...this.reg.names()] };
     const [first, ...rest] = parts;
     if (first === CONTROL_DIR) return this.control(rest);
-    if (rest.length > 0 || !this.reg.ctx.disks.has(first!)) return undefined;
+    if (rest.length > 0 || !this.reg.has(first!)) return undefined;
     return this.diskNode(first!);
   }
 
@@ -99,92 +94,52 @@ export class Tree {
   }
 
   private snapshots(rest: string[]): Node | undefined {
-    const ctx = this.reg.ctx;
     if (rest.length === 0) return { kind: 'dir', list: () => this.reg.names() };
-    const d = ctx.disks.get(rest[0]!);
-    if (!d) return undefined;
-    if (rest.length === 1) return { kind: 'dir', list: () => d.rec.snapshots.map((s) => s.name) };
-    const snap = d.rec.snapshots.find((s) => s.name === rest[1]);
-    if (!snap || rest.length > 2) return undefined;
+    if (!this.reg.has(rest[0]!)) return undefined;
+    const disk = this.reg.diskView(rest[0]!);
+    if (rest.length === 1) return { kind: 'dir', list: () => disk.snapshots().map((v) => v.snapshot()!.name) };
+    if (rest.length > 2) return undefined;
+    const v = disk.snapshots().find((x) => x.snapshot()!.name === rest[1]);
+    if (!v) return undefined;
+    const created = new Date(v.snapshot()!.created);
+    const refuse = () => Promise.reject(readOnly('snapshots are read-only'));
     return {
       kind: 'file',
-      stat: () => ({ mode: RO, size: snap.size, blocks: ((d.held.get(snap.id) ?? 0) * d.blockSize) / 512, blksize: d.blockSize, mtime: new Date(snap.created) }),
+      stat: () => ({ mode: RO, size: v.size(), blocks: v.heldBytes() / 512, blksize: v.blockSize, mtime: created }),
       open: async (write) => {
         if (write) throw readOnly('snapshots are read-only');
-        d.pinSnapshots([snap.id]);
-        let released = false;
-        const index = () => d.rec.snapshots.findIndex((s) => s.id === snap.id);
+        const unpin = v.pin();
         return {
-          read: (dst, pos) => {
-            const idx = index();
-            return idx < 0 ? Promise.resolve(0) : readView(ctx, d, idx, pos, dst);
-          },
-          readNow: (dst, pos) => {
-            const idx = index();
-            return idx < 0 ? 0 : readViewNow(ctx, d, idx, pos, dst);
-          },
-          seek: (pos, what) => {
-            const idx = index();
-            return idx < 0 ? Promise.resolve(null) : seekView(ctx, d, idx, pos, what);
-          },
+          read: (dst, pos) => v.read(dst, pos),
+          seek: (pos, what) => v.seek(pos, what),
           readOnly: true,
-          write: () => Promise.reject(readOnly('snapshots are read-only')),
-          truncate: () => Promise.reject(readOnly('snapshots are read-only')),
-          release: async () => {
-            if (released) return;
-            released = true;
-            d.unpinSnapshots([snap.id]);
-          },
+          write: refuse,
+          truncate: refuse,
+          release: async () => unpin(),
         };
       },
-      truncate: () => Promise.reject(readOnly('snapshots are read-only')),
+      truncate: refuse,
     };
   }
 
   private diskNode(name: string): Node {
-    const ctx = this.reg.ctx;
-    const d = ctx.disk(name);
+    const disk = this.reg.diskView(name);
     return {
       kind: 'file',
-      stat: () => ({
-        mode: RW,
-        size: d.rec.size,
-        blocks: (d.allocated * d.blockSize) / 512,
-        blksize: d.blockSize,
-        mtime: new Date(d.mtime),
-      }),
+      stat: () => ({ mode: RW, size: disk.size(), blocks: disk.heldBytes() / 512, blksize: disk.blockSize, mtime: new Date(disk.mtime) }),
       open: async () => {
-        d.openCount++;
-        let released = false;
+        const unpin = disk.pin();
         return {
-          read: (dst, pos) => readView(ctx, d, -1, pos, dst),
-          seek: (pos, what) => seekView(ctx, d, -1, pos, what),
+          read: (dst, pos) => disk.read(dst, pos),
+          write: (src, pos, later) => disk.write(src, pos, later),
+          seek: (pos, what) => disk.seek(pos, what),
           discard: async (pos, length, keepSize) => {
-            if (!keepSize && pos + length > d.rec.size) throw invalid(`disk ${name} cannot grow by fallocate; use 'resize ${name} <size>' in the control file`);
-            await discardRange(ctx, d, pos, length);
-            d.mtime = ctx.clock.now();
-          },
-          readNow: (dst, pos) => readViewNow(ctx, d, -1, pos, dst),
-          write: async (src, pos) => {
-            if (pos >= d.rec.size) throw new VdiskError('INVALID', `write past the end of disk ${name}`);
-            const n = await writeDisk(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src);
-            d.mtime = ctx.clock.now();
-            return n;
-          },
-          writeNow: (src, pos, later) => {
-            if (pos >= d.rec.size) return undefined;
-            const n = writeDiskNow(ctx, d, pos, pos + src.length > d.rec.size ? src.subarray(0, d.rec.size - pos) : src, later);
-            if (n !== undefined) d.mtime = ctx.clock.now();
-            return n;
+            if (!keepSize && pos + length > disk.size()) throw invalid(`disk ${name} cannot grow by fallocate; use 'resize ${name} <size>' in the control file`);
+            await disk.discard(pos, length);
           },
           truncate: (size) => this.truncateDisk(name, size),
-          fsync: () => this.reg.sync(),
-          fsyncNow: () => this.reg.syncNow(),
-          release: async () => {
-            if (released) return;
-            released = true;
-            d.openCount--;
-          },
+          fsync: () => disk.flush(),
+          release: async () => unpin(),
         };
       },
       truncate: (size) => this.truncateDisk(name, size),
@@ -193,8 +148,7 @@ export class Tree {
 
   /** A disk's size changes only by `resize`; truncating to the current size (O_TRUNC on open) is a no-op. */
   private async truncateDisk(name: string, size: number): Promise<void> {
-    const d = this.reg.ctx.disk(name);
-    if (size === d.rec.size) return;
+    if (size === this.reg.diskView(name).size()) return;
     throw invalid(`disk ${name} cannot be truncated; use 'resize ${name} <size>' in the control file`);
   }
 
@@ -253,7 +207,7 @@ export class Tree {
     const fresh = async (): Promise<Buffer> => Buffer.from(await render());
     return {
       kind: 'file',
-      stat: async () => ({ mode: RO, size: (await fresh()).length, blocks: 0, mtime: new Date(this.reg.ctx.clock.tick()) }),
+      stat: async () => ({ mode: RO, size: (await fresh()).length, blocks: 0, mtime: new Date(this.reg.changeTime()) }),
       open: async (write) => {
         if (write) throw readOnly('this file is read-only');
         const buf = await fresh();

@@ -21,66 +21,59 @@ const RO = 0o100444;
 const WO = 0o100200;
 
 export function installSections(tree: Tree, reg: Registry): void {
-  const ctx = reg.ctx;
   const log = logger('sections');
 
   const imageFile = (t: ImageTarget): Node => {
-    const snap = t.disk.rec.snapshots[t.snapIndex]!;
+    // An image's content follows from its snapshots, which never change: their creation times stand for it
+    // (a snapshot made again under the same name is created later).
+    const mtime = new Date(Math.max(t.view.snapshot()!.created, t.base?.snapshot()!.created ?? 0));
     return {
       kind: 'file',
-      stat: async () => {
-        const plan = await planFor(ctx, t);
-        // An image's content follows from its snapshots, which never change: their creation times stand
-        // for it (a snapshot made again under the same name is created later).
-        const base = t.baseIndex !== undefined ? t.disk.rec.snapshots[t.baseIndex]!.created : 0;
-        return { mode: RO, size: plan.totalLength, blocks: 0, mtime: new Date(Math.max(snap.created, base)) };
-      },
+      stat: async () => ({ mode: RO, size: (await planFor(t)).totalLength, blocks: 0, mtime }),
       open: async (write) => {
         if (write) throw readOnly('backup images are read-only');
-        const ids = [snap.id, ...(t.baseIndex !== undefined ? [t.disk.rec.snapshots[t.baseIndex]!.id] : [])];
-        t.disk.pinSnapshots(ids);
+        const pins = [t.view.pin(), ...(t.base ? [t.base.pin()] : [])];
+        const unpin = (): void => pins.forEach((release) => release());
         let producer;
         try {
-          producer = await producerFor(ctx, t);
+          producer = await producerFor(t);
         } catch (e) {
-          t.disk.unpinSnapshots(ids);
+          unpin();
           throw e;
         }
         const p = producer;
-        let released = false;
         return {
           read: (dst, pos) => p.readInto(pos, dst),
           readOnly: true,
-          release: async () => {
-            if (released) return;
-            released = true;
-            t.disk.unpinSnapshots(ids);
-          },
+          release: async () => unpin(),
         } satisfies Handle;
       },
       truncate: () => Promise.reject(readOnly('backup images are read-only')),
     };
   };
 
+  /** A disk's snapshot names, or undefined when there is no such disk. */
+  const snapshotsOf = (name: string): string[] | undefined => (reg.has(name) ? reg.diskView(name).snapshots().map((v) => v.snapshot()!.name) : undefined);
+
   tree.addSection('copies', (rest) => {
     if (rest.length === 0) return { kind: 'dir', list: () => reg.names() };
-    const d = ctx.disks.get(rest[0]!);
-    if (!d) return undefined;
-    if (rest.length === 1) return { kind: 'dir', list: () => d.rec.snapshots.map((s) => s.name) };
-    if (rest.length > 2 || !d.rec.snapshots.some((s) => s.name === rest[1])) return undefined;
-    return imageFile(findTarget(ctx, d.rec.name, rest[1]!));
+    const disk = rest[0]!;
+    if (!snapshotsOf(disk)) return undefined;
+    if (rest.length === 1) return { kind: 'dir', list: () => snapshotsOf(disk) ?? [] };
+    if (rest.length > 2 || !snapshotsOf(disk)!.includes(rest[1]!)) return undefined;
+    return imageFile(findTarget(reg, disk, rest[1]!));
   });
 
   tree.addSection('deltas', (rest) => {
     if (rest.length === 0) return { kind: 'dir', list: () => reg.names() };
-    const d = ctx.disks.get(rest[0]!);
-    if (!d) return undefined;
+    const disk = rest[0]!;
+    if (!snapshotsOf(disk)) return undefined;
     // Listing shows consecutive pairs; any older base resolves by name.
-    if (rest.length === 1) return { kind: 'dir', list: () => d.rec.snapshots.slice(1).map((s, i) => `${d.rec.snapshots[i]!.name}..${s.name}`) };
+    if (rest.length === 1) return { kind: 'dir', list: () => (snapshotsOf(disk) ?? []).slice(1).map((s, i) => `${snapshotsOf(disk)![i]}..${s}`) };
     const m = rest.length === 2 ? /^(.+)\.\.(.+)$/.exec(rest[1]!) : null;
     if (!m) return undefined;
     try {
-      return imageFile(findTarget(ctx, d.rec.name, m[2]!, m[1]!));
+      return imageFile(findTarget(reg, disk, m[2]!, m[1]!));
     } catch {
       return undefined;
     }
@@ -90,7 +83,7 @@ export function installSections(tree: Tree, reg: Registry): void {
 
   const importNode = (target: RestoreTarget): Node => ({
     kind: 'file',
-    stat: () => ({ mode: WO, size: importers.get(key(target))?.received ?? 0, blocks: 0, mtime: new Date(ctx.clock.tick()) }),
+    stat: () => ({ mode: WO, size: importers.get(key(target))?.received ?? 0, blocks: 0, mtime: new Date(reg.changeTime()) }),
     open: async () => {
       const k = key(target);
       if (importers.has(k)) throw new VdiskError('BUSY', `a restore to ${target.name} is already in progress`);
@@ -148,7 +141,7 @@ export function installSections(tree: Tree, reg: Registry): void {
 
   tree.addSection('restore', (rest) => {
     if (rest.length === 0) return { kind: 'dir', list: () => reg.names() };
-    if (rest.length > 1 || !ctx.disks.has(rest[0]!)) return undefined;
+    if (rest.length > 1 || !reg.has(rest[0]!)) return undefined;
     return importNode({ mode: 'into', name: rest[0]! });
   });
 }

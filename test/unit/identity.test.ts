@@ -23,7 +23,7 @@ const BS = 64 * K;
 const SIZE = 4 * 1024 * K;
 
 async function image(reg: Registry, disk: string, snap: string, base?: string): Promise<Buffer> {
-  const p = await producerFor(reg.ctx, findTarget(reg.ctx, disk, snap, base));
+  const p = await producerFor(findTarget(reg, disk, snap, base));
   const parts: Buffer[] = [];
   for await (const c of p.chunks()) parts.push(Buffer.from(c));
   return Buffer.concat(parts);

@@ -296,7 +296,7 @@ class Run {
 
   /** The bytes of a full image of m@s, or of the delta base..s. */
   async image(m: MDisk, s: MSnap, base?: MSnap): Promise<Buffer> {
-    const p = await producerFor(this.reg.ctx, findTarget(this.reg.ctx, m.name, s.name, base?.name));
+    const p = await producerFor(findTarget(this.reg, m.name, s.name, base?.name));
     const parts: Buffer[] = [];
     for await (const c of p.chunks()) parts.push(Buffer.from(c));
     return Buffer.concat(parts);

@@ -1,0 +1,39 @@
+/**
+ * Making acknowledged writes durable (fsync of a disk, `sync`, unmount): the one statement of the order.
+ * The pool's data is flushed (fdatasync), then the tables that point at it (LevelDB's log), so a table
+ * entry is never durable before the data it points at. When every pool store writes through to the device
+ * (O_DIRECT), the two flushes run side by side: a batch is written to LevelDB only after the pool writes it
+ * references have completed (Context.commit's `ready`), so those writes are already on the device and any
+ * device flush that makes the batch durable makes them durable too; the flush still resolves only when both
+ * are done. A flush with no table change since the last one flushes the pool only (Context.commit).
+ */
+import { VdiskError } from '../errors.js';
+import type { Context } from './context.js';
+
+export async function flushStore(ctx: Context): Promise<void> {
+  await ctx.drain();
+  checkFailure(ctx);
+  if (ctx.pool.writesThrough()) {
+    await Promise.all([ctx.pool.sync(), ctx.commit([], true)]);
+  } else {
+    await ctx.pool.sync();
+    await ctx.commit([], true);
+  }
+}
+
+/**
+ * flushStore without an await, when it can be: no table change waits to be made durable and the pool can
+ * flush on this thread (Pool.syncNow: nothing in flight). The steady state of a database (overwrites in
+ * place, then fsync) takes this path: the write and the flush are two syscalls instead of two thread-pool
+ * round trips. False: nothing was done, call flushStore.
+ */
+export function flushStoreNow(ctx: Context): boolean {
+  checkFailure(ctx);
+  if (!ctx.settled) return false;
+  return ctx.pool.syncNow();
+}
+
+/** A metadata batch that failed after its writes were acknowledged makes every later flush fail. */
+function checkFailure(ctx: Context): void {
+  if (ctx.failure) throw new VdiskError('IO', `a metadata commit failed; acknowledged writes may be lost: ${ctx.failure.message}`);
+}
