@@ -6,7 +6,6 @@
 import type { Registry } from '../disk/registry.js';
 import { invalid, errorMessage, errorCode } from '../errors.js';
 import { parseSize } from '../util/size.js';
-import { createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from '../disk/snapshots.js';
 
 export type Command =
   | { op: 'create'; disk: string; size: number; blockSize?: number }
@@ -91,7 +90,6 @@ function splitAt(args: string[]): string[] {
 }
 
 export async function execute(reg: Registry, cmd: Command): Promise<string> {
-  const ctx = reg.ctx;
   switch (cmd.op) {
     case 'create':
       await reg.create(cmd.disk, cmd.size, cmd.blockSize);
@@ -103,17 +101,17 @@ export async function execute(reg: Registry, cmd: Command): Promise<string> {
       await reg.resize(cmd.disk, cmd.size);
       return `resized ${cmd.disk}`;
     case 'snapshot': {
-      const s = await createSnapshot(ctx, reg.disk(cmd.disk), cmd.snap);
+      const s = await reg.snapshot(cmd.disk, cmd.snap);
       return `snapshot ${cmd.disk}@${cmd.snap} id ${s.uid}`;
     }
     case 'delete-snapshot':
-      await deleteSnapshot(ctx, reg.disk(cmd.disk), cmd.snap);
+      await reg.deleteSnapshot(cmd.disk, cmd.snap);
       return `deleted snapshot ${cmd.disk}@${cmd.snap}`;
     case 'rollback':
-      await rollback(ctx, reg.disk(cmd.disk), cmd.snap);
+      await reg.rollback(cmd.disk, cmd.snap);
       return `rolled ${cmd.disk} back to ${cmd.snap}`;
     case 'clone':
-      await cloneSnapshot(ctx, reg.disk(cmd.disk), cmd.snap, cmd.target);
+      await reg.clone(cmd.disk, cmd.snap, cmd.target);
       return `cloned ${cmd.disk}@${cmd.snap} as ${cmd.target}`;
   }
 }

@@ -1,7 +1,7 @@
 /**
  * Shared state of an open store that the disk modules work on: the database, the pool, the entry cache,
  * and one DiskState per disk (its record, locks, open counts and space counters). Pure bookkeeping; the
- * operations live in io.ts, snapshots.ts and registry.ts.
+ * operations live in read.ts, write.ts, discard.ts, commit.ts, snapshots.ts and registry.ts.
  */
 import type { Db } from '../meta/db.js';
 import { EntryCache, Table, type BatchOp } from '../meta/table.js';

@@ -12,7 +12,7 @@
  * - `claimed` is the one way to set a claim: a restore's final batch, which makes the image's blocks the
  *   disk's content and records the claim atomically.
  * - `assertUnclaimed` is the tripwire at the places where content changes (the write and commit paths in
- *   io.ts): a path that forgot `dropClaim` fails loudly instead of producing a wrong restore.
+ *   write.ts, commit.ts): a path that forgot `dropClaim` fails loudly instead of producing a wrong restore.
  *
  * Concurrency: callers hold the disk's gate (writes shared, control operations exclusively). Concurrent
  * writers share one drop in flight (`DiskState.claimDrop`), and none of them proceeds before it is durable.

@@ -1,12 +1,12 @@
 /**
  * The registry of named disks in one store: opening (format check + table scan), create, delete, resize,
- * and the space and status figures. Snapshot commands are in snapshots.ts, block I/O in io.ts.
+ * and the space and status figures. Snapshot commands are in snapshots.ts, block I/O in read.ts/write.ts/discard.ts; the interface above the layer is view.ts.
  * Every command changes the store with one atomic batch; large table clean-ups (a deleted disk's blocks)
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
 import { openDb } from '../meta/db.js';
 import { DISK_PREFIX, HISTORY_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
-import type { BlockStoreKind, DiskRecord, HistoryRecord, SeqRecord } from '../meta/records.js';
+import type { BlockStoreKind, DiskRecord, HistoryRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
 import { bottomFactory } from '../store/bottoms.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
@@ -16,12 +16,13 @@ import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
 import { checkName } from './names.js';
 import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
 import { blocksFor } from '../util/range.js';
-import { busy, exists, VdiskError } from '../errors.js';
+import { busy, exists } from '../errors.js';
 import { writeExclusive } from './write.js';
 import { Transaction } from './commit.js';
 import { flushStore, flushStoreNow } from './durable.js';
 import { Disk, View } from './view.js';
-import { clonesOf } from './snapshots.js';
+import { Landing } from './landing.js';
+import { clonesOf, createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from './snapshots.js';
 import { collectView } from './viewScan.js';
 import { dropClaim } from './identity.js';
 
@@ -106,6 +107,11 @@ export class Registry {
   /** A modification time strictly later than any handed out before (files whose content changes at each look). */
   changeTime(): number {
     return this.ctx.clock.tick();
+  }
+
+  /** Somewhere to stage blocks of this size before they become a disk's content (restore). */
+  landing(blockSize: number): Promise<Landing> {
+    return Landing.open(this.ctx, blockSize);
   }
 
   /** Bytes the pool holds, and its capacity (Infinity: no limit). */
@@ -217,6 +223,25 @@ export class Registry {
         d.changed();
       }
     });
+  }
+
+  /** An instant snapshot of disk `name` (snapshots.ts). */
+  snapshot(name: string, snap: string): Promise<SnapshotRecord> {
+    return createSnapshot(this.ctx, this.ctx.disk(name), snap);
+  }
+
+  deleteSnapshot(name: string, snap: string): Promise<void> {
+    return deleteSnapshot(this.ctx, this.ctx.disk(name), snap);
+  }
+
+  /** Make disk `name` exactly its snapshot `snap` again. */
+  rollback(name: string, snap: string): Promise<void> {
+    return rollback(this.ctx, this.ctx.disk(name), snap);
+  }
+
+  /** A writable disk `newName` reading through to `name@snap`. */
+  clone(name: string, snap: string, newName: string): Promise<DiskRecord> {
+    return cloneSnapshot(this.ctx, this.ctx.disk(name), snap, newName);
   }
 
   /** Append one control command to the persistent history. */

@@ -19,6 +19,7 @@ import { resolve, type Resolved } from './resolve.js';
 import { changedSince } from './snapshots.js';
 import { flushStore, flushStoreNow } from './durable.js';
 import { invalid, notFound } from '../errors.js';
+import { claimOf } from './identity.js';
 
 /** Reads runs of physically adjacent blocks of a view's block size (image producers). */
 export interface BlockReader {
@@ -184,6 +185,16 @@ export class Disk extends View {
   /** Make every acknowledged write durable (the whole store's: durable.ts); undefined: done already. */
   flush(): Promise<void> | undefined {
     return flushStoreNow(this.ctx) ? undefined : flushStore(this.ctx);
+  }
+
+  /** Some file handle has the disk open (pin). */
+  isOpen(): boolean {
+    return this.state.isOpen();
+  }
+
+  /** The uid of the snapshot whose exact content the disk holds (restored, unchanged since), or null. */
+  holds(): string | null {
+    return claimOf(this.state);
   }
 
   /** Last modification (ms). */

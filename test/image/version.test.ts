@@ -5,7 +5,7 @@
 import { describe, it, expect } from 'vitest';
 import { HEADER_FIELDS, ImageError, ImageProducer, TRAILER_FIELDS, crc32, planImage, verifyImage, type ImagePlanInput } from '../../src/image/index.js';
 import { pbnRuns, physicalOrder } from '../../src/image/layout.js';
-import { byLbn } from '../../src/restore/restore.js';
+import { byLbn } from '../../src/disk/landing.js';
 import { collect, parseAll, prng, randomBytes } from './helpers.js';
 
 const BS = 4096;
