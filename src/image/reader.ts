@@ -9,7 +9,7 @@
 import { Crc32, crc32 } from './crc32.js';
 import { ByteSource, type ImageSource } from './byteSource.js';
 import { checkHeaderPrefix, decodeHeader, decodeTrailer, readU64, type ImageHeader } from './header.js';
-import { corrupt } from './imageError.js';
+import { corrupt, type ImageError } from './imageError.js';
 import { HEADER_LENGTH, TRAILER_RECORD_LENGTH, describeOffset, groupSlots, type ImageLayout } from './layout.js';
 
 export interface ImageTables {
@@ -117,25 +117,9 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
     for (let j = 0; j < zeros.length; j++) yield { type: 'zero', lbn: zeros[j]! };
 
     const table = Buffer.from(await src.read(4 * header.groupCount));
-    const rec = Buffer.from(await src.read(TRAILER_RECORD_LENGTH));
-    const t = decodeTrailer(rec, header.trailerOffset);
-    const mismatch = (field: string, ok: boolean): void => {
-      if (!ok) throw corrupt(`trailer.${field}`, 'trailer does not match header', header.trailerOffset);
-    };
-    mismatch('version', t.version === header.version);
-    mismatch('totalLength', t.totalLength === header.totalLength);
-    mismatch('slotCount', t.slotCount === header.slotCount);
-    mismatch('zeroCount', t.zeroCount === header.zeroCount);
-    mismatch('blockSize', t.blockSize === header.blockSize);
-    mismatch('headerCrc', t.headerCrc === header.headerCrc);
-    mismatch('tablesCrc', t.tablesCrc === header.tablesCrc);
-    mismatch('snapIdCrc', t.snapIdCrc === crc32(header.snapId));
-    if (crc32(table) !== t.groupTableCrc) throw corrupt('groupTable', 'group table checksum mismatch', header.groupTableOffset);
+    checkTrailer(header, table, Buffer.from(await src.read(TRAILER_RECORD_LENGTH)));
     for (let g = 0; g < header.groupCount; g++) {
-      if (table.readUInt32BE(4 * g) !== groupCrcs[g]) {
-        const [first] = groupSlots(header, g);
-        throw corrupt(`data group ${g} (slots ${first}..)`, 'data checksum mismatch', header.dataOffset + first * header.blockSize);
-      }
+      if (table.readUInt32BE(4 * g) !== groupCrcs[g]) throw groupMismatch(header, g);
     }
     if (!(await src.atEnd())) {
       throw corrupt('eof', 'unexpected bytes after the end of the image (appended or concatenated data)', header.totalLength);
@@ -147,6 +131,32 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
   } finally {
     await src.close();
   }
+}
+
+/**
+ * The trailer area: the 64-byte trailer record `rec` must match the header, and the group checksum table
+ * `groupTable` (4 × groupCount bytes) its own checksum. Throws ImageError CORRUPT naming the first mismatch.
+ */
+export function checkTrailer(header: ImageHeader, groupTable: Buffer, rec: Buffer): void {
+  const t = decodeTrailer(rec, header.trailerOffset);
+  const mismatch = (field: string, ok: boolean): void => {
+    if (!ok) throw corrupt(`trailer.${field}`, 'trailer does not match header', header.trailerOffset);
+  };
+  mismatch('version', t.version === header.version);
+  mismatch('totalLength', t.totalLength === header.totalLength);
+  mismatch('slotCount', t.slotCount === header.slotCount);
+  mismatch('zeroCount', t.zeroCount === header.zeroCount);
+  mismatch('blockSize', t.blockSize === header.blockSize);
+  mismatch('headerCrc', t.headerCrc === header.headerCrc);
+  mismatch('tablesCrc', t.tablesCrc === header.tablesCrc);
+  mismatch('snapIdCrc', t.snapIdCrc === crc32(header.snapId));
+  if (crc32(groupTable) !== t.groupTableCrc) throw corrupt('groupTable', 'group table checksum mismatch', header.groupTableOffset);
+}
+
+/** The error for checksum group g whose data does not match its entry in the group table. */
+export function groupMismatch(header: ImageLayout, g: number): ImageError {
+  const [first] = groupSlots(header, g);
+  return corrupt(`data group ${g} (slots ${first}..)`, 'data checksum mismatch', header.dataOffset + first * header.blockSize);
 }
 
 /** Callback form of readImage; resolves with the report after end(), rejects with ImageError. */
