@@ -5,7 +5,8 @@
  */
 import type { Registry } from '../disk/registry.js';
 import { invalid, errorMessage, errorCode } from '../errors.js';
-import { parseSize } from '../util/size.js';
+import { formatSize, parseSize } from '../util/size.js';
+import { attachmentsOf } from './attachments.js';
 
 export type Command =
   | { op: 'create'; disk: string; size: number; blockSize?: number }
@@ -14,7 +15,9 @@ export type Command =
   | { op: 'snapshot'; disk: string; snap: string }
   | { op: 'delete-snapshot'; disk: string; snap: string }
   | { op: 'rollback'; disk: string; snap: string }
-  | { op: 'clone'; disk: string; snap: string; target: string };
+  | { op: 'clone'; disk: string; snap: string; target: string }
+  | { op: 'attach'; name: string; images: string[] }
+  | { op: 'detach'; name: string };
 
 export const USAGE = [
   'create <disk> <size> [block-size=<size>]',
@@ -24,6 +27,8 @@ export const USAGE = [
   'delete-snapshot <disk> <snap>',
   'rollback <disk> <snap>',
   'clone <disk> <snap> <newdisk>',
+  'attach <name> <image> [<delta>...]',
+  'detach <name>',
 ];
 
 const MAX_LINE = 4096;
@@ -73,6 +78,12 @@ export function parseCommand(line: string): Command {
       if (a.length !== 3) throw invalid(`usage: ${USAGE[6]}`);
       return { op, disk: a[0]!, snap: a[1]!, target: a[2]! };
     }
+    case 'attach':
+      if (args.length < 2) throw invalid(`usage: ${USAGE[7]}`);
+      return { op, name: args[0]!, images: args.slice(1) };
+    case 'detach':
+      want(1, USAGE[8]!);
+      return { op, name: args[0]! };
     case undefined:
       throw invalid('empty command');
     default:
@@ -113,6 +124,14 @@ export async function execute(reg: Registry, cmd: Command): Promise<string> {
     case 'clone':
       await reg.clone(cmd.disk, cmd.snap, cmd.target);
       return `cloned ${cmd.disk}@${cmd.snap} as ${cmd.target}`;
+    case 'attach': {
+      const a = await attachmentsOf(reg).attach(cmd.name, cmd.images);
+      const h = a.chain.last;
+      return `attached ${cmd.name}: ${h.diskName}@${h.snapName} (${h.snapId}), ${formatSize(h.virtualSize)}, from ${a.paths.join(' ')}`;
+    }
+    case 'detach':
+      await attachmentsOf(reg).detach(cmd.name);
+      return `detached ${cmd.name}`;
   }
 }
 

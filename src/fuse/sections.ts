@@ -4,6 +4,7 @@
  *   deltas/<disk>/<base>..<snap>  read-only incremental image between two snapshots (any older base)
  *   import/<newdisk>              write an image here (sequentially) to restore it as a new disk (method 1)
  *   restore/<disk>                write an image here to restore it into the existing disk (method 2)
+ *   attached/<name>               read-only disk file of an image chain attached with `attach` (no restore)
  * Image files hold their snapshot open while open, so it cannot be deleted under a reader. Restores
  * commit when the writer closes the file (flush): a bad or short image makes that close fail (dd reports
  * it) and leaves nothing behind; damage in the middle already fails the write that carried it.
@@ -16,6 +17,7 @@ import { ChunkFeeder } from '../restore/feeder.js';
 import { invalid, readOnly, VdiskError } from '../errors.js';
 import { checkName } from '../disk/names.js';
 import { logger } from '../log.js';
+import { enableAttachments } from '../control/attachments.js';
 
 const RO = 0o100444;
 const WO = 0o100200;
@@ -77,6 +79,37 @@ export function installSections(tree: Tree, reg: Registry): void {
     } catch {
       return undefined;
     }
+  });
+
+  // attached/<name>: an image chain attached with `attach`, read-only, read through the images' tables.
+  const attachments = enableAttachments(reg);
+  tree.addSection('attached', (rest) => {
+    if (rest.length === 0) return { kind: 'dir', list: () => attachments.names() };
+    if (rest.length > 1 || !attachments.has(rest[0]!)) return undefined;
+    const a = attachments.get(rest[0]!);
+    const c = a.chain;
+    const refuse = () => Promise.reject(readOnly('attached images are read-only'));
+    return {
+      kind: 'file',
+      stat: () => ({ mode: RO, size: c.virtualSize, blocks: (c.lbns.length * c.blockSize) / 512, blksize: c.blockSize, mtime: a.attachedAt }),
+      open: async (write) => {
+        if (write) throw readOnly('attached images are read-only');
+        a.opens++;
+        let open = true;
+        return {
+          read: (dst, pos) => c.read(dst, pos),
+          seek: (pos, what) => Promise.resolve(c.seek(pos, what)),
+          readOnly: true,
+          write: refuse,
+          truncate: refuse,
+          release: async () => {
+            if (open) a.opens--;
+            open = false;
+          },
+        } satisfies Handle;
+      },
+      truncate: refuse,
+    };
   });
 
   const importers = new Map<string, Importer>();

@@ -14,7 +14,8 @@ import { fileChunks } from './fileSource.js';
 import { checkTrailer, groupMismatch, readImage, type ImageTables } from './reader.js';
 import type { ImageHeader } from './header.js';
 import { TRAILER_RECORD_LENGTH } from './layout.js';
-import { corrupt, invalid } from './imageError.js';
+import { corrupt } from './imageError.js';
+import { invalid } from '../errors.js';
 
 /** Verified checksum groups kept per image (1 MiB each with the default group size). */
 const CACHED_GROUPS = 16;
@@ -36,7 +37,7 @@ export class SeekableImage {
     try {
       const st = await fh.stat();
       if (!st.isFile() && !st.isBlockDevice()) {
-        throw invalid(path, 'an attached or merged image must be a file that can be read at any offset (not a pipe or a tape); copy it to a file first');
+        throw invalid(`${path}: an attached or merged image must be a file that can be read at any offset (not a pipe or a tape); copy it to a file first`);
       }
       let header: ImageHeader | undefined;
       let tables: ImageTables | undefined;
@@ -121,7 +122,7 @@ export class ImageChain {
 
   /** Open a full image followed by deltas, each applying onto the one before; refused before any read of data. */
   static async open(paths: string[]): Promise<ImageChain> {
-    if (paths.length === 0) throw invalid('chain', 'no image given');
+    if (paths.length === 0) throw invalid('no image given');
     const images: SeekableImage[] = [];
     try {
       for (const p of paths) images.push(await SeekableImage.open(p));
@@ -157,14 +158,8 @@ export class ImageChain {
 
   /** Where lbn's data is, or undefined: a hole. */
   locate(lbn: number): Place | undefined {
-    let lo = 0;
-    let hi = this.lbns.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.lbns[mid]! < lbn) lo = mid + 1;
-      else hi = mid;
-    }
-    return this.lbns[lo] === lbn ? this.places[lo] : undefined;
+    const i = this.indexFrom(lbn);
+    return this.lbns[i] === lbn ? this.places[i] : undefined;
   }
 
   /** Read the chain's disk at pos into dst: bytes read (short at the end). Holes read as zeros. */
@@ -185,24 +180,52 @@ export class ImageChain {
     return Math.max(0, end - pos);
   }
 
+  /** lseek SEEK_DATA / SEEK_HOLE over the chain's blocks: the offset, or null past the end (ENXIO). */
+  seek(pos: number, what: 'data' | 'hole'): number | null {
+    const size = this.virtualSize;
+    if (pos >= size) return null;
+    const bs = this.blockSize;
+    const lbn = Math.floor(pos / bs);
+    let i = this.indexFrom(lbn);
+    if (what === 'data') {
+      if (i >= this.lbns.length) return null;
+      return this.lbns[i] === lbn ? pos : this.lbns[i]! * bs;
+    }
+    if (this.lbns[i] !== lbn) return pos;
+    while (i + 1 < this.lbns.length && this.lbns[i + 1] === this.lbns[i]! + 1) i++;
+    return Math.min(size, (this.lbns[i]! + 1) * bs);
+  }
+
   async close(): Promise<void> {
     await Promise.allSettled(this.images.map((i) => i.close()));
+  }
+
+  /** The index of the first data block at or after lbn (lbns.length: none). */
+  private indexFrom(lbn: number): number {
+    let lo = 0;
+    let hi = this.lbns.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.lbns[mid]! < lbn) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 }
 
 function checkLinks(images: SeekableImage[]): void {
   const [first] = images;
   if (first!.header.kind !== 'full') {
-    throw invalid('chain', `${first!.path} is an incremental image (${first!.header.baseSnapName ?? first!.header.baseSnapId}..${first!.header.snapName}): a chain starts with a full image`);
+    throw invalid(`${first!.path} is an incremental image (${first!.header.baseSnapName ?? first!.header.baseSnapId}..${first!.header.snapName}): a chain starts with a full image`);
   }
   for (let i = 1; i < images.length; i++) {
     const prev = images[i - 1]!;
     const img = images[i]!;
     const h = img.header;
-    if (h.kind !== 'delta') throw invalid('chain', `${img.path} is a full image: only the first image of a chain may be full`);
+    if (h.kind !== 'delta') throw invalid(`${img.path} is a full image: only the first image of a chain may be full`);
     if (h.baseSnapId !== prev.header.snapId) {
-      throw invalid('chain', `${img.path} applies onto snapshot ${h.baseSnapName ?? '?'} (${h.baseSnapId}), but ${prev.path} holds ${prev.header.snapName} (${prev.header.snapId}): a link is missing or out of order`);
+      throw invalid(`${img.path} applies onto snapshot ${h.baseSnapName ?? '?'} (${h.baseSnapId}), but ${prev.path} holds ${prev.header.snapName} (${prev.header.snapId}): a link is missing or out of order`);
     }
-    if (h.blockSize !== prev.header.blockSize) throw invalid('chain', `${img.path} has block size ${h.blockSize}, ${prev.path} ${prev.header.blockSize}`);
+    if (h.blockSize !== prev.header.blockSize) throw invalid(`${img.path} has block size ${h.blockSize}, ${prev.path} ${prev.header.blockSize}`);
   }
 }
