@@ -14,6 +14,7 @@ import { findTarget, producerFor } from '../../src/image/snapshotImage.js';
 import { restoreRecorded } from '../../src/restore/restore.js';
 import { ImageChain } from '../../src/image/seekable.js';
 import { mergeChain } from '../../src/image/merge.js';
+import { compareImage, storeSide } from '../../src/image/compare.js';
 import { ImageError } from '../../src/image/imageError.js';
 import { decodeHeader } from '../../src/image/header.js';
 import { prng, randomBytes, tempDir, cleanupDirs } from '../unit/helpers.js';
@@ -177,5 +178,21 @@ describe('image chains', () => {
     const fifo = join(w.dir, 'fifo');
     await new Promise<void>((res, rej) => spawn('mkfifo', [fifo]).on('exit', (c) => (c === 0 ? res() : rej(new Error(`mkfifo ${c}`)))));
     await expect(ImageChain.open([fifo])).rejects.toThrow(/not a pipe or a tape/);
+  });
+
+  it('verify --against: an image matches the snapshot it was made of, and not another one', async () => {
+    const cmp = async (file: number, snap: string) => compareImage([await readFile(w.files[file]!)], storeSide(w.reg, 'd', snap));
+    const ok = await cmp(0, 's1');
+    expect(ok.difference).toBeUndefined();
+    expect(ok.otherId).toBeUndefined();
+    expect(ok.blocks).toBeGreaterThan(0);
+    expect((await cmp(1, 's2')).difference).toBeUndefined();
+    expect((await cmp(2, 's3')).difference).toBeUndefined();
+    const wrong = await cmp(0, 's2');
+    expect(wrong.otherId).toBe(w.reg.disk('d').rec.snapshots[0]!.uid);
+    expect(wrong.difference?.why).toMatch(/differs from d@s2|holds data the image does not have|makes block/);
+    // the delta s1..s2 against s3: its base is s1, and s3 changed blocks since that the image lacks
+    const lacking = await cmp(1, 's3');
+    expect(lacking.difference).toBeDefined();
   });
 });
