@@ -113,9 +113,9 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
     log.info({ why }, 'stopping: finishing the requests in flight');
     let code = 0;
     try {
-      const inFlight = await mounted!.drain();
+      const { inFlight, open } = await mounted!.drain();
       await reg.sync();
-      log.info({ inFlight }, 'requests finished and data flushed; unmounting');
+      log.info({ inFlight, stillOpen: open }, 'requests finished and data flushed; unmounting');
       await mounted!.unmount();
     } catch (e) {
       code = 1;

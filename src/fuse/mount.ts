@@ -118,12 +118,17 @@ export interface Mounted {
   /**
    * Stop taking requests and wait for those in flight: from now on every request but flush, fsync and
    * release (which let a writer's close complete) is answered ENOTCONN at once, as the kernel answers once
-   * the mount is gone; resolves when no request is being served. Returns how many were in flight.
+   * the mount is gone; resolves when no request is being served and every open file is closed, or
+   * `graceMs` after that at most: a writer that got ENOTCONN closes its file at once, and its close still
+   * succeeds (dd then prints what it wrote); one that holds its file open (a loop device) is not waited for.
    */
-  drain(): Promise<number>;
+  drain(graceMs?: number): Promise<{ inFlight: number; open: number }>;
   /** Unmount (lazily: open descriptors then get ENOTCONN from the kernel) and wait for the last replies. */
   unmount(): Promise<void>;
 }
+
+/** How long a stopping mount waits for open files to be closed (Mounted.drain). */
+export const DRAIN_GRACE_MS = 3000;
 
 /** Served while stopping: a writer's close (flush, release) and fsync still complete. */
 const SERVED_WHILE_STOPPING = new Set(['flush', 'fsync', 'release']);
@@ -466,7 +471,12 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
   let unmounted = false;
   return {
     tree,
-    drain: () => requests.drain(),
+    drain: async (graceMs = DRAIN_GRACE_MS) => {
+      const inFlight = await requests.drain();
+      for (const end = Date.now() + graceMs; handles.size > 0 && Date.now() < end; ) await new Promise((res) => setTimeout(res, 20));
+      await requests.idle();
+      return { inFlight, open: handles.size };
+    },
     unmount: async () => {
       if (unmounted) return;
       unmounted = true;
