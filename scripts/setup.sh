@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # vdiskfs setup: system packages (FUSE 3, libfuse3-dev and the tools to build the binding, fio, e2fsprogs),
 # /dev/fuse check,
-# npm ci + build, and `vdiskfs` on PATH. Idempotent; quiet unless something is installed.
+# npm ci + build, `vdiskfs` on PATH, and (as root or with sudo) the mount helper /sbin/mount.vdiskfs and,
+# where systemd runs, vdiskfs@.service (scripts/system/install.sh). Idempotent; quiet unless something is
+# installed.
 #
 #   scripts/setup.sh            # everything needed to mount and to run `npm test`
 #   scripts/setup.sh --bench    # additionally qemu-utils / qemu-storage-daemon and postgresql for `npm run bench`
@@ -13,7 +15,7 @@ WANT_BENCH=0
 for arg in "$@"; do
   case "$arg" in
     --bench) WANT_BENCH=1 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -146,4 +148,12 @@ if ! linked_here; then
   fi
 fi
 linked_here || die "vdiskfs is not on PATH after npm link (PATH=$PATH)"
+
+# ---- 4. mount helper and systemd unit (root or sudo only) -------------------
+# /sbin/mount.vdiskfs (mount -t vdiskfs, fstab type vdiskfs) and, where systemd runs, vdiskfs@.service.
+if [[ $(id -u) -eq 0 ]]; then
+  bash "$ROOT/scripts/system/install.sh" || die "installing the mount helper / systemd unit failed"
+elif [[ ${#SUDO[@]} -gt 0 ]]; then
+  "${SUDO[@]}" env PATH="$PATH" bash "$ROOT/scripts/system/install.sh" || die "installing the mount helper / systemd unit failed"
+fi
 log "ok: $(command -v vdiskfs) -> $BIN"

@@ -27,7 +27,7 @@ program
   .description('mount vdiskfs (fstab: `vdiskfs none MOUNTPOINT -o store=DIR,pool_size=10G,block_store=file`)')
   .argument('<mountpoint-or-source>', 'mountpoint (or a source name/store dir when called as mount.fuse does)')
   .argument('[mountpoint]')
-  .option('--store <dir>', 'store directory (default $VDISKFS_STORE or ~/.local/share/vdiskfs)')
+  .option('--store <dir>', 'store directory (default $VDISKFS_STORE, else /var/lib/vdiskfs for root, $XDG_DATA_HOME/vdiskfs or ~/.local/share/vdiskfs)')
   .option('--pool-size <size>', 'pool capacity, e.g. 10G (default unlimited)')
   .option('--block-store <kind>', BLOCK_STORE_HELP)
   .option('--readahead <size>', 'kernel readahead for sequential reads, e.g. 1M (default 1M; 0 keeps the kernel default; needs root)')

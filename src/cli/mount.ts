@@ -4,13 +4,13 @@
  * return only when it reports the mount ready (exit 0) or failed (exit non-zero, reason on stderr).
  */
 import { spawn } from 'node:child_process';
-import { readFile, rm, writeFile, mkdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { readFile, rm, stat, writeFile, mkdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { Registry } from '../disk/registry.js';
 import { Tree } from '../fuse/nodes.js';
 import { mountTree, type Mounted } from '../fuse/mount.js';
-import { configureLog, logger } from '../log.js';
-import { mountInfoPath, parseBlockStore } from '../meta/db.js';
+import { configureLog, logger, reopenLog } from '../log.js';
+import { logPath, mountInfoPath, parseBlockStore } from '../meta/db.js';
 import { parseReadahead, parseSize } from '../util/size.js';
 import { mountDevice } from '../util/mountinfo.js';
 import { errorMessage, invalid } from '../errors.js';
@@ -30,7 +30,7 @@ export interface MountArgs {
   logLevel?: string;
 }
 
-/** mount(8) passes options we must not hand to FUSE. */
+/** mount(8) passes options we must not hand to FUSE (and every `x-…` and `comment=…` of fstab). */
 const DROPPED = new Set(['rw', 'defaults', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev', 'nofail', 'dev', 'suid', 'exec', 'nodev', 'nosuid', 'noexec', 'async', 'atime', 'noatime', 'relatime']);
 
 /** Split -o lists into our own long options (name=value) and options for FUSE. */
@@ -46,7 +46,7 @@ export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: s
     else if (k === 'readahead') out.readahead = v;
     else if (k === 'log-level') out.logLevel = v;
     else if (k === 'foreground') out.foreground = true;
-    else if (!DROPPED.has(o)) out.fuseOptions.push(o);
+    else if (!DROPPED.has(o) && !o.startsWith('x-') && !o.startsWith('comment=')) out.fuseOptions.push(o);
   }
   return out;
 }
@@ -63,9 +63,16 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
   if (poolSize !== undefined && poolSize <= 0) throw invalid('pool size must be positive');
   const blockStore = args.blockStore !== undefined ? parseBlockStore(args.blockStore) : undefined;
   const readahead = args.readahead !== undefined ? parseReadahead(args.readahead) : undefined;
-  // A store directory this mount creates is removed again if the mount fails.
+  // Fail before creating anything where we can; a store directory (and any parent) this mount creates is
+  // removed again if the mount fails later.
+  // (ENOTCONN: the dead mount of a killed daemon, which mountTree clears and mounts over.)
+  const mp = await stat(mountpoint).then(
+    (st) => (st.isDirectory() ? undefined : 'not a directory'),
+    (e: NodeJS.ErrnoException) => (e.code === 'ENOTCONN' ? undefined : e.code === 'ENOENT' ? 'no such directory' : e.message),
+  );
+  if (mp) throw invalid(`cannot mount ${mountpoint}: ${mp}`);
   const created = await mkdir(dir, { recursive: true });
-  configureLog({ level: args.logLevel ?? 'info', file: join(dir, 'vdiskfs.log'), stderr: !!args.foreground && !notify });
+  configureLog({ level: args.logLevel ?? 'info', file: logPath(dir), stderr: !!args.foreground && !notify });
   const log = logger('mount');
   const removeCreated = async (): Promise<void> => {
     if (created) await rm(created, { recursive: true, force: true }).catch(() => undefined);
@@ -94,26 +101,41 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
     await removeCreated();
     throw e;
   }
-  log.info({ store: dir, mountpoint, pid: process.pid }, 'vdiskfs ready');
+  log.info({ store: dir, mountpoint, pid: process.pid, log: logPath(dir) }, 'vdiskfs ready');
   let stopping = false;
+  // SIGTERM/SIGINT (systemctl stop, Ctrl-C): answer the requests in flight, refuse new ones (ENOTCONN, as
+  // the kernel does once the mount is gone), flush, unmount, close the store, exit 0. An unmount from
+  // outside (fusermount3 -u, umount, vdiskfs unmount) takes the same path once the watch below sees it.
   const stop = async (why: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
     clearInterval(watch);
-    log.info({ why }, 'stopping');
+    log.info({ why }, 'stopping: finishing the requests in flight');
+    let code = 0;
     try {
+      const { inFlight, open } = await mounted!.drain();
       await reg.sync();
+      log.info({ inFlight, stillOpen: open }, 'requests finished and data flushed; unmounting');
       await mounted!.unmount();
     } catch (e) {
-      log.error({ err: e }, 'unmount failed');
+      code = 1;
+      log.error({ err: e }, 'flush or unmount failed');
     }
-    await reg.close().catch((e) => log.error({ err: e }, 'close failed'));
+    await reg.close().catch((e) => {
+      code = 1;
+      log.error({ err: e }, 'closing the store failed');
+    });
     await rm(mountInfoPath(dir), { force: true });
-    process.exit(0);
+    log.info({ why, mountpoint }, code === 0 ? 'stopped: flushed, unmounted and closed' : 'stopped with errors (above)');
+    process.exit(code);
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGHUP', () => void stop('SIGHUP'));
+  // SIGHUP (logrotate's postrotate, `systemctl reload`): reopen the log file at its path; the mount stays.
+  process.on('SIGHUP', () => {
+    reopenLog();
+    log.info({ log: logPath(dir) }, 'log file reopened (SIGHUP)');
+  });
   // `fusermount -u` from outside: notice the mount is gone and close the store cleanly.
   const watch = setInterval(() => {
     void isMounted(mountpoint).then((m) => {

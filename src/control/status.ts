@@ -2,6 +2,7 @@
 import type { Registry } from '../disk/registry.js';
 import { formatSize } from '../util/size.js';
 import type { BlockStoreKind } from '../meta/records.js';
+import { logPath } from '../meta/db.js';
 
 export interface SnapshotStatus { name: string; id: string; created: string; size: number; heldBytes: number }
 export interface DiskStatus {
@@ -18,6 +19,8 @@ export interface StoreStatus {
   /** blockStore: where block data lives (`file`: pool files, `leveldb`: values in the store's LevelDB). */
   pool: { capacity: number | null; usedBytes: number; freeBytes: number | null; blockStore: BlockStoreKind };
   disks: DiskStatus[];
+  /** The daemon's log file (JSON lines), STORE/vdiskfs.log. */
+  log: string;
 }
 
 export function storeStatus(reg: Registry): StoreStatus {
@@ -44,6 +47,7 @@ export function storeStatus(reg: Registry): StoreStatus {
   return {
     pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null, blockStore: reg.blockStore },
     disks,
+    log: logPath(reg.dir),
   };
 }
 
@@ -59,5 +63,6 @@ export function renderStatus(st: StoreStatus): string {
   const p = st.pool;
   lines.push('');
   lines.push(`pool: ${formatSize(p.usedBytes)} used` + (p.capacity !== null ? ` of ${formatSize(p.capacity)} (${formatSize(p.freeBytes ?? 0)} free)` : ' (no size limit)') + `, block data in ${p.blockStore === 'leveldb' ? 'LevelDB' : 'pool files'}`);
+  lines.push(`log: ${st.log}`);
   return lines.join('\n') + '\n';
 }

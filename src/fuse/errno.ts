@@ -19,6 +19,8 @@ export const E = {
   ENOTEMPTY: -39,
   ENOTSUP: -95,
   EOPNOTSUPP: -95,
+  /** What the kernel itself answers once a FUSE connection is gone; the daemon answers it while stopping. */
+  ENOTCONN: -107,
 } as const;
 
 const BY_CODE: Record<string, number> = {

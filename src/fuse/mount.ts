@@ -84,7 +84,69 @@ async function setReadahead(mountpoint: string, bytes: number): Promise<void> {
 
 export interface Mounted {
   tree: Tree;
+  /**
+   * Stop taking requests and wait for those in flight: from now on every request but flush, fsync and
+   * release (which let a writer's close complete) is answered ENOTCONN at once, as the kernel answers once
+   * the mount is gone; resolves when no request is being served and every open file is closed, or
+   * `graceMs` after that at most: a writer that got ENOTCONN closes its file at once, and its close still
+   * succeeds (dd then prints what it wrote); one that holds its file open (a loop device) is not waited for.
+   */
+  drain(graceMs?: number): Promise<{ inFlight: number; open: number }>;
+  /** Unmount (lazily: open descriptors then get ENOTCONN from the kernel) and wait for the last replies. */
   unmount(): Promise<void>;
+}
+
+/** How long a stopping mount waits for open files to be closed (Mounted.drain). */
+export const DRAIN_GRACE_MS = 3000;
+
+/** Served while stopping: a writer's close (flush, release) and fsync still complete. */
+const SERVED_WHILE_STOPPING = new Set(['flush', 'fsync', 'release']);
+
+/**
+ * Counts the requests being served (called, not yet answered) and refuses new ones once draining. Wraps
+ * each operation of the table handed to the binding; the last argument of every operation is its reply.
+ */
+export class Requests {
+  private inFlight = 0;
+  private draining = false;
+  private waiters: (() => void)[] = [];
+
+  wrap<T extends Record<string, unknown>>(ops: T): T {
+    const out: Record<string, unknown> = {};
+    for (const [name, fn] of Object.entries(ops)) {
+      if (typeof fn !== 'function' || name === 'initWithConfig') {
+        out[name] = fn;
+        continue;
+      }
+      const served = SERVED_WHILE_STOPPING.has(name);
+      out[name] = (...args: unknown[]) => {
+        const reply = args[args.length - 1] as (...r: unknown[]) => void;
+        if (this.draining && !served) return reply(E.ENOTCONN);
+        this.inFlight++;
+        let answered = false;
+        args[args.length - 1] = (...r: unknown[]) => {
+          if (!answered) {
+            answered = true;
+            if (--this.inFlight === 0) for (const w of this.waiters.splice(0)) w();
+          }
+          reply(...r);
+        };
+        (fn as (...a: unknown[]) => void)(...args);
+      };
+    }
+    return out as T;
+  }
+
+  drain(): Promise<number> {
+    this.draining = true;
+    const n = this.inFlight;
+    return this.idle().then(() => n);
+  }
+
+  /** Resolves when no request is being served. */
+  idle(): Promise<void> {
+    return this.inFlight === 0 ? Promise.resolve() : new Promise((res) => this.waiters.push(res));
+  }
 }
 
 export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): Promise<Mounted> {
@@ -127,13 +189,15 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
       });
     },
   };
+  const requests = new Requests();
   const fuse = new VdiskFuse(
     opts.mountpoint,
-    fuseOps as never,
+    requests.wrap(fuseOps) as never,
     {
       timeout: opts.timeoutMs ?? 10 * 60 * 1000,
       force: true,
-      fsname: 'vdiskfs',
+      // The mount's source (mount, findmnt, df): the store. libfuse cannot take a comma or backslash there.
+      fsname: /[\0,\\\r\n]/.test(opts.storeDir) ? 'vdiskfs' : opts.storeDir,
       subtype: 'vdiskfs',
       maxRead: MAX_WRITE,
       maxConcurrency: opts.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY,
@@ -156,10 +220,19 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
   let unmounted = false;
   return {
     tree,
+    drain: async (graceMs = DRAIN_GRACE_MS) => {
+      const inFlight = await requests.drain();
+      for (const end = Date.now() + graceMs; handles.size > 0 && Date.now() < end; ) await new Promise((res) => setTimeout(res, 20));
+      await requests.idle();
+      return { inFlight, open: handles.size };
+    },
     unmount: async () => {
       if (unmounted) return;
       unmounted = true;
       await new Promise<void>((resolve) => fuse.unmount(() => resolve()));
+      // The binding answers what was still pending with EIO as it unmounts; their work still finishes here
+      // before the caller closes the store.
+      await requests.idle();
     },
   };
 }

@@ -21,6 +21,8 @@ export interface MountInfo {
 }
 
 export const mountInfoPath = (dir: string): string => join(dir, 'mounted.json');
+/** The daemon's log (pino JSON lines); SIGHUP reopens it at this path. */
+export const logPath = (dir: string): string => join(dir, 'vdiskfs.log');
 
 export async function readMountInfo(dir: string): Promise<MountInfo | undefined> {
   try {
