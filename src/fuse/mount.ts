@@ -7,6 +7,7 @@ import Fuse from 'fuse-napi';
 import { readFile, writeFile } from 'node:fs/promises';
 import { Tree, MAX_WRITE } from './nodes.js';
 import { operations } from './ops.js';
+import { E } from './errno.js';
 import { logger } from '../log.js';
 import { mountDevice } from '../util/mountinfo.js';
 import type { Registry } from '../disk/registry.js';
@@ -151,7 +152,7 @@ export class Requests {
 
 export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): Promise<Mounted> {
   const log = logger('fuse');
-  const ops = operations(reg, tree, opts.storeDir);
+  const { ops, openFiles } = operations(reg, tree, opts.storeDir);
 
   // Mount options. attr_timeout=0: sizes change under control commands (resize, rendered status files);
   // reads and writes of data do not need fresh attributes, so this costs one getattr per stat/open only.
@@ -222,9 +223,9 @@ export async function mountTree(reg: Registry, tree: Tree, opts: MountOptions): 
     tree,
     drain: async (graceMs = DRAIN_GRACE_MS) => {
       const inFlight = await requests.drain();
-      for (const end = Date.now() + graceMs; handles.size > 0 && Date.now() < end; ) await new Promise((res) => setTimeout(res, 20));
+      for (const end = Date.now() + graceMs; openFiles() > 0 && Date.now() < end; ) await new Promise((res) => setTimeout(res, 20));
       await requests.idle();
-      return { inFlight, open: handles.size };
+      return { inFlight, open: openFiles() };
     },
     unmount: async () => {
       if (unmounted) return;

@@ -40,7 +40,10 @@ export class ReplyBuffers {
   }
 }
 
-/** The operations the binding calls; `storeDir` answers statfs for a pool without a size limit. */
+/**
+ * The operations the binding calls (`storeDir` answers statfs for a pool without a size limit), and how
+ * many files are open (a stopping mount waits for them: mount.ts).
+ */
 export function operations(reg: Registry, tree: Tree, storeDir: string) {
   const log = logger('fuse');
   const handles = new Map<number, Handle>();
@@ -260,5 +263,5 @@ export function operations(reg: Registry, tree: Tree, storeDir: string) {
       cb(0);
     },
   };
-  return ops;
+  return { ops, openFiles: () => handles.size };
 }
