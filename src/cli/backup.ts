@@ -15,7 +15,8 @@ import { mountedVdisk, restoreThroughMount } from './viaMount.js';
 import { counted, HeaderTap, meter, outputOf, summary, type Output } from './progress.js';
 import { fileTotal, imageInput } from './image.js';
 import { parseBlockStore, readMountInfo } from '../meta/db.js';
-import { isVdiskError, invalid } from '../errors.js';
+import { isVdiskError, invalid, notFound } from '../errors.js';
+import { checkName } from '../disk/names.js';
 import { errorFromErrno } from './exit.js';
 import { findTarget, producerFor } from '../image/snapshotImage.js';
 import { describeRestore, restoreRecorded, type RestoreResult, type RestoreTarget } from '../restore/restore.js';
@@ -97,6 +98,7 @@ async function backup(ref: string, o: { output?: string; since?: string; store?:
 async function restore(image: string, o: { as?: string; into?: string; store?: string; blockStore?: string }, out: Output): Promise<void> {
   if (!!o.as === !!o.into) throw invalid('give exactly one of --as <newdisk> or --into <disk>');
   const target: RestoreTarget = o.as ? { mode: 'new', name: o.as } : { mode: 'into', name: o.into! };
+  if (target.mode === 'new') checkName(target.name); // as the store would, before any byte is read
   const dir = storeDir(o.store);
   const storeOpts: StoreOptions = o.blockStore !== undefined ? { blockStore: parseBlockStore(o.blockStore) } : {};
   const total = await fileTotal(image);
@@ -111,7 +113,7 @@ async function restore(image: string, o: { as?: string; into?: string; store?: s
   if (vdisk) {
     await checkMountedBlockStore(dir, vdisk, storeOpts.blockStore);
     const file = join(vdisk, target.mode === 'new' ? 'import' : 'restore', target.name);
-    return report(await restoreThroughMount(file, counted(input, meter('restore', out, total))));
+    return report(await restoreThroughMount(file, counted(input, meter('restore', out, total)), () => notFound(`disk ${target.name}`)));
   }
   const run = (src: AsyncIterable<Buffer>): Promise<RestoreResult> => withRegistry(dir, (reg) => restoreRecorded(reg, counted(src, meter('restore', out, total)), target), storeOpts);
   try {

@@ -5,7 +5,7 @@
  * same command gives offline. A daemon older than replies answers nothing: then the errno is all there is.
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { readMountInfo } from '../meta/db.js';
 import { mountDevice } from '../util/mountinfo.js';
 import { parseReply, replyError, type Reply } from '../control/reply.js';
@@ -67,8 +67,11 @@ export async function controlThroughMount(vdisk: string, line: string): Promise<
  * offsets; the read back commits it and answers with the restore's result (undefined from an older daemon,
  * whose close then commits it).
  */
-export async function restoreThroughMount(file: string, chunks: AsyncIterable<Buffer>): Promise<RestoreResult | undefined> {
-  const fh = await open(file, 'r+');
+export async function restoreThroughMount(file: string, chunks: AsyncIterable<Buffer>, missing: () => Error): Promise<RestoreResult | undefined> {
+  // The file is refused at open only when it does not exist (no such disk), or a restore to it is running.
+  const fh = await open(file, 'r+').catch((e: unknown) => {
+    throw errnoOf(e) === 'ENOENT' ? missing() : errnoOf(e) === 'EBUSY' ? errorFromErrno('EBUSY', `a restore to ${basename(file)} is already in progress`) : e;
+  });
   let closed = false;
   try {
     let failed: unknown;

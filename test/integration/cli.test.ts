@@ -1,0 +1,237 @@
+// The command line (issues 15 and 19): no default command (a typo is a usage error, a directory still
+// mounts), option values checked as usage errors, --json on every command that reports, -p progress with
+// totals when stderr is not a terminal, -q, and one error -> exit code map that gives the same code and the
+// same reason offline and through the mount (the mount's typed reply, control/reply.ts).
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { existsSync } from 'node:fs';
+import { open, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CLI, M, VdiskMount, isMountpoint, q, randomBuffer, requireBuild, sh, teardownAll, vdiskfs, writeAt, type RunResult } from './helpers.js';
+import { formatSize } from '../../src/util/size.js';
+
+let o: VdiskMount;
+let full: string;
+let delta: string;
+let short: string;
+const cli = `${q(process.execPath)} ${q(CLI)}`;
+
+beforeAll(async () => {
+  requireBuild();
+  o = await VdiskMount.unmounted();
+  await o.mount();
+  await o.ctlOk('create a 32M');
+  await writeAt(o.disk('a'), 3 * M, randomBuffer(1901, 5 * M), true);
+  await o.ctlOk('snapshot a s1');
+  await writeAt(o.disk('a'), 20 * M, randomBuffer(1902, 2 * M), true);
+  await o.ctlOk('snapshot a s2');
+  await o.unmount();
+  full = join(o.root, 'a-s1.img');
+  delta = join(o.root, 'a-s1-s2.img');
+  short = join(o.root, 'short.img');
+  for (const args of [['backup', 'a@s1', '-o', full], ['backup', 'a@s2', '--since', 's1', '-o', delta]]) {
+    const r = await vdiskfs([...args, '--store', o.store]);
+    expect(r.code, r.stderr).toBe(0);
+  }
+  const fh = await open(full, 'r');
+  const head = Buffer.alloc(1 * M);
+  await fh.read(head, 0, head.length, 0);
+  await fh.close();
+  await writeFile(short, head);
+});
+
+afterAll(async () => {
+  await teardownAll();
+});
+
+const lastLine = (s: string): string => s.trim().split('\n').pop() ?? '';
+
+describe('usage', () => {
+  it('a typo is an unknown command with a suggestion (exit 2), not a mount; no arguments is a usage error', async () => {
+    const r = await vdiskfs(['staus', '--store', o.store]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/unknown command 'staus'/);
+    expect(r.stderr).toMatch(/Did you mean status\?/);
+    expect(existsSync(join(o.root, 'staus'))).toBe(false);
+    expect((await vdiskfs([])).code).toBe(2);
+    expect((await vdiskfs(['--help'])).code).toBe(0);
+  });
+
+  it('option values are usage errors (exit 2) before anything starts: --log-level, -o log_level, sizes, rows', async () => {
+    const mp = join(o.root, 'mp');
+    const fresh = join(o.root, 'never');
+    for (const args of [
+      ['mount', mp, '--store', fresh, '--log-level', 'chatty'],
+      ['mount', mp, '--store', fresh, '-o', 'log_level=chatty'],
+      ['mount', mp, '--store', fresh, '--pool-size', '10X'],
+      ['mount', mp, '--store', fresh, '--readahead', '3000'],
+      ['mount', mp, '--store', fresh, '--block-store', 'tape'],
+      ['create', 'z', '1M', '--block-size', '64Q', '--store', fresh],
+      ['inspect', full, '--rows', 'many'],
+    ]) {
+      const r = await vdiskfs(args);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(/log level|invalid|bad size|readahead|block store|rows/i);
+      expect(r.stderr).not.toMatch(/at .*\.js:\d+/); // no stack trace
+    }
+    expect(await isMountpoint(mp)).toBe(false);
+    expect(existsSync(fresh)).toBe(false);
+  });
+});
+
+describe('offline and through the mount', () => {
+  // Each fails and changes nothing, so both runs start from the same state.
+  const failures = (): [string[], number][] => [
+    [['create', 'a', '1M'], 4],
+    [['snapshot', 'nosuch', 's'], 3],
+    [['delete', 'a'], 5],
+    [['create', 'x', '12Q'], 2],
+    [['clone', 'a', 'nosnap', 'c'], 3],
+    [['restore', short, '--as', 'n1'], 7],
+    [['restore', full, '--as', 'a'], 4],
+    [['restore', delta, '--as', 'n2'], 2],
+    [['restore', full, '--into', 'nosuch'], 3],
+    [['restore', full, '--as', 'bad/name'], 2],
+  ];
+  const runAll = async (): Promise<{ code: number; stderr: string }[]> => {
+    const out = [];
+    for (const [args] of failures()) {
+      const r = await vdiskfs([...args, '--store', o.store]);
+      out.push({ code: r.code, stderr: r.stderr.trim() });
+    }
+    return out;
+  };
+  const emptyStdin = (): Promise<RunResult> => sh(`${cli} restore - --as e1 --store ${q(o.store)} < /dev/null`);
+
+  it('every failure class gives the same exit code and the same reason offline and through the mount', async () => {
+    const offline = await runAll();
+    expect(offline.map((r) => r.code)).toEqual(failures().map(([, code]) => code));
+    for (const r of offline) expect(r.stderr).toMatch(/^vdiskfs: \S/);
+    const emptyOff = await emptyStdin();
+    await o.mount();
+    try {
+      const mounted = await runAll();
+      expect(mounted).toEqual(offline);
+      const emptyOn = await emptyStdin();
+      expect([emptyOn.code, emptyOn.stderr]).toEqual([emptyOff.code, emptyOff.stderr]);
+      expect(emptyOn.code).toBe(2);
+      expect(emptyOn.stderr).toMatch(/no image data on stdin: did the sending command fail\?/);
+      // Nothing was left behind by the failures.
+      expect((await o.status()).disks.map((d) => d.name)).toEqual(['a']);
+    } finally {
+      await o.unmount();
+    }
+  });
+
+  it('--json summaries parse, and a restore reports the same snapshot identity offline and through the mount', async () => {
+    const json = async (args: string[], input?: string, store = ['--store', o.store]): Promise<Record<string, unknown>> => {
+      const r = input ? await sh(`${cli} ${[...args, ...store].map(q).join(' ')} < ${q(input)}`) : await vdiskfs([...args, ...store]);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      return JSON.parse(r.stdout) as Record<string, unknown>;
+    };
+    const run = async (tag: string): Promise<Record<string, unknown>> => {
+      const created = await json(['create', `c${tag}`, '1M', '--json']);
+      expect(created).toEqual({ command: `create c${tag} 1M`, message: `created c${tag}` });
+      const restored = await json(['restore', full, '--as', `r${tag}`, '--json']);
+      const piped = await json(['restore', '-', '--into', `r${tag}`, '--json'], delta);
+      expect(piped).toMatchObject({ disk: `r${tag}`, kind: 'delta', mode: 'into' });
+      const b = await json(['backup', 'a@s2', '--since', 's1', '-o', join(o.root, `b${tag}.img`), '--json']);
+      expect(b).toMatchObject({ disk: 'a', snapshot: 's2', since: 's1', kind: 'delta', bytes: (await stat(delta)).size });
+      const list = (await json(['list', '--json'])) as unknown as { name: string; snapshots: { name: string; id: string }[] }[];
+      expect(list.find((d) => d.name === 'a')!.snapshots.map((s) => s.name)).toEqual(['s1', 's2']);
+      const st = (await json(['status', '--json'])) as { disks: { name: string }[] };
+      expect(st.disks.map((d) => d.name)).toContain(`r${tag}`);
+      expect(restored.snapId).toBe(list.find((d) => d.name === 'a')!.snapshots[0]!.id);
+      expect(b.snapId).toBe(list.find((d) => d.name === 'a')!.snapshots[1]!.id);
+      return restored;
+    };
+    const off = await run('off');
+    await o.mount();
+    try {
+      const on = await run('on');
+      expect({ ...on, disk: 'x' }).toEqual({ ...off, disk: 'x' });
+      expect(off).toMatchObject({ disk: 'roff', kind: 'full', mode: 'new' });
+      // The text summary says the same through the mount as offline (it names the snapshot).
+      const t = await vdiskfs(['restore', full, '--as', 'rtext', '--store', o.store]);
+      expect(t.stdout.trim()).toBe(`restored full image of snapshot ${String(off.snapId)} as rtext: ${String(off.blocks)} blocks, 0 holes`);
+    } finally {
+      await o.unmount();
+    }
+    const v = await json(['verify', full, '--json'], undefined, []);
+    expect(v).toMatchObject({ ok: true, kind: 'full', totalLength: (await stat(full)).size });
+    const ins = await json(['inspect', '-', '--json', '--rows', 'all'], delta, []);
+    expect(ins).toMatchObject({ complete: true, header: { kind: 'delta', diskName: 'a', snapName: 's2', baseSnapName: 's1' } });
+    const chk = await json(['check', '--json']);
+    expect(chk).toMatchObject({ result: 'clean', exitCode: 0, errors: [], leaks: [] });
+  });
+
+  it('-p prints progress with the total on stderr when it is not a terminal (also from stdin); -q prints nothing', async () => {
+    const size = (await stat(full)).size;
+    const total = formatSize(size);
+    const cases: [string, string][] = [
+      ['backup', `${cli} -p backup a@s1 -o ${q(join(o.root, 'p.img'))} --store ${q(o.store)}`],
+      ['restore', `${cli} restore -p ${q(full)} --as p1 --store ${q(o.store)}`],
+      ['restore', `${cli} restore -p - --as p2 --store ${q(o.store)} < ${q(full)}`],
+      ['verify', `${cli} verify -p - < ${q(full)}`],
+    ];
+    for (const [label, cmd] of cases) {
+      const r = await sh(`${cmd} 2>&1 >/dev/null | cat`); // stderr through a pipe: not a terminal
+      expect(r.code, r.stdout).toBe(0);
+      expect(lastLine(r.stdout), cmd).toMatch(new RegExp(`^${label}: ${total} of ${total} \\(100\\.0%\\), .*/s, done in \\d+\\.\\ds$`));
+    }
+    const quiet = await vdiskfs(['-q', 'restore', full, '--as', 'p3', '--store', o.store]);
+    expect([quiet.code, quiet.stdout, quiet.stderr]).toEqual([0, '', '']);
+    const plain = await vdiskfs(['restore', full, '--as', 'p4', '--store', o.store]);
+    expect(plain.stderr).toBe(''); // no progress by default when stderr is not a terminal
+    expect(plain.stdout).toMatch(/^restored full image of snapshot/);
+  });
+});
+
+describe('the mount', () => {
+  it('`vdiskfs DIR` still mounts an existing directory; a second mount of the store fails with the store-in-use code', async () => {
+    const r = await vdiskfs([o.mp, '--store', o.store]);
+    expect(r.code, r.stderr).toBe(0);
+    try {
+      expect(await isMountpoint(o.mp)).toBe(true);
+      const again = await vdiskfs([join(o.root, 'mp2'), '--store', o.store]);
+      expect(again.code).toBe(2); // mp2 does not exist: not a mount but an unknown command
+      const mp2 = await o.scratch('mp2');
+      const busy = await vdiskfs([mp2, '--store', o.store]);
+      expect(busy.code, busy.stderr).toBe(5); // LOCKED, from the daemon child, not a blanket 1
+      expect(busy.stderr).toMatch(/in use/);
+      expect(await isMountpoint(mp2)).toBe(false);
+    } finally {
+      expect((await vdiskfs(['unmount', o.mp])).code).toBe(0);
+    }
+  });
+
+  it('each open control file answers with the result of its own last command, not another client\'s', async () => {
+    await o.mount();
+    try {
+      const ctl = join(o.mp, '.vdisk', 'ctl');
+      const a = await open(ctl, 'r+');
+      const b = await open(ctl, 'r+');
+      try {
+        const failed = await a.write('create a 1M\n').then(() => 'ok', (e: NodeJS.ErrnoException) => e.code);
+        expect(failed).toBe('EEXIST');
+        await b.write('create other 1M\n');
+        const read = async (fh: typeof a): Promise<unknown> => {
+          const buf = Buffer.alloc(4096);
+          const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+          return JSON.parse(buf.subarray(0, bytesRead).toString());
+        };
+        expect(await read(b)).toEqual({ ok: true, message: 'created other' });
+        expect(await read(a)).toEqual({ ok: false, code: 'EXISTS', message: 'disk a already exists' });
+      } finally {
+        await a.close();
+        await b.close();
+      }
+      // `echo … > ctl` still works as before, errno and all.
+      const e = await sh(`echo 'create a 1M' > ${q(ctl)}`);
+      expect(e.code).not.toBe(0);
+      expect(e.stderr).toMatch(/exists/i);
+    } finally {
+      await o.unmount();
+    }
+  });
+});
