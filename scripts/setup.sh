@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vdiskfs setup: system packages (FUSE 3, libfuse3-dev and the tools to build the binding, fio, e2fsprogs),
-# /dev/fuse check,
-# npm ci + build, and `vdiskfs` on PATH. Idempotent; quiet unless something is installed.
+# /dev/fuse check, npm ci + build, `vdiskfs` on PATH, and (as root) its man page and bash completion.
+# Idempotent; quiet unless something is installed.
 #
 #   scripts/setup.sh            # everything needed to mount and to run `npm test`
 #   scripts/setup.sh --bench    # additionally qemu-utils / qemu-storage-daemon and postgresql for `npm run bench`
@@ -146,4 +146,17 @@ if ! linked_here; then
   fi
 fi
 linked_here || die "vdiskfs is not on PATH after npm link (PATH=$PATH)"
+
+# ---- man page and bash completion (as root; others: man -l man/vdiskfs.8, source the completion) ------
+if [[ $(id -u) -eq 0 ]]; then
+  COMPDIR=/etc/bash_completion.d
+  [[ -d /usr/share/bash-completion/completions ]] && COMPDIR=/usr/share/bash-completion/completions
+  for pair in "man/vdiskfs.8:/usr/local/share/man/man8/vdiskfs.8" "scripts/completion/vdiskfs.bash:$COMPDIR/vdiskfs"; do
+    src="$ROOT/${pair%%:*}" dest="${pair#*:}"
+    if ! cmp -s "$src" "$dest"; then
+      install -D -m 0644 "$src" "$dest"
+      log "installed $dest"
+    fi
+  done
+fi
 log "ok: $(command -v vdiskfs) -> $BIN"

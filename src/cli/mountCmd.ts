@@ -7,7 +7,7 @@ import { Command, Option } from 'commander';
 import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { mountBackground, mountForeground, parseMountOptions, runDaemonChild, type MountArgs } from './mount.js';
+import type { MountArgs } from './mount.js';
 import { BLOCK_STORE_HELP } from './offline.js';
 import { parseBlockStore } from '../meta/db.js';
 import { parseReadahead, parseSize } from '../util/size.js';
@@ -17,7 +17,7 @@ import { invalid } from '../errors.js';
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Every value a mount takes, checked before a daemon is started (usage errors: exit 2). */
-export function checkMountArgs(raw: MountArgs): void {
+export function checkMountArgs(raw: MountArgs, parseMountOptions: (a: MountArgs) => MountArgs): void {
   const a = parseMountOptions(raw);
   if (a.logLevel !== undefined && !LOG_LEVELS.includes(a.logLevel)) throw invalid(`bad log level '${a.logLevel}' (one of ${LOG_LEVELS.join(', ')})`);
   if (a.poolSize !== undefined && parseSize(a.poolSize) <= 0) throw invalid('pool size must be positive');
@@ -69,7 +69,9 @@ export function registerMountCommands(program: Command): void {
         if (!store && first.startsWith('/')) store = first;
       }
       const args: MountArgs = { mountpoint, options: o.options, ...(store ? { store } : {}), ...(o.poolSize ? { poolSize: o.poolSize } : {}), ...(o.blockStore ? { blockStore: o.blockStore } : {}), ...(o.readahead !== undefined ? { readahead: o.readahead } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}), ...(o.foreground ? { foreground: true } : {}) };
-      checkMountArgs(args);
+      // Loaded here, not at start: the FUSE binding costs every other command ~0.1 s.
+      const { mountBackground, mountForeground, parseMountOptions, runDaemonChild } = await import('./mount.js');
+      checkMountArgs(args, parseMountOptions);
       if (o.daemonChild) return runDaemonChild(args);
       if (o.foreground || o.options.some((x) => x.split(',').includes('foreground'))) return mountForeground({ ...args, foreground: true });
       return mountBackground(args);
