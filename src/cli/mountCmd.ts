@@ -1,6 +1,6 @@
 /**
  * `vdiskfs mount`, `vdiskfs unmount`, and the one case without a command name: a first argument that is
- * an existing directory (`vdiskfs /mnt/v`, or mount.fuse's `vdiskfs SOURCE /mnt/v -o …`) mounts it.
+ * an existing directory or a path (`vdiskfs /mnt/v`, or mount.fuse's `vdiskfs SOURCE /mnt/v -o …`) mounts it.
  * Anything else that is not a command is refused as a typo (commander suggests the nearest command).
  */
 import { Command, Option } from 'commander';
@@ -41,7 +41,8 @@ export function withImplicitMount(argv: string[], commands: Set<string>, globals
   while (i < args.length && globals.has(args[i]!)) i++;
   const first = args[i];
   if (first === undefined || commands.has(first) || ['-h', '--help', '-V', '--version'].includes(first)) return argv;
-  const mounts = first.startsWith('-') ? args.slice(i).some(isDir) : isDir(first) || isDir(args[i + 1]);
+  // A path (it has a '/') is never a typo of a command: mount it, and let mount say what is wrong with it.
+  const mounts = first.startsWith('-') ? args.slice(i).some(isDir) : isDir(first) || first.includes('/') || isDir(args[i + 1]);
   return mounts ? [...argv.slice(0, 2 + i), 'mount', ...args.slice(i)] : argv;
 }
 

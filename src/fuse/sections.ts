@@ -6,7 +6,9 @@
  *   restore/<disk>                write an image here to restore it into the existing disk (method 2)
  * Image files hold their snapshot open while open, so it cannot be deleted under a reader. Restores
  * commit when the writer closes the file (flush): a bad or short image makes that close fail (dd reports
- * it) and leaves nothing behind; damage in the middle already fails the write that carried it.
+ * it) and leaves nothing behind; damage in the middle already fails the write that carried it. A writer
+ * that opened the file read-write may instead read it: the read commits and answers with the restore's
+ * result or typed refusal (control/reply.ts), which the CLI uses to report what offline restores report.
  */
 import type { Tree, Node, Handle } from './nodes.js';
 import type { Registry } from '../disk/registry.js';

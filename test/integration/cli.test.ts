@@ -229,8 +229,9 @@ describe('the mount', () => {
     expect(r.code, r.stderr).toBe(0);
     try {
       expect(await isMountpoint(o.mp)).toBe(true);
-      const again = await vdiskfs([join(o.root, 'mp2'), '--store', o.store]);
-      expect(again.code).toBe(2); // mp2 does not exist: not a mount but an unknown command
+      const missing = await vdiskfs([join(o.root, 'mp2'), '--store', join(o.root, 'other')]);
+      expect(missing.code).toBe(1); // a path is mounted, not taken for a mistyped command
+      expect(missing.stderr).toMatch(/cannot mount .*mp2: Mountpoint does not exist/);
       const mp2 = await o.scratch('mp2');
       const busy = await vdiskfs([mp2, '--store', o.store]);
       expect(busy.code, busy.stderr).toBe(5); // LOCKED, from the daemon child, not a blanket 1
