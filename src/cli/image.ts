@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import { verifyImage, inspectImage, formatInspection, type ImageSource } from '../image/index.js';
 import { fileChunks } from '../image/fileSource.js';
 import { formatSize } from '../util/size.js';
-import { invalid } from '../errors.js';
+import { invalid, notFound } from '../errors.js';
 import { counted, meter, outputOf, summary } from './progress.js';
 
 /** An image to parse: stdin as a stream, a file through fileChunks (large reads ahead into reused buffers). */
@@ -12,8 +12,13 @@ export function imageInput(image: string): ImageSource & AsyncIterable<Uint8Arra
   return image === '-' ? process.stdin : fileChunks(image);
 }
 
-/** The total of an image file (stdin: unknown until its header passes). */
-export const fileTotal = async (image: string): Promise<number | undefined> => (image === '-' ? undefined : (await stat(image)).size);
+/** The total of an image file (stdin: unknown until its header passes); a missing file is NOT_FOUND. */
+export async function fileTotal(image: string): Promise<number | undefined> {
+  if (image === '-') return undefined;
+  return (await stat(image).catch((e: NodeJS.ErrnoException) => {
+    throw e.code === 'ENOENT' ? notFound(`image file ${image}`) : e;
+  })).size;
+}
 
 export function registerImageCommands(program: Command): void {
   program
@@ -38,6 +43,7 @@ export function registerImageCommands(program: Command): void {
     .action(async (image: string, o: { verify?: boolean; rows: string; json?: boolean }) => {
       const rows = o.rows === 'all' ? Infinity : /^\d+$/.test(o.rows) ? Number(o.rows) : NaN;
       if (Number.isNaN(rows)) throw invalid(`--rows takes a number or 'all', not '${o.rows}'`);
+      await fileTotal(image);
       const ins = await inspectImage(imageInput(image), { verify: !!o.verify });
       if (!o.json) return void process.stdout.write(formatInspection(ins, rows));
       const json = { ...ins, slots: ins.slots.slice(0, rows), zeros: ins.zeros.slice(0, rows), complete: ins.slots.length <= rows && ins.zeros.length <= rows };

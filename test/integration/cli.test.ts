@@ -127,6 +127,7 @@ describe('offline and through the mount', () => {
     [['restore', full, '--as', 'a'], 4],
     [['restore', delta, '--as', 'n2'], 2],
     [['restore', full, '--into', 'nosuch'], 3],
+    [['restore', join(o.root, 'nope.img'), '--as', 'n3'], 3],
   ];
   const runAll = async (): Promise<{ code: number; stderr: string }[]> => {
     const out = [];
