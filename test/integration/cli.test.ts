@@ -228,6 +228,7 @@ describe('the mount', () => {
   it('`vdiskfs DIR` still mounts an existing directory; a second mount of the store fails with the store-in-use code', async () => {
     const r = await vdiskfs([o.mp, '--store', o.store]);
     expect(r.code, r.stderr).toBe(0);
+    o.pid = (await o.mountInfo())?.pid; // so that unmount waits for the daemon to let go of the store
     try {
       expect(await isMountpoint(o.mp)).toBe(true);
       const missing = await vdiskfs([join(o.root, 'mp2'), '--store', join(o.root, 'other')]);
@@ -239,7 +240,7 @@ describe('the mount', () => {
       expect(busy.stderr).toMatch(/in use/);
       expect(await isMountpoint(mp2)).toBe(false);
     } finally {
-      expect((await vdiskfs(['unmount', o.mp])).code).toBe(0);
+      await o.unmount();
     }
   });
 });
