@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # vdiskfs setup: system packages (FUSE 3, libfuse3-dev and the tools to build the binding, fio, e2fsprogs),
-# /dev/fuse check,
-# npm ci + build, `vdiskfs` on PATH, and (as root or with sudo) the mount helper /sbin/mount.vdiskfs and,
-# where systemd runs, vdiskfs@.service (scripts/system/install.sh). Idempotent; quiet unless something is
-# installed.
+# /dev/fuse check, npm ci + build, `vdiskfs` on PATH, and (as root) its man page and bash completion, and
+# (as root or with sudo) the mount helper /sbin/mount.vdiskfs and, where systemd runs, vdiskfs@.service
+# (scripts/system/install.sh). Idempotent; quiet unless something is installed.
 #
 #   scripts/setup.sh            # everything needed to mount and to run `npm test`
 #   scripts/setup.sh --bench    # additionally qemu-utils / qemu-storage-daemon and postgresql for `npm run bench`
@@ -155,5 +154,18 @@ if [[ $(id -u) -eq 0 ]]; then
   bash "$ROOT/scripts/system/install.sh" || die "installing the mount helper / systemd unit failed"
 elif [[ ${#SUDO[@]} -gt 0 ]]; then
   "${SUDO[@]}" env PATH="$PATH" bash "$ROOT/scripts/system/install.sh" || die "installing the mount helper / systemd unit failed"
+fi
+
+# ---- man page and bash completion (as root; others: man -l man/vdiskfs.8, source the completion) ------
+if [[ $(id -u) -eq 0 ]]; then
+  COMPDIR=/etc/bash_completion.d
+  [[ -d /usr/share/bash-completion/completions ]] && COMPDIR=/usr/share/bash-completion/completions
+  for pair in "man/vdiskfs.8:/usr/local/share/man/man8/vdiskfs.8" "scripts/completion/vdiskfs.bash:$COMPDIR/vdiskfs"; do
+    src="$ROOT/${pair%%:*}" dest="${pair#*:}"
+    if ! cmp -s "$src" "$dest"; then
+      install -D -m 0644 "$src" "$dest"
+      log "installed $dest"
+    fi
+  done
 fi
 log "ok: $(command -v vdiskfs) -> $BIN"

@@ -13,7 +13,7 @@ import { configureLog, logger, reopenLog } from '../log.js';
 import { logPath, mountInfoPath, parseBlockStore } from '../meta/db.js';
 import { parseReadahead, parseSize } from '../util/size.js';
 import { mountDevice } from '../util/mountinfo.js';
-import { errorMessage, invalid } from '../errors.js';
+import { errorCode, errorMessage, invalid } from '../errors.js';
 import { storeDir } from './storeDir.js';
 import { installSections } from '../fuse/sections.js';
 
@@ -55,7 +55,7 @@ async function isMounted(mountpoint: string): Promise<boolean> {
   return mountDevice(await readFile('/proc/self/mountinfo', 'utf8').catch(() => ''), mountpoint) !== undefined;
 }
 
-export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boolean; error?: string }) => void): Promise<void> {
+export async function mountForeground(raw: MountArgs, notify?: (msg: Verdict) => void): Promise<void> {
   const args = parseMountOptions(raw);
   const dir = storeDir(args.store);
   const mountpoint = resolve(args.mountpoint);
@@ -145,6 +145,13 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: { ok: boole
   notify?.({ ok: true });
 }
 
+/** What the daemon child tells its parent: ready, or why not (the typed error's code, for the exit code). */
+interface Verdict {
+  ok: boolean;
+  error?: string;
+  code?: string;
+}
+
 /** Start the foreground server as a detached child and wait for its verdict. */
 export async function mountBackground(raw: MountArgs): Promise<void> {
   const argv = [process.argv[1]!, 'mount', raw.mountpoint, '--daemon-child'];
@@ -160,8 +167,8 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   const child = spawn(process.execPath, argv, { detached: true, env, stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const verdict = await new Promise<{ ok: boolean; error?: string }>((res) => {
-    child.once('message', (m) => res(m as { ok: boolean; error?: string }));
+  const verdict = await new Promise<Verdict>((res) => {
+    child.once('message', (m) => res(m as Verdict));
     child.once('exit', (code) => res({ ok: false, error: stderr.trim() || `mount process exited with code ${code}` }));
   });
   if (!verdict.ok) {
@@ -173,8 +180,8 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
     });
     const printed = stderr.trim();
     if (printed && printed !== verdict.error) process.stderr.write(printed + '\n');
-    process.stderr.write(`vdiskfs: ${verdict.error}\n`);
-    process.exit(1);
+    // The daemon's typed error keeps its exit code (cli/exit.ts); an untyped failure (libfuse) is 1.
+    throw Object.assign(new Error(verdict.error ?? 'mount failed'), verdict.code ? { code: verdict.code } : {});
   }
   child.disconnect();
   child.stderr!.destroy();
@@ -182,14 +189,15 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
 }
 
 export async function runDaemonChild(raw: MountArgs): Promise<void> {
-  const send = (m: { ok: boolean; error?: string }): void => {
+  const send = (m: Verdict): void => {
     process.send?.(m);
   };
   try {
     await mountForeground({ ...raw, foreground: true }, send);
     process.disconnect?.();
   } catch (e) {
-    send({ ok: false, error: errorMessage(e) });
+    const code = errorCode(e);
+    send({ ok: false, error: errorMessage(e), ...(code ? { code } : {}) });
     process.exit(1);
   }
 }

@@ -1,15 +1,16 @@
 /**
  * Commands on a store without going through FUSE: open the store, run, close. When the store is mounted
- * (LevelDB is locked by the daemon), control commands go through the mount's control file instead, and
- * read-only queries read its status files; anything else fails naming the mountpoint.
+ * (LevelDB is locked by the daemon), control commands go through the mount's control file instead
+ * (viaMount.ts: with the daemon's typed reply), and read-only queries read its status files; anything else
+ * fails naming the mountpoint.
  */
-import { appendFile, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from '../disk/registry.js';
 import { blockStoreMismatch, readMountInfo } from '../meta/db.js';
 import type { BlockStoreKind } from '../meta/records.js';
 import { isVdiskError } from '../errors.js';
-import { errorFromErrno } from './exit.js';
+import { controlThroughMount } from './viaMount.js';
 import { runLine } from '../control/commands.js';
 import type { StoreStatus } from '../control/status.js';
 
@@ -42,22 +43,6 @@ export async function checkMountedBlockStore(dir: string, vdiskDir: string, want
   if (recorded !== wanted) throw blockStoreMismatch(dir, recorded, wanted);
 }
 
-/**
- * Why the mount refused `command` at or after `since` (ms): the message of its newest history line, if that
- * line is an error. Matched by command and time, not taken from the history's last line, which may be
- * another client's.
- */
-export async function failureReason(vdisk: string, command: string, since: number): Promise<string | undefined> {
-  const text = await readFile(join(vdisk, 'history'), 'utf8').catch(() => '');
-  for (const line of text.split('\n').reverse()) {
-    const [time, result, cmd, message] = line.split('\t');
-    if (cmd !== command || !time) continue;
-    if (Date.parse(time) < since - 1000) return undefined;
-    return result === 'error' ? message : undefined;
-  }
-  return undefined;
-}
-
 /** Run a control line on the store, directly or through the mount that holds it. */
 export async function runControl(dir: string, line: string, opts: StoreOptions = {}): Promise<string> {
   try {
@@ -68,15 +53,7 @@ export async function runControl(dir: string, line: string, opts: StoreOptions =
     if (!info) throw e;
     const vdisk = join(info.mountpoint, '.vdisk');
     await checkMountedBlockStore(dir, vdisk, opts.blockStore);
-    const started = Date.now();
-    try {
-      await appendFile(join(vdisk, 'ctl'), line + '\n');
-      return `done through the mount at ${info.mountpoint}`;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-      const reason = await failureReason(vdisk, line.trim(), started);
-      throw errorFromErrno(code, reason ?? `${code} from ${info.mountpoint}`);
-    }
+    return await controlThroughMount(vdisk, line);
   }
 }
 

@@ -7,6 +7,7 @@ import type { Registry } from '../disk/registry.js';
 import { runLine } from '../control/commands.js';
 import { renderStatus, storeStatus } from '../control/status.js';
 import { readOnly, invalid } from '../errors.js';
+import { errorReply, okReply, readReply } from '../control/reply.js';
 
 export interface NodeStat {
   mode: number;
@@ -45,7 +46,6 @@ export type Node =
 const DIR = 0o040755;
 const RW = 0o100644;
 const RO = 0o100444;
-const WO = 0o100200;
 
 export const CONTROL_DIR = '.vdisk';
 /** FUSE max_write and max_read we ask for: the kernel cuts larger writes into pieces of max_write bytes. */
@@ -152,42 +152,59 @@ export class Tree {
     throw invalid(`disk ${name} cannot be truncated; use 'resize ${name} <size>' in the control file`);
   }
 
+  /**
+   * The control file. Each open file remembers the reply to the last command written through it
+   * (control/reply.ts): a client that opens it read-write reads, at offset 0, why its write failed (or
+   * what it did), instead of guessing from the shared history. Opened with direct_io, so reads reach us
+   * although st_size is 0.
+   */
   private ctlNode(): Node {
     return {
       kind: 'file',
-      stat: () => ({ mode: WO | 0o044, size: 0, blocks: 0, mtime: this.started }),
+      stat: () => ({ mode: RW, size: 0, blocks: 0, mtime: this.started }),
       open: async () => {
         // The kernel splits a write(2) larger than max_write into pieces of exactly max_write bytes: a
         // line cut at such a boundary waits for the next piece instead of running in two halves.
         let carry = '';
+        let reply: Buffer = Buffer.alloc(0);
+        const replying = async (work: () => Promise<void>): Promise<void> => {
+          try {
+            await work();
+          } catch (e) {
+            reply = errorReply(e);
+            throw e;
+          }
+        };
         const run = async (text: string): Promise<void> => {
           if (text.split('\n').some((l) => l.length > MAX_LINE)) throw invalid('command line too long');
           const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
-          for (const line of lines) await runLine(this.reg, line);
+          for (const line of lines) reply = okReply(await runLine(this.reg, line));
         };
         return {
-          read: async () => 0,
+          directIO: true,
+          read: async (dst, pos) => readReply(reply, dst, pos),
           // The command runs inside write(): a failure is this write's errno, so `echo … > ctl` fails.
-          write: async (src) => {
-            if (src.includes(0)) throw invalid('command contains NUL bytes');
-            let text = carry + src.toString('utf8');
-            carry = '';
-            if (src.length === this.maxWrite && !text.endsWith('\n')) {
-              const cut = text.lastIndexOf('\n');
-              carry = text.slice(cut + 1);
-              text = text.slice(0, cut + 1);
-              if (carry.length > MAX_LINE) throw invalid('command line too long');
-            }
-            if (text.trim().length === 0 && carry.length === 0) throw invalid('empty command');
-            await run(text);
-            return src.length;
-          },
+          write: (src) =>
+            replying(async () => {
+              if (src.includes(0)) throw invalid('command contains NUL bytes');
+              let text = carry + src.toString('utf8');
+              carry = '';
+              if (src.length === this.maxWrite && !text.endsWith('\n')) {
+                const cut = text.lastIndexOf('\n');
+                carry = text.slice(cut + 1);
+                text = text.slice(0, cut + 1);
+                if (carry.length > MAX_LINE) throw invalid('command line too long');
+              }
+              if (text.trim().length === 0 && carry.length === 0) throw invalid('empty command');
+              await run(text);
+            }).then(() => src.length),
           // A piece left over when the writer closes runs now; its error is close's error.
-          flush: async () => {
-            const rest = carry;
-            carry = '';
-            if (rest.trim()) await run(rest);
-          },
+          flush: () =>
+            replying(async () => {
+              const rest = carry;
+              carry = '';
+              if (rest.trim()) await run(rest);
+            }),
           truncate: async () => undefined,
         };
       },

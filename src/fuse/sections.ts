@@ -7,12 +7,15 @@
  *   attached/<name>               read-only disk file of an image chain attached with `attach` (no restore)
  * Image files hold their snapshot open while open, so it cannot be deleted under a reader. Restores
  * commit when the writer closes the file (flush): a bad or short image makes that close fail (dd reports
- * it) and leaves nothing behind; damage in the middle already fails the write that carried it.
+ * it) and leaves nothing behind; damage in the middle already fails the write that carried it. A writer
+ * that opened the file read-write may instead read it: the read commits and answers with the restore's
+ * result or typed refusal (control/reply.ts), which the CLI uses to report what offline restores report.
  */
 import type { Tree, Node, Handle } from './nodes.js';
 import type { Registry } from '../disk/registry.js';
 import { findTarget, planFor, producerFor, type ImageTarget } from '../image/snapshotImage.js';
-import { restoreRecorded, type RestoreTarget } from '../restore/restore.js';
+import { describeRestore, restoreRecorded, type RestoreResult, type RestoreTarget } from '../restore/restore.js';
+import { errorReply, okReply, readReply } from '../control/reply.js';
 import { ChunkFeeder } from '../restore/feeder.js';
 import { invalid, readOnly, VdiskError } from '../errors.js';
 import { checkName } from '../disk/names.js';
@@ -20,7 +23,8 @@ import { logger } from '../log.js';
 import { enableAttachments } from '../control/attachments.js';
 
 const RO = 0o100444;
-const WO = 0o100200;
+/** Restore files: written, then read for the reply (control/reply.ts). */
+const WO = 0o100600;
 
 export function installSections(tree: Tree, reg: Registry): void {
   const log = logger('sections');
@@ -126,17 +130,32 @@ export function installSections(tree: Tree, reg: Registry): void {
         if (importers.get(k) === imp) importers.delete(k);
       };
       let finished = false;
-      const finish = async (): Promise<void> => {
-        if (finished) return;
+      let finishing: Promise<RestoreResult> | undefined;
+      let reply: Buffer | undefined;
+      // Once: the flush of every dup'ed descriptor, a read and the release all wait for the same end.
+      const finish = (): Promise<RestoreResult> => {
         finished = true;
+        finishing ??= imp.finish().finally(done);
+        return finishing;
+      };
+      // The reply to a read: the restore's result or the typed reason it failed (control/reply.ts).
+      const replyOf = async (): Promise<Buffer> => {
         try {
-          await imp.finish();
-        } finally {
-          done();
+          const r = await finish();
+          return okReply(`restored ${describeRestore(r, target)}`, r);
+        } catch (e) {
+          return errorReply(e);
         }
       };
       return {
-        read: async () => 0,
+        // A read commits the image written so far (as close does) and returns the reply; a reader that
+        // wrote nothing gets a refusal and the restore is abandoned at close.
+        directIO: true,
+        read: async (dst, pos) => {
+          if (!reply && imp.received === 0 && !finished && !imp.failed) return readReply(errorReply(invalid('no image data was written')), dst, pos);
+          reply ??= await replyOf();
+          return readReply(reply, dst, pos);
+        },
         write: (src, pos) => imp.write(src, pos),
         truncate: async (size) => {
           if (size !== 0 || imp.received !== 0) throw invalid('restore files can only be written from the start');
@@ -183,7 +202,7 @@ export function installSections(tree: Tree, reg: Registry): void {
 class Importer {
   received = 0;
   private feeder = new ChunkFeeder();
-  private result: Promise<unknown>;
+  private result: Promise<RestoreResult>;
   private error: unknown = null;
 
   constructor(reg: Registry, readonly target: RestoreTarget) {
@@ -193,6 +212,11 @@ class Importer {
       throw e;
     });
     this.result.catch(() => undefined);
+  }
+
+  /** The restore was refused already (the target, or the image so far). */
+  get failed(): boolean {
+    return this.error !== null;
   }
 
   async write(src: Buffer, pos: number): Promise<number> {
@@ -208,10 +232,10 @@ class Importer {
     this.feeder.end();
   }
 
-  async finish(): Promise<void> {
+  async finish(): Promise<RestoreResult> {
     if (this.error) throw this.error;
     if (this.received === 0) throw invalid('no image was written');
     this.feeder.end();
-    await this.result;
+    return this.result;
   }
 }

@@ -90,10 +90,15 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
   }
 }
 
+/** A restore's result in words, the same offline and through the mount. */
+export function describeRestore(r: RestoreResult, target: RestoreTarget): string {
+  return `${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`;
+}
+
 /**
  * restoreImage, with one line in the store's history (`restore into r` / `restore as r`, the image restored
- * or the reason it was refused): through the mount, the restore's errno is all that `dd` and the shell see,
- * and the history is where the words are.
+ * or the reason it was refused). Through the mount, `dd` and the shell see only the errno; the history
+ * keeps the words for them, and a client that reads the restore file back gets its own reply.
  */
 export async function restoreRecorded(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
   const command = `restore ${target.mode === 'new' ? 'as' : 'into'} ${target.name}`;

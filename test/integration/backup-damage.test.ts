@@ -130,19 +130,20 @@ describe('damaged images', () => {
     expect(pick.length).toBe(4);
     for (const [v, i] of pick) {
       const r = await vdiskfs(['restore', variantPath(work, i), '--as', 'bad2', '--store', m.store]);
-      expect(r.code, v.name).not.toBe(0);
-      expect(r.stderr, v.name).toMatch(/restore through the mount failed/);
+      expect(r.code, `${v.name}: ${r.stderr}`).toBe(7); // CORRUPT, the mount's typed reply
+      expect(r.stderr, v.name).toMatch(/^vdiskfs: corrupt image: /);
     }
     expect((await m.status()).disks.map((d) => d.name)).not.toContain('bad2');
   });
 
   // Fixed bug, kept as a regression test: through the mount, `vdiskfs restore EMPTYFILE --as x` (or `... restore - --as x < /dev/null`) prints
   // "restored x" and exits 0, but no disk x exists (nothing was written to import/x, so the FUSE file never
-  // saw an image). Offline the same command correctly fails (exit 7, "truncated: input ends at byte 0").
+  // saw an image). Now both fail before anything is opened (exit 2, "image file … is empty").
   it('through the mount: the CLI restore of an empty input fails', async () => {
     const i = variants.findIndex((v) => v.data.length === 0);
     const r = await vdiskfs(['restore', variantPath(work, i), '--as', 'fromempty', '--store', m.store]);
     expect((await m.status()).disks.map((d) => d.name)).not.toContain('fromempty');
-    expect(r.code, r.stdout).not.toBe(0);
+    expect(r.code, r.stdout).toBe(2);
+    expect(r.stderr).toMatch(/^vdiskfs: image file .* is empty/);
   });
 });
