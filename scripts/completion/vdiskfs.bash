@@ -26,7 +26,7 @@ _vdiskfs() {
   local cur prev cmd i
   cur=${COMP_WORDS[COMP_CWORD]}
   prev=${COMP_WORDS[COMP_CWORD - 1]}
-  local commands="mount unmount umount create delete resize snapshot delete-snapshot rollback clone list status backup restore verify inspect check help"
+  local commands="mount unmount umount create delete resize snapshot delete-snapshot rollback clone attach detach list status backup restore verify inspect merge check help"
   # The subcommand and the positional arguments before the cursor (options and their values skipped).
   local args=()
   for ((i = 1; i < COMP_CWORD; i++)); do
@@ -65,7 +65,8 @@ _vdiskfs() {
       delete) opts+=" -r --recursive" ;;
       backup) opts+=" -o --output --since" ;;
       restore) opts+=" --as --into --block-store" ;;
-      verify) opts="--json -p -q --help" ;;
+      verify) opts="--json --against --store -p -q --help" ;;
+      merge) opts="-o --output --json -p -q --help" ;;
       inspect) opts="--json --verify --rows --help" ;;
       check) opts+=" --repair" ;;
       unmount | umount | help) opts="--help" ;;
@@ -83,6 +84,8 @@ _vdiskfs() {
       fi ;;
     backup) ((n == 1)) && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names refs)" -- "$cur") ;;
     restore | verify | inspect) ((n == 1)) && mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
+    merge) mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
+    attach) ((n >= 2)) && mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
     help) mapfile -t COMPREPLY < <(compgen -W "$commands" -- "$cur") ;;
   esac
 }

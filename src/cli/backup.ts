@@ -5,20 +5,20 @@
  */
 import type { Command } from 'commander';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, rm, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { storeDir } from './storeDir.js';
 import { BLOCK_STORE_HELP, checkMountedBlockStore, withRegistry, type StoreOptions } from './offline.js';
 import { mountedVdisk, restoreThroughMount } from './viaMount.js';
-import { counted, HeaderTap, meter, outputOf, summary, type Output } from './progress.js';
-import { fileTotal, imageInput } from './image.js';
+import { counted, HeaderTap, meter, outputOf, summary, writeEach, type Output } from './progress.js';
+import { fileTotal, imageInput, parseSnapRef } from './image.js';
 import { parseBlockStore, readMountInfo } from '../meta/db.js';
 import { isVdiskError, invalid, notFound } from '../errors.js';
 import { checkName } from '../disk/names.js';
 import { errorFromErrno } from './exit.js';
-import { findTarget, producerFor } from '../image/snapshotImage.js';
+import { describeImage, findTarget, producerFor } from '../image/snapshotImage.js';
 import { describeRestore, restoreRecorded, type RestoreResult, type RestoreTarget } from '../restore/restore.js';
 
 /**
@@ -38,34 +38,6 @@ async function firstBytes(image: string): Promise<AsyncIterable<Buffer>> {
   })();
 }
 
-/** Write every chunk to `out`, each written before the next is asked for (so the source may reuse buffers). */
-async function writeEach(src: AsyncIterable<Buffer>, out: string | undefined): Promise<void> {
-  if (out !== undefined) {
-    const fh = await open(out, 'w');
-    try {
-      let pos = 0;
-      for await (const c of src) {
-        for (let done = 0; done < c.length;) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
-        pos += c.length;
-      }
-    } finally {
-      await fh.close();
-    }
-    return;
-  }
-  const stdout = process.stdout;
-  for await (const c of src) {
-    await new Promise<void>((resolve, reject) => {
-      stdout.write(c, (err) => (err ? reject(err) : resolve()));
-    });
-  }
-}
-
-function parseSnapRef(ref: string): [string, string] {
-  const at = ref.indexOf('@');
-  if (at <= 0 || at === ref.length - 1) throw invalid(`expected <disk>@<snapshot>, got '${ref}'`);
-  return [ref.slice(0, at), ref.slice(at + 1)];
-}
 
 async function backup(ref: string, o: { output?: string; since?: string; store?: string }, out: Output): Promise<void> {
   const [disk, snap] = parseSnapRef(ref);
@@ -87,6 +59,7 @@ async function backup(ref: string, o: { output?: string; since?: string; store?:
       const p = await producerFor(findTarget(reg, disk, snap, o.since));
       await writeEach(counted(p.chunks({ borrow: true }), meter('backup', out, p.size), tap), file);
       bytes = p.size;
+      await reg.recordHistory(`backup ${ref}${o.since ? ` since ${o.since}` : ''}`, 'ok', `${describeImage(p.plan)}: ${bytes} bytes to ${file ?? 'stdout'}`);
     });
   }
   if (!file) return; // the image went to stdout: no summary there

@@ -4,6 +4,7 @@
  * or pipe: one line at most every second and a final line with the total); -q shows none and no summary.
  */
 import type { Command } from 'commander';
+import { open } from 'node:fs/promises';
 import { decodeHeader, HEADER_LENGTH, MAGIC, type ImageHeader } from '../image/index.js';
 import { formatSize } from '../util/size.js';
 
@@ -97,4 +98,27 @@ export async function* counted(src: AsyncIterable<Uint8Array>, m: Meter, tap = n
     yield b;
   }
   m.end();
+}
+
+/** Write every chunk to `out`, each written before the next is asked for (so the source may reuse buffers). */
+export async function writeEach(src: AsyncIterable<Buffer>, out: string | undefined): Promise<void> {
+  if (out !== undefined) {
+    const fh = await open(out, 'w');
+    try {
+      let pos = 0;
+      for await (const c of src) {
+        for (let done = 0; done < c.length;) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
+        pos += c.length;
+      }
+    } finally {
+      await fh.close();
+    }
+    return;
+  }
+  const stdout = process.stdout;
+  for await (const c of src) {
+    await new Promise<void>((resolve, reject) => {
+      stdout.write(c, (err) => (err ? reject(err) : resolve()));
+    });
+  }
 }

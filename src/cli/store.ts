@@ -1,7 +1,7 @@
 /** The control commands (create, delete, …) and the store queries (list, status), offline or through the mount. */
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { storeDir } from './storeDir.js';
 import { BLOCK_STORE_HELP, query, runControl } from './offline.js';
 import { outputOf, summary } from './progress.js';
@@ -42,6 +42,21 @@ export function registerStoreCommands(program: Command): void {
   control(program, 'delete-snapshot', '<disk> <snap>', 'delete a snapshot', (d, s) => `delete-snapshot ${d} ${s}`);
   control(program, 'rollback', '<disk> <snap>', 'make the disk exactly the snapshot again', (d, s) => `rollback ${d} ${s}`);
   control(program, 'clone', '<disk> <snap> <newdisk>', 'create a writable disk from a snapshot', (d, s, n) => `clone ${d} ${s} ${n}`);
+
+  storeOpt(
+    program
+      .command('attach')
+      .description('show a backup image (and deltas after it) read-only at .vdisk/attached/<name> of the mount, without restoring')
+      .argument('<name>')
+      .argument('<images...>', 'the full image, then each delta in order'),
+  )
+    .option('--json', 'machine-readable result')
+    .action(async (name: string, images: string[], o: { store?: string }, cmd: Command) => {
+      const line = `attach ${name} ${images.map((i) => resolve(i)).join(' ')}`;
+      const message = await runControl(storeDir(o.store), line);
+      summary(outputOf(cmd), message, { command: line, message });
+    });
+  control(program, 'detach', '<name>', 'end an attachment', (n) => `detach ${n}`);
 
   storeOpt(program.command('list').description('list disks and snapshots')).option('--json', 'machine-readable').action(async (o: { store?: string; json?: boolean }) => {
     const st = await query(storeDir(o.store), (reg) => storeStatus(reg), readStatusJson);

@@ -13,7 +13,7 @@
  */
 import type { Tree, Node, Handle } from './nodes.js';
 import type { Registry } from '../disk/registry.js';
-import { findTarget, planFor, producerFor, type ImageTarget } from '../image/snapshotImage.js';
+import { describeImage, findTarget, planFor, producerFor, type ImageTarget } from '../image/snapshotImage.js';
 import { describeRestore, restoreRecorded, type RestoreResult, type RestoreTarget } from '../restore/restore.js';
 import { errorReply, okReply, readReply } from '../control/reply.js';
 import { ChunkFeeder } from '../restore/feeder.js';
@@ -48,10 +48,23 @@ export function installSections(tree: Tree, reg: Registry): void {
           throw e;
         }
         const p = producer;
+        // A backup through the mount (`dd` of this file, `vdiskfs backup` of a mounted store) is recorded in
+        // the history once its reader has been given the image's last byte.
+        let complete = false;
         return {
-          read: (dst, pos) => p.readInto(pos, dst),
+          read: async (dst, pos) => {
+            const n = await p.readInto(pos, dst);
+            if (n > 0 && pos + n >= p.size) complete = true;
+            return n;
+          },
           readOnly: true,
-          release: async () => unpin(),
+          release: async () => {
+            unpin();
+            if (!complete) return;
+            complete = false;
+            const what = `backup ${t.view.name}${t.base ? ` since ${t.base.snapshot()?.name ?? '?'}` : ''}`;
+            await reg.recordHistory(what, 'ok', `${describeImage(p.plan)}: ${p.size} bytes read through the mount`).catch((e: unknown) => log.warn({ err: e }, 'history not written'));
+          },
         } satisfies Handle;
       },
       truncate: () => Promise.reject(readOnly('backup images are read-only')),

@@ -83,6 +83,12 @@ export async function planFor(t: ImageTarget): Promise<ImagePlan> {
   return plan;
 }
 
+/** An image's identity in words, for the history: `full image of d@s (uid)`, `delta image of d@b..s (uid on base uid)`. */
+export function describeImage(h: { kind: 'full' | 'delta'; diskName: string; snapName: string; snapId: string; baseSnapName?: string; baseSnapId?: string }): string {
+  if (h.kind === 'full') return `full image of ${h.diskName}@${h.snapName} (${h.snapId})`;
+  return `delta image of ${h.diskName}@${h.baseSnapName ?? '?'}..${h.snapName} (${h.snapId} on base ${h.baseSnapId})`;
+}
+
 /**
  * A producer of the image bytes. Slots are read by physical number straight from the pool: each piece of
  * the image in runs of physically consecutive blocks (pbnRuns), one request per run, all of a piece's runs

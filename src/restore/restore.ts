@@ -10,6 +10,7 @@ import type { Disk } from '../disk/view.js';
 import type { Landing } from '../disk/landing.js';
 import { parseImage, type ImageSource } from '../image/index.js';
 import type { ImageHeader } from '../image/header.js';
+import { describeImage } from '../image/snapshotImage.js';
 import { busy, errorCode, errorMessage, exists, invalid } from '../errors.js';
 import { checkName } from '../disk/names.js';
 import { checkBlockSize, checkVirtualSize } from '../util/size.js';
@@ -22,6 +23,8 @@ export interface RestoreResult {
   blocks: number;
   zeros: number;
   snapId: string;
+  /** The image's identity in words (disk, snapshot, id; a delta's base). */
+  image: string;
 }
 
 function checkTarget(reg: Registry, target: RestoreTarget): void {
@@ -84,7 +87,7 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
       if (target.mode === 'new') await l.asNewDisk(target.name, content);
       else await l.into(target.name, { ...content, full: h.kind === 'full', zeros }, (d) => checkInto(d, h));
     });
-    return { disk: target.name, kind: h.kind, blocks: l.lbns.length, zeros: zeros.length, snapId: h.snapId };
+    return { disk: target.name, kind: h.kind, blocks: l.lbns.length, zeros: zeros.length, snapId: h.snapId, image: describeImage(h) };
   } finally {
     await landing?.release();
   }
@@ -104,7 +107,7 @@ export async function restoreRecorded(reg: Registry, source: ImageSource, target
   const command = `restore ${target.mode === 'new' ? 'as' : 'into'} ${target.name}`;
   try {
     const r = await restoreImage(reg, source, target);
-    await reg.recordHistory(command, 'ok', `${r.kind} image of snapshot ${r.snapId}: ${r.blocks} blocks, ${r.zeros} holes`);
+    await reg.recordHistory(command, 'ok', `${r.image}: ${r.blocks} blocks, ${r.zeros} holes`);
     return r;
   } catch (e) {
     await reg.recordHistory(command, 'error', errorMessage(e).replace(/[\x00-\x1f\x7f]/g, '?'), errorCode(e)).catch(() => undefined);

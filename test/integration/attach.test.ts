@@ -5,12 +5,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { M, VdiskMount, errnoOf, loopAvailable, makeTree, q, readRange, requireBuild, sh, sha256Range, shOk, teardownAll } from './helpers.js';
+import { CLI, M, VdiskMount, errnoOf, loopAvailable, makeTree, q, readRange, requireBuild, sh, sha256Range, shOk, teardownAll, vdiskfs } from './helpers.js';
+import { existsSync } from 'node:fs';
 import { decodeHeader } from '../../src/image/header.js';
 
 const noLoop = !(await loopAvailable('attach.test.ts'));
 
 let m: VdiskMount;
+/** The images of fs@s1 (full) and fs@s1..s2 made by the first test, for the CLI test. */
+let images: { full: string; delta: string } | undefined;
 
 beforeAll(async () => {
   requireBuild();
@@ -45,6 +48,11 @@ describe('attach', () => {
     await shOk(`dd if=${q(join(m.vdisk, 'copies/fs/s1'))} of=${q(full)} bs=1M status=none`);
     await shOk(`dd if=${q(join(m.vdisk, 'deltas/fs/s1..s2'))} of=${q(delta)} bs=1M status=none`);
 
+    images = { full, delta };
+    // backups through the mount are in the history, with the image's identity
+    const history = await readFile(join(m.vdisk, 'history'), 'utf8');
+    expect(history).toMatch(/\tok\tbackup fs@s1\tfull image of fs@s1 \([0-9a-f-]+\): \d+ bytes read through the mount/);
+    expect(history).toMatch(/\tok\tbackup fs@s2 since s1\tdelta image of fs@s1\.\.s2 \([0-9a-f-]+ on base [0-9a-f-]+\)/);
     await m.ctlOk(`attach a ${full} ${delta}`);
     const att = join(m.vdisk, 'attached/a');
     const snap = join(m.vdisk, 'snapshots/fs/s2');
@@ -114,5 +122,51 @@ describe('attach', () => {
     expect(await errnoOf(() => writeFile(att, 'x'))).toMatch(/EROFS|EACCES|EPERM/);
     await m.ctlOk('detach b');
     expect((await m.ctl('detach b')).code).toBe('ENOENT');
+  });
+
+  it.skipIf(noLoop)('the CLI: merge (to a file and to stdout), verify --against through the mount and offline, attach with relative paths, detach', async () => {
+    const { full, delta } = images!;
+    const out = join(full, '..');
+    const merged = join(out, 'merged.vdimg');
+    const mg = await vdiskfs(['merge', full, delta, '-o', merged, '--json']);
+    expect(mg.code, mg.stderr).toBe(0);
+    const mj = JSON.parse(mg.stdout) as { snapName: string; blocks: number };
+    expect(mj.snapName).toBe('s2');
+    expect(mj.blocks).toBeGreaterThan(0);
+    // the merged image holds exactly fs@s2; the full image of s1 does not
+    const ok = await vdiskfs(['verify', merged, '--against', 'fs@s2', '--store', m.store]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/holds what fs@s2 holds/);
+    expect((await vdiskfs(['verify', delta, '--against', 'fs@s2', '--store', m.store])).code).toBe(0);
+    const bad = await vdiskfs(['verify', full, '--against', 'fs@s2', '--store', m.store]);
+    expect(bad.code).toBe(7);
+    expect(bad.stderr).toMatch(/does not hold fs@s2: .*block \d+/);
+    // merged to stdout, verified from stdin
+    const cli = `${q(process.execPath)} ${q(CLI)}`;
+    const piped = await sh(`set -o pipefail; ${cli} merge ${q(full)} ${q(delta)} | ${cli} verify -`);
+    expect(piped.code, piped.stderr).toBe(0);
+    // a wrong link: refused, nothing written
+    const wrong = join(out, 'wrong.vdimg');
+    const w = await vdiskfs(['merge', delta, full, '-o', wrong]);
+    expect(w.code).toBe(2);
+    expect(w.stderr).toMatch(/starts with a full image/);
+    expect(existsSync(wrong)).toBe(false);
+    // attach through the CLI resolves relative paths; detach
+    const at = await sh(`cd ${q(out)} && ${cli} attach c fs-s1.vdimg fs-s1-s2.vdimg --store ${q(m.store)}`);
+    expect(at.code, at.stderr).toBe(0);
+    expect(await sha256Range(join(m.vdisk, 'attached/c'), 0, 128 * M)).toBe(await sha256Range(join(m.vdisk, 'snapshots/fs/s2'), 0, 128 * M));
+    expect((await vdiskfs(['detach', 'c', '--store', m.store])).code).toBe(0);
+    // offline: verify --against opens the store itself; attach needs the mount
+    await m.unmount();
+    try {
+      const off = await vdiskfs(['verify', merged, '--against', 'fs@s2', '--store', m.store, '--json']);
+      expect(off.code, off.stderr).toBe(0);
+      expect((JSON.parse(off.stdout) as { ok: boolean; blocksCompared: number }).blocksCompared).toBeGreaterThan(0);
+      const na = await vdiskfs(['attach', 'd', full, '--store', m.store]);
+      expect(na.code).toBe(2);
+      expect(na.stderr).toMatch(/mounted store only/);
+    } finally {
+      await m.mount();
+    }
   });
 });

@@ -232,8 +232,8 @@ describe('the mount', () => {
     try {
       expect(await isMountpoint(o.mp)).toBe(true);
       const missing = await vdiskfs([join(o.root, 'mp2'), '--store', join(o.root, 'other')]);
-      expect(missing.code).toBe(1); // a path is mounted, not taken for a mistyped command
-      expect(missing.stderr).toMatch(/cannot mount .*mp2: Mountpoint does not exist/);
+      expect(missing.code).toBe(2); // a path is mounted, not taken for a mistyped command: a bad mountpoint
+      expect(missing.stderr).toMatch(/cannot mount .*mp2: no such directory/);
       const mp2 = await o.scratch('mp2');
       const busy = await vdiskfs([mp2, '--store', o.store]);
       expect(busy.code, busy.stderr).toBe(5); // LOCKED, from the daemon child, not a blanket 1
