@@ -80,6 +80,28 @@ describe('attach', () => {
     await m.loopUmount(want);
     await m.ctlOk('detach a');
     expect(await shOk(`ls ${q(join(m.vdisk, 'attached'))}`)).toBe('');
+
+    // a full image alone is s1; with two deltas it is s3
+    lm = await m.loopMount(disk, 'l3');
+    await shOk(`rm -rf ${q(lm)}/dir3 && cp -a ${q(tree1)}/dir0 ${q(lm)}/again`);
+    await m.loopUmount(lm);
+    await m.ctlOk('snapshot fs s3');
+    const delta2 = join(out, 'fs-s2-s3.vdimg');
+    await shOk(`dd if=${q(join(m.vdisk, 'deltas/fs/s2..s3'))} of=${q(delta2)} bs=1M status=none`);
+    await m.ctlOk(`attach one ${full}`);
+    await m.ctlOk(`attach three ${full} ${delta} ${delta2}`);
+    expect(await shOk(`ls ${q(join(m.vdisk, 'attached'))}`)).toBe('one\nthree\n');
+    expect(await sha256Range(join(m.vdisk, 'attached/one'), 0, 128 * M)).toBe(await sha256Range(join(m.vdisk, 'snapshots/fs/s1'), 0, 128 * M));
+    const three = await m.loopMount(join(m.vdisk, 'attached/three'), 'l4', 'loop,ro');
+    const s3 = await m.loopMount(join(m.vdisk, 'snapshots/fs/s3'), 'l5', 'loop,ro');
+    const diff3 = await sh(`diff -r ${q(s3)} ${q(three)}`);
+    expect(diff3.stdout + diff3.stderr).toBe('');
+    expect(diff3.code).toBe(0);
+    expect(await shOk(`ls ${q(three)}`)).toMatch(/again/);
+    await m.loopUmount(three);
+    await m.loopUmount(s3);
+    await m.ctlOk('detach one');
+    await m.ctlOk('detach three');
   });
 
   it('damage in an image is EIO at its blocks only; broken chains, relative paths and writes are refused', async () => {
