@@ -1,0 +1,97 @@
+/**
+ * The stores the conformance suite (storeConformance.test.ts) runs: every bottom, and every layer over
+ * every bottom, each with the optional methods it offers (found on a scratch instance). A bottom the
+ * machine cannot open (O_DIRECT on tmpfs) is listed with `skip` so the report says so.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BlockStore } from '../../src/store/blockStore.js';
+import { DirectPoolFileStore } from '../../src/store/directPool.js';
+import { PoolFileStore } from '../../src/store/poolFile.js';
+import { LevelBlockStore } from '../../src/store/levelBlocks.js';
+import { FaultyStore } from '../../src/store/faulty.js';
+import { openDb } from '../../src/meta/db.js';
+
+export const OPTIONAL = ['readParallel', 'readRun', 'allocAligned', 'readSync', 'writeSync', 'stageBehind', 'copyBehind', 'copyRoom', 'busy', 'behindRoom', 'syncNow', 'discard', 'trim'] as const;
+
+export interface Opened {
+  store: BlockStore;
+  close(): Promise<void>;
+}
+
+export interface Subject {
+  name: string;
+  /** The store cannot be opened here (no O_DIRECT where the tests run). */
+  skip: boolean;
+  /** The optional methods the store offers. */
+  offers: Set<string>;
+  /** For a layer: the optional methods of the store it wraps. */
+  inner?: Set<string>;
+  open(dir: string, blockSize: number): Promise<Opened>;
+}
+
+type Open = (dir: string, blockSize: number) => Promise<Opened | null>;
+
+const bottoms: Record<string, Open> = {
+  'DirectPoolFileStore (O_DIRECT)': async (dir, bs) => {
+    const store = await DirectPoolFileStore.open(join(dir, 'pool.dat'), bs);
+    return store && { store, close: () => store.close() };
+  },
+  'PoolFileStore (page cache)': async (dir, bs) => {
+    const store = await PoolFileStore.open(join(dir, 'pool.dat'), bs);
+    return { store, close: () => store.close() };
+  },
+  LevelBlockStore: async (dir, bs) => {
+    const { db } = await openDb(dir, { blockStore: 'leveldb' });
+    const store = new LevelBlockStore(db, bs);
+    return {
+      store,
+      close: async () => {
+        await store.close();
+        await db.close();
+      },
+    };
+  },
+};
+
+/** Layers, each over any inner store (with the settings that make it transparent). */
+const layers: Record<string, (inner: BlockStore) => BlockStore> = {
+  'FaultyStore (empty plan)': (inner) => new FaultyStore(inner, {}),
+};
+
+function offered(store: BlockStore): Set<string> {
+  return new Set(OPTIONAL.filter((m) => typeof (store as unknown as Record<string, unknown>)[m] === 'function'));
+}
+
+/** Every subject; `scratch` is a directory to open one instance of each in (to see what it offers). */
+export async function storeSubjects(scratch: string): Promise<Subject[]> {
+  const out: Subject[] = [];
+  let n = 0;
+  for (const [name, openBottom] of Object.entries(bottoms)) {
+    const probeDir = join(scratch, `${++n}`);
+    await mkdir(probeDir);
+    const probe = await openBottom(probeDir, 16 * 1024);
+    const inner = probe ? offered(probe.store) : new Set<string>();
+    const open = async (dir: string, bs: number): Promise<Opened> => {
+      const o = await openBottom(dir, bs);
+      if (!o) throw new Error(`${name} cannot be opened in ${dir}`);
+      return o;
+    };
+    out.push({ name, skip: !probe, offers: inner, open });
+    for (const [layerName, wrap] of Object.entries(layers)) {
+      const offers = probe ? offered(wrap(probe.store)) : new Set<string>();
+      out.push({
+        name: `${layerName} over ${name}`,
+        skip: !probe,
+        offers,
+        inner,
+        open: async (dir, bs) => {
+          const o = await open(dir, bs);
+          return { store: wrap(o.store), close: () => o.close() };
+        },
+      });
+    }
+    await probe?.close();
+  }
+  return out;
+}
