@@ -10,7 +10,8 @@
  * - LevelBlockStore (`--block-store leveldb`): one binary LevelDB value per block in the store's database,
  *   beside the tables; kept to measure the single-database layout side by side (README, Performance).
  *   A freed pbn's value must be deleted (discard) or the database would only grow.
- * Layers (fault injection in tests) wrap an inner store and must forward the optional methods they can.
+ * Layers (fault injection in tests) wrap an inner store and offer every optional method it offers
+ * (test/unit/storeConformance.test.ts runs every bottom and every layer through this contract).
  */
 export interface BlockStore {
   readonly blockSize: number;
@@ -34,7 +35,8 @@ export interface BlockStore {
   /**
    * Synchronous read and write, for stores whose I/O is a copy to or from the page cache (the pool file).
    * When present, a FUSE request whose blocks are all known in memory is served without an await (see
-   * the fast paths in disk/io.ts). Layers that cannot act synchronously (fault injection) leave them out.
+   * the fast paths in disk/io.ts). Layers offer them whenever their inner store does (the fault layer too,
+   * so fault tests run the production path).
    */
   readSync?(pbn: number, dst: Buffer, offsetInBlock?: number): void;
   writeSync?(pbn: number, data: Buffer, offsetInBlock?: number): void;

@@ -57,6 +57,8 @@ const bottoms: Record<string, Open> = {
 /** Layers, each over any inner store (with the settings that make it transparent). */
 const layers: Record<string, (inner: BlockStore) => BlockStore> = {
   'FaultyStore (empty plan)': (inner) => new FaultyStore(inner, {}),
+  'FaultyStore (every write delayed)': (inner) => new FaultyStore(inner, { delayMs: 1 }),
+  'FaultyStore (volatile)': (inner) => new FaultyStore(inner, { volatile: true }),
 };
 
 function offered(store: BlockStore): Set<string> {
