@@ -10,8 +10,11 @@
  * - LevelBlockStore (`--block-store leveldb`): one binary LevelDB value per block in the store's database,
  *   beside the tables; kept to measure the single-database layout side by side (README, Performance).
  *   A freed pbn's value must be deleted (discard) or the database would only grow.
- * Layers (fault injection in tests) wrap an inner store and offer every optional method it offers
- * (test/unit/storeConformance.test.ts runs every bottom and every layer through this contract).
+ * Layers wrap an inner store and offer every optional method it offers (test/unit/storeConformance.test.ts
+ * runs every bottom and every layer through this contract):
+ * - ReadaheadStore (readahead.ts) over the O_DIRECT pool file (bottoms.ts): sequential readers are served
+ *   from chunks read ahead with readRun;
+ * - FaultyStore (faulty.ts, tests only) on top, through Registry.open's `wrap` (pool.ts).
  */
 export interface BlockStore {
   readonly blockSize: number;

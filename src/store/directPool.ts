@@ -25,8 +25,8 @@
  * - the table batch that references a new block waits for the block's write (disk/io.ts), so a crash never
  *   leaves an entry pointing at unwritten data;
  * - a failed write fails every later sync() and ends write-behind (like a disk whose cache lost data).
- * Sequential readers are served from readahead chunks (CHUNKS × CHUNK bytes read on the thread pool ahead of
- * the reader); a staged write drops every chunk it overlaps, and no chunk is read over a busy pbn.
+ * Readahead is a layer over this store (readahead.ts, assembled in bottoms.ts): it reads chunks with
+ * readRun into memory from allocAligned.
  */
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { constants, fdatasyncSync, readSync, writeSync, read as readCb, write as writeCb } from 'node:fs';
@@ -37,14 +37,6 @@ const SECTOR = 512;
 const RUN_BYTES = 1024 * 1024;
 const RUNS = 8;
 const FLUSH_MS = 1;
-const CHUNK_MIN = 2 * 1024 * 1024;
-const CHUNKS = 6;
-/** Chunks kept read ahead of the furthest byte a sequential reader asked for. */
-const AHEAD = 3;
-/** Requests this large near the last one read ahead at once (the kernel's own readahead sends such). */
-const SEQ_REQUEST = 64 * 1024;
-/** Smaller requests read ahead after this many in a row near each other. */
-const SEQ_RUN = 3;
 const PARALLEL_SLOTS = 4;
 /** Block copies (copyBehind) in flight at most before the fast path declines (64 KiB blocks: 4 MiB). */
 const COPIES_AHEAD = 64;
@@ -73,18 +65,6 @@ interface Run {
   resolve: () => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout | null;
-}
-
-/** A readahead chunk: file bytes [idx × chunkBytes, +chunkBytes) once `ready`. */
-interface Chunk {
-  buf: Buffer;
-  /** Chunk index in the file, -1 while unused. */
-  idx: number;
-  /** The read in flight, if any. */
-  loading: Promise<void> | null;
-  ready: boolean;
-  /** False once a write overlapped the chunk since its read was issued: it serves nothing. */
-  valid: boolean;
 }
 
 /** Blocking-free O_DIRECT write or read of a whole buffer at pos (short reads past the end are zero-filled). */
@@ -162,17 +142,11 @@ async function alignedArena(near: string, size: number): Promise<Buffer | null> 
 
 export class DirectPoolFileStore implements BlockStore {
   readonly writesThrough = true;
-  private readonly chunkBytes: number;
   /** Per pbn, the tail of its chain of writes (staged or in flight); removed when the last one settles. */
   private inflight = new Map<number, Promise<void>>();
   private open: Run | null = null;
   private freeRuns: Buffer[];
   private roomWaiters: (() => void)[] = [];
-  private chunks: Chunk[];
-  /** End of the furthest byte the current sequential reader asked for (-1: none yet). */
-  private seqHead = -1;
-  /** Requests in a row that were near seqHead. */
-  private nearRun = 0;
   private bounce: Buffer;
   private slots: Buffer[];
   private slotWaiters: ((b: Buffer) => void)[] = [];
@@ -188,17 +162,15 @@ export class DirectPoolFileStore implements BlockStore {
     readonly path: string,
     arena: Buffer,
   ) {
-    this.chunkBytes = Math.max(CHUNK_MIN, blockSize);
     let at = 0;
     const take = (n: number): Buffer => arena.subarray(at, (at += n));
     this.freeRuns = Array.from({ length: RUNS }, () => take(RUN_BYTES));
-    this.chunks = Array.from({ length: CHUNKS }, () => ({ buf: take(this.chunkBytes), idx: -1, loading: null, ready: false, valid: false }));
     this.bounce = take(blockSize + 2 * SECTOR);
     this.slots = Array.from({ length: PARALLEL_SLOTS }, () => take(blockSize + 2 * SECTOR));
   }
 
   static arenaBytes(blockSize: number): number {
-    return RUNS * RUN_BYTES + CHUNKS * Math.max(CHUNK_MIN, blockSize) + (1 + PARALLEL_SLOTS) * (blockSize + 2 * SECTOR);
+    return RUNS * RUN_BYTES + (1 + PARALLEL_SLOTS) * (blockSize + 2 * SECTOR);
   }
 
   /** The store, or null when the pool file's filesystem does not support O_DIRECT. */
@@ -221,28 +193,14 @@ export class DirectPoolFileStore implements BlockStore {
 
   // ---- reads ----------------------------------------------------------------------------------
 
-  /**
-   * pbn cannot be read synchronously now: a write to it is staged or in flight (the file does not hold its
-   * latest bytes yet), or the readahead chunk that will hold it is being read (read() waits for it instead
-   * of reading the same bytes a second time).
-   */
+  /** pbn cannot be read synchronously now: a write to it is staged or in flight (the file does not hold its latest bytes yet). */
   busy(pbn: number): boolean {
-    return this.inflight.has(pbn) || !!this.chunkAt(pbn * this.blockSize)?.loading;
-  }
-
-  private chunkAt(pos: number): Chunk | undefined {
-    return this.chunk(Math.floor(pos / this.chunkBytes));
-  }
-
-  /** The valid chunk holding chunk index idx (loading or ready), if any. */
-  private chunk(idx: number): Chunk | undefined {
-    return this.chunks.find((c) => c.idx === idx && c.valid);
+    return this.inflight.has(pbn);
   }
 
   private async settled(pbn: number): Promise<void> {
     if (this.open?.byPbn.has(pbn)) this.submit(this.open);
     for (let t = this.inflight.get(pbn); t; t = this.inflight.get(pbn)) await t.catch(() => undefined);
-    await this.chunkAt(pbn * this.blockSize)?.loading;
   }
 
   async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
@@ -250,22 +208,14 @@ export class DirectPoolFileStore implements BlockStore {
     this.readSync(pbn, dst, offsetInBlock);
   }
 
-  /** Only for a pbn that is not busy(). Blocks on the disk unless a readahead chunk holds the range. */
+  /** Only for a pbn that is not busy(). Blocks on the disk (readahead.ts serves sequential readers from memory). */
   readSync(pbn: number, dst: Buffer, offsetInBlock = 0): void {
     const pos = pbn * this.blockSize + offsetInBlock;
     const len = dst.length;
-    const c = this.chunkAt(pos);
-    if (c?.ready) {
-      // a block never straddles chunks (chunkBytes is a multiple of blockSize)
-      const at = pos - c.idx * this.chunkBytes;
-      c.buf.copy(dst, 0, at, at + len);
-    } else {
-      const from = floorTo(pos, SECTOR);
-      const part = this.bounce.subarray(0, ceilTo(pos + len, SECTOR) - from);
-      readAllSync(this.fd, part, from);
-      part.copy(dst, 0, pos - from, pos - from + len);
-    }
-    this.readAhead(pos, len);
+    const from = floorTo(pos, SECTOR);
+    const part = this.bounce.subarray(0, ceilTo(pos + len, SECTOR) - from);
+    readAllSync(this.fd, part, from);
+    part.copy(dst, 0, pos - from, pos - from + len);
   }
 
   /** Off the event loop, several at once (image streaming reads blocks in random physical order). */
@@ -316,58 +266,6 @@ export class DirectPoolFileStore implements BlockStore {
     }
   }
 
-  /**
-   * Keep AHEAD chunks read ahead of a sequential reader. The kernel sends a reader's readahead as several
-   * requests at once, and they may arrive out of order: a request counts as sequential when it falls near
-   * the furthest byte asked for so far, and chunks are found by their index, not by the last position.
-   */
-  private readAhead(pos: number, len: number): void {
-    const near = this.seqHead >= 0 && Math.abs(pos - this.seqHead) <= 2 * this.chunkBytes;
-    this.seqHead = near ? Math.max(this.seqHead, pos + len) : pos + len;
-    this.nearRun = near ? this.nearRun + 1 : 0;
-    // A small request that merely lands near the last one is how random readers look now and then (a 4 KiB
-    // reader over 1 GiB does every ~100 requests): reading ahead for it cost up to 10 MiB of reads that
-    // nobody wanted. Small requests start readahead only after a run of them.
-    if (!near || (len < SEQ_REQUEST && this.nearRun < SEQ_RUN)) return;
-    const first = Math.floor(pos / this.chunkBytes);
-    const last = Math.floor(this.seqHead / this.chunkBytes) + AHEAD;
-    for (let i = first; i <= last; i++) {
-      if (this.chunk(i)) continue;
-      // a chunk nobody needs: idle, and unused, overwritten, or outside [first - 1, last]
-      const c = this.chunks.find((k) => !k.loading && (k.idx < 0 || !k.valid || k.idx < first - 1 || k.idx > last));
-      if (!c) return;
-      const from = i * this.chunkBytes;
-      const firstPbn = from / this.blockSize;
-      let writing = false;
-      for (let p = firstPbn; p < firstPbn + this.chunkBytes / this.blockSize && !writing; p++) writing = this.inflight.has(p);
-      if (writing) continue; // its bytes are still changing: read it on a later request
-      c.idx = i;
-      c.valid = true;
-      c.ready = false;
-      const loading: Promise<void> = ioAll('read', this.fd, c.buf, from).then(
-        () => {
-          if (c.loading === loading) c.loading = null;
-          c.ready = c.valid;
-        },
-        () => {
-          if (c.loading === loading) c.loading = null;
-          c.valid = false;
-        },
-      );
-      c.loading = loading;
-    }
-  }
-
-  /** Bytes [pos, pos+len) are about to change: no chunk may serve their old content. */
-  private dropChunks(pos: number, len: number): void {
-    for (const c of this.chunks) {
-      if (c.idx >= 0 && c.valid && pos < (c.idx + 1) * this.chunkBytes && c.idx * this.chunkBytes < pos + len) {
-        c.valid = false;
-        c.ready = false;
-      }
-    }
-  }
-
   // ---- writes ---------------------------------------------------------------------------------
 
   /** Whether stageBehind may take `bytes` more now (one request: at most one new run). */
@@ -388,7 +286,6 @@ export class DirectPoolFileStore implements BlockStore {
   private stage(pbn: number, data: Buffer, offsetInBlock: number): Promise<void> {
     const pos = pbn * this.blockSize + offsetInBlock;
     const len = data.length;
-    this.dropChunks(pos, len);
     if (!aligned(pos, len)) return this.readModifyWrite(pbn, pos, Buffer.from(data));
     let run = this.open;
     if (run) {
@@ -530,7 +427,6 @@ export class DirectPoolFileStore implements BlockStore {
    */
   copyBehind(from: number, to: number): Promise<void> {
     const bs = this.blockSize;
-    this.dropChunks(to * bs, bs);
     // The open run goes now if it holds a write to either block: a write staged to `to` after this call
     // lands in a later run that waits for the copy, and the copy waits for `from`'s writes, so a run that
     // held both would wait for itself.
@@ -570,7 +466,6 @@ export class DirectPoolFileStore implements BlockStore {
   /** Synchronous write, only for a pbn that is not busy() (tests, tools). */
   writeSync(pbn: number, data: Buffer, offsetInBlock = 0): void {
     const pos = pbn * this.blockSize + offsetInBlock;
-    this.dropChunks(pos, data.length);
     const from = floorTo(pos, SECTOR);
     const part = this.bounce.subarray(0, ceilTo(pos + data.length, SECTOR) - from);
     if (!aligned(pos, data.length)) readAllSync(this.fd, part, from);
@@ -614,7 +509,6 @@ export class DirectPoolFileStore implements BlockStore {
 
   async close(): Promise<void> {
     await this.drainWrites();
-    await Promise.allSettled(this.chunks.map((c) => c.loading));
     await this.fh.close();
   }
 

@@ -1,8 +1,9 @@
 /**
  * The pool of physical blocks: one BlockStore and one Allocator per block size, and the capacity limit
  * (--pool-size) across all of them. Capacity counts every used pbn once, whoever references it.
- * This is the one place the stack of block-store layers is assembled: the bottom comes from the factory
- * the registry chose for the store (bottoms.ts), layers from `wrap`.
+ * This is the one place the stack of block-store layers is assembled: the bottom with the layers that belong
+ * to it (readahead over the O_DIRECT pool file) comes from the factory the registry chose for the store
+ * (bottoms.ts), test layers from `wrap`.
  * Freeing a pbn also discards its data in stores that keep space per block (LevelBlockStore).
  */
 import { Allocator } from './allocator.js';

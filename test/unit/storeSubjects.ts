@@ -10,13 +10,17 @@ import { DirectPoolFileStore } from '../../src/store/directPool.js';
 import { PoolFileStore } from '../../src/store/poolFile.js';
 import { LevelBlockStore } from '../../src/store/levelBlocks.js';
 import { FaultyStore } from '../../src/store/faulty.js';
+import { ReadaheadStore } from '../../src/store/readahead.js';
 import { openDb } from '../../src/meta/db.js';
 
 export const OPTIONAL = ['readParallel', 'readRun', 'allocAligned', 'readSync', 'writeSync', 'stageBehind', 'copyBehind', 'copyRoom', 'busy', 'behindRoom', 'syncNow', 'discard', 'trim'] as const;
 
 export interface Opened {
   store: BlockStore;
+  /** Close the store (the whole stack) and what it lives in. */
   close(): Promise<void>;
+  /** What to close after the bottom store (its database). */
+  after?: () => Promise<void>;
 }
 
 export interface Subject {
@@ -44,21 +48,17 @@ const bottoms: Record<string, Open> = {
   LevelBlockStore: async (dir, bs) => {
     const { db } = await openDb(dir, { blockStore: 'leveldb' });
     const store = new LevelBlockStore(db, bs);
-    return {
-      store,
-      close: async () => {
-        await store.close();
-        await db.close();
-      },
-    };
+    return { store, close: () => store.close(), after: () => db.close() };
   },
 };
 
-/** Layers, each over any inner store (with the settings that make it transparent). */
-const layers: Record<string, (inner: BlockStore) => BlockStore> = {
+/** Layers over any inner store they apply to (readahead: one with readRun and readSync). */
+const layers: Record<string, (inner: BlockStore) => BlockStore | Promise<BlockStore | null>> = {
+  ReadaheadStore: async (inner) => (inner.readRun && inner.readSync ? ReadaheadStore.over(inner) : null),
   'FaultyStore (empty plan)': (inner) => new FaultyStore(inner, {}),
   'FaultyStore (every write delayed)': (inner) => new FaultyStore(inner, { delayMs: 1 }),
   'FaultyStore (volatile)': (inner) => new FaultyStore(inner, { volatile: true }),
+  'FaultyStore over ReadaheadStore (the fault tests\' stack)': async (inner) => (inner.readRun && inner.readSync ? new FaultyStore(await ReadaheadStore.over(inner), {}) : null),
 };
 
 function offered(store: BlockStore): Set<string> {
@@ -77,11 +77,19 @@ export async function storeSubjects(scratch: string): Promise<Subject[]> {
     const open = async (dir: string, bs: number): Promise<Opened> => {
       const o = await openBottom(dir, bs);
       if (!o) throw new Error(`${name} cannot be opened in ${dir}`);
-      return o;
+      return {
+        ...o,
+        close: async () => {
+          await o.close();
+          await o.after?.();
+        },
+      };
     };
     out.push({ name, skip: !probe, offers: inner, open });
     for (const [layerName, wrap] of Object.entries(layers)) {
-      const offers = probe ? offered(wrap(probe.store)) : new Set<string>();
+      const layer = probe && (await wrap(probe.store));
+      if (probe && !layer) continue; // does not apply to this bottom
+      const offers = layer ? offered(layer) : new Set<string>();
       out.push({
         name: `${layerName} over ${name}`,
         skip: !probe,
@@ -89,11 +97,19 @@ export async function storeSubjects(scratch: string): Promise<Subject[]> {
         inner,
         open: async (dir, bs) => {
           const o = await open(dir, bs);
-          return { store: wrap(o.store), close: () => o.close() };
+          const store = (await wrap(o.store))!;
+          return {
+            store,
+            close: async () => {
+              await store.close(); // closes the stack down to the bottom
+              await o.after?.();
+            },
+          };
         },
       });
     }
     await probe?.close();
+    await probe?.after?.();
   }
   return out;
 }
