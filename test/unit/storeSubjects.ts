@@ -5,12 +5,14 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BlockStore } from '../../src/store/blockStore.js';
+import type { BlockStore, RunStore } from '../../src/store/blockStore.js';
 import { DirectPoolFileStore } from '../../src/store/directPool.js';
 import { PoolFileStore } from '../../src/store/poolFile.js';
 import { LevelBlockStore } from '../../src/store/levelBlocks.js';
 import { FaultyStore } from '../../src/store/faulty.js';
 import { ReadaheadStore } from '../../src/store/readahead.js';
+import { WriteBehindStore } from '../../src/store/writeBehind.js';
+import { directStack } from '../../src/store/bottoms.js';
 import { openDb } from '../../src/meta/db.js';
 
 export const OPTIONAL = ['readParallel', 'readRun', 'allocAligned', 'readSync', 'writeSync', 'stageBehind', 'copyBehind', 'copyRoom', 'busy', 'behindRoom', 'syncNow', 'discard', 'trim'] as const;
@@ -52,13 +54,15 @@ const bottoms: Record<string, Open> = {
   },
 };
 
-/** Layers over any inner store they apply to (readahead: one with readRun and readSync). */
+/** Layers over any inner store they apply to (readahead: one with readRun and readSync; write-behind: a RunStore). */
 const layers: Record<string, (inner: BlockStore) => BlockStore | Promise<BlockStore | null>> = {
   ReadaheadStore: async (inner) => (inner.readRun && inner.readSync ? ReadaheadStore.over(inner) : null),
+  WriteBehindStore: async (inner) => ('writeRun' in inner ? WriteBehindStore.over(inner as RunStore) : null),
+  'ReadaheadStore over WriteBehindStore (bottoms.ts directStack)': async (inner) => (inner instanceof DirectPoolFileStore ? directStack(inner) : null),
   'FaultyStore (empty plan)': (inner) => new FaultyStore(inner, {}),
   'FaultyStore (every write delayed)': (inner) => new FaultyStore(inner, { delayMs: 1 }),
   'FaultyStore (volatile)': (inner) => new FaultyStore(inner, { volatile: true }),
-  'FaultyStore over ReadaheadStore (the fault tests\' stack)': async (inner) => (inner.readRun && inner.readSync ? new FaultyStore(await ReadaheadStore.over(inner), {}) : null),
+  'FaultyStore over directStack (the fault tests\' stack)': async (inner) => (inner instanceof DirectPoolFileStore ? new FaultyStore(await directStack(inner), {}) : null),
 };
 
 function offered(store: BlockStore): Set<string> {
