@@ -8,7 +8,8 @@
  * - every write through the layer (write, writeSync, stageBehind, copyBehind's target, discard, trim) drops
  *   the chunks it overlaps before it reaches the inner store, and a chunk read in flight when that happens
  *   never serves (its bytes may predate the write);
- * - no chunk is read over a pbn the inner store has a write staged or in flight for (busy);
+ * - no chunk is read over a pbn with a write issued through the layer and not settled (the inner store
+ *   may wait before it stages one: for room, or behind a delay layer) or staged below (inner busy());
  * - busy(pbn) is also true while the chunk that will hold pbn is being read: read() waits for it instead
  *   of reading the same bytes a second time, and the fast path takes the async path meanwhile.
  * The layer offers every optional method of the inner store; only reads and busy() add anything.
@@ -43,6 +44,8 @@ export class ReadaheadStore implements BlockStore {
   private seqHead = -1;
   /** Requests in a row that were near seqHead. */
   private nearRun = 0;
+  /** pbn -> writes issued through this layer that have not settled. */
+  private writing = new Map<number, number>();
 
   readonly readParallel?: (pbn: number, dst: Buffer) => Promise<void>;
   readonly allocAligned?: (bytes: number) => Promise<Buffer>;
@@ -78,9 +81,17 @@ export class ReadaheadStore implements BlockStore {
     if (s.behindRoom) this.behindRoom = (bytes) => s.behindRoom!(bytes);
     if (s.syncNow) this.syncNow = () => s.syncNow!();
     if (s.writeSync) this.writeSync = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.writeSync!(pbn, data, off));
-    if (s.stageBehind) this.stageBehind = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.stageBehind!(pbn, data, off));
-    if (s.copyBehind) this.copyBehind = (from, to) => (this.drop(to * bs, bs), s.copyBehind!(from, to));
-    if (s.discard) this.discard = (pbn) => (this.drop(pbn * bs, bs), s.discard!(pbn));
+    if (s.stageBehind) {
+      this.stageBehind = (pbn, data, off = 0) => {
+        this.drop(pbn * bs + off, data.length);
+        const submit = s.stageBehind!(pbn, data, off);
+        this.writing.set(pbn, (this.writing.get(pbn) ?? 0) + 1); // until the write settles
+        let p: Promise<void> | undefined;
+        return () => (p ??= this.settling(pbn, submit()));
+      };
+    }
+    if (s.copyBehind) this.copyBehind = (from, to) => this.issue(to, bs * to, bs, () => s.copyBehind!(from, to));
+    if (s.discard) this.discard = (pbn) => this.issue(pbn, pbn * bs, bs, () => s.discard!(pbn));
     if (s.trim) this.trim = (blocks) => (this.drop(blocks * bs, Infinity), s.trim!(blocks));
   }
 
@@ -94,9 +105,9 @@ export class ReadaheadStore implements BlockStore {
 
   // ---- reads ----------------------------------------------------------------------------------
 
-  /** A write to pbn is staged or in flight below, or the chunk that will hold pbn is being read. */
+  /** A write to pbn is issued and not settled, or the chunk that will hold pbn is being read. */
   busy(pbn: number): boolean {
-    return (this.inner.busy?.(pbn) ?? false) || !!this.chunkAt(pbn * this.blockSize)?.loading;
+    return this.writing.has(pbn) || (this.inner.busy?.(pbn) ?? false) || !!this.chunkAt(pbn * this.blockSize)?.loading;
   }
 
   private chunkAt(pos: number): Chunk | undefined {
@@ -111,7 +122,7 @@ export class ReadaheadStore implements BlockStore {
   async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
     const pos = pbn * this.blockSize + offsetInBlock;
     await this.chunkAt(pos)?.loading;
-    if (!this.inner.busy?.(pbn)) return this.readSync(pbn, dst, offsetInBlock);
+    if (!this.writing.has(pbn) && !this.inner.busy?.(pbn)) return this.readSync(pbn, dst, offsetInBlock);
     await this.inner.read(pbn, dst, offsetInBlock); // waits for the write below
     this.readAhead(pos, dst.length);
   }
@@ -155,7 +166,7 @@ export class ReadaheadStore implements BlockStore {
       if (!c) return;
       const firstPbn = i * perChunk;
       let writing = false;
-      for (let p = firstPbn; p < firstPbn + perChunk && !writing; p++) writing = this.inner.busy?.(p) ?? false;
+      for (let p = firstPbn; p < firstPbn + perChunk && !writing; p++) writing = this.writing.has(p) || (this.inner.busy?.(p) ?? false);
       if (writing) continue; // its bytes are still changing: read it on a later request
       c.idx = i;
       c.valid = true;
@@ -187,8 +198,31 @@ export class ReadaheadStore implements BlockStore {
   // ---- writes and durability: forwarded after dropping the chunks they overlap ----------------
 
   write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
-    this.drop(pbn * this.blockSize + offsetInBlock, data.length);
-    return this.inner.write(pbn, data, offsetInBlock);
+    return this.issue(pbn, pbn * this.blockSize + offsetInBlock, data.length, () => this.inner.write(pbn, data, offsetInBlock));
+  }
+
+  /** A write of bytes [pos, pos+len) of pbn: drop the chunks it overlaps, and read none over pbn until it settles. */
+  private issue(pbn: number, pos: number, len: number, op: () => Promise<void>): Promise<void> {
+    this.drop(pos, len);
+    this.writing.set(pbn, (this.writing.get(pbn) ?? 0) + 1);
+    let p: Promise<void>;
+    try {
+      p = op();
+    } catch (e) {
+      p = Promise.reject(e as Error);
+    }
+    return this.settling(pbn, p);
+  }
+
+  /** p is a write to pbn counted in `writing`: uncount it when it settles. */
+  private settling(pbn: number, p: Promise<void>): Promise<void> {
+    const done = (): void => {
+      const n = (this.writing.get(pbn) ?? 1) - 1;
+      if (n > 0) this.writing.set(pbn, n);
+      else this.writing.delete(pbn);
+    };
+    p.then(done, done);
+    return p;
   }
 
   sync(): Promise<void> {
