@@ -8,8 +8,8 @@
  * - every write through the layer (write, writeSync, stageBehind, copyBehind's target, discard, trim) drops
  *   the chunks it overlaps before it reaches the inner store, and a chunk read in flight when that happens
  *   never serves (its bytes may predate the write);
- * - no chunk is read over a pbn with a write issued through the layer and not settled (the inner store
- *   may wait before it stages one: for room, or behind a delay layer) or staged below (inner busy());
+ * - no chunk is read over a pbn with a write staged or in flight below (inner busy()), or issued through
+ *   the layer and not settled (write() may wait before it stages: for room, or behind a delay layer);
  * - busy(pbn) is also true while the chunk that will hold pbn is being read: read() waits for it instead
  *   of reading the same bytes a second time, and the fast path takes the async path meanwhile.
  * The layer offers every optional method of the inner store; only reads and busy() add anything.
@@ -81,15 +81,8 @@ export class ReadaheadStore implements BlockStore {
     if (s.behindRoom) this.behindRoom = (bytes) => s.behindRoom!(bytes);
     if (s.syncNow) this.syncNow = () => s.syncNow!();
     if (s.writeSync) this.writeSync = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.writeSync!(pbn, data, off));
-    if (s.stageBehind) {
-      this.stageBehind = (pbn, data, off = 0) => {
-        this.drop(pbn * bs + off, data.length);
-        const submit = s.stageBehind!(pbn, data, off);
-        this.writing.set(pbn, (this.writing.get(pbn) ?? 0) + 1); // until the write settles
-        let p: Promise<void> | undefined;
-        return () => (p ??= this.settling(pbn, submit()));
-      };
-    }
+    // staged at once (the caller checked behindRoom), so busy below from here until written
+    if (s.stageBehind) this.stageBehind = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.stageBehind!(pbn, data, off));
     if (s.copyBehind) this.copyBehind = (from, to) => this.issue(to, bs * to, bs, () => s.copyBehind!(from, to));
     if (s.discard) this.discard = (pbn) => this.issue(pbn, pbn * bs, bs, () => s.discard!(pbn));
     if (s.trim) this.trim = (blocks) => (this.drop(blocks * bs, Infinity), s.trim!(blocks));
@@ -211,11 +204,6 @@ export class ReadaheadStore implements BlockStore {
     } catch (e) {
       p = Promise.reject(e as Error);
     }
-    return this.settling(pbn, p);
-  }
-
-  /** p is a write to pbn counted in `writing`: uncount it when it settles. */
-  private settling(pbn: number, p: Promise<void>): Promise<void> {
     const done = (): void => {
       const n = (this.writing.get(pbn) ?? 1) - 1;
       if (n > 0) this.writing.set(pbn, n);
@@ -224,6 +212,8 @@ export class ReadaheadStore implements BlockStore {
     p.then(done, done);
     return p;
   }
+
+
 
   sync(): Promise<void> {
     return this.inner.sync();
