@@ -109,6 +109,8 @@ export interface RunStore extends BlockStore {
   writeRun(pbn: number, offsetInBlock: number, src: Buffer): Promise<void>;
   /** writeRun on the calling thread, only when none of its blocks is busy(). */
   writeRunSync(pbn: number, offsetInBlock: number, src: Buffer): void;
+  /** Copy block `from` into block `to` (ordered after the writes in flight to both), without staging. */
+  copyBlock(from: number, to: number): Promise<void>;
   syncNow(): boolean;
 }
 

@@ -21,6 +21,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { constants, fdatasyncSync } from 'node:fs';
 import type { RunStore } from './blockStore.js';
 import { trimFile } from './poolFile.js';
+import { PbnChains } from './chains.js';
 import { SECTOR, aligned, alignedArena, ceilTo, floorTo, ioAll, readAllSync, writeAllSync } from './directIo.js';
 
 const PARALLEL_SLOTS = 4;
@@ -28,8 +29,8 @@ const PARALLEL_SLOTS = 4;
 export class DirectPoolFileStore implements RunStore {
   readonly writesThrough = true;
   readonly sector = SECTOR;
-  /** Per pbn, the tail of its chain of writes in flight; removed when the last one settles. */
-  private inflight = new Map<number, Promise<void>>();
+  /** Writes in flight, per pbn in issue order. */
+  private inflight = new PbnChains();
   private bounce: Buffer;
   private slots: Buffer[];
   private slotWaiters: ((b: Buffer) => void)[] = [];
@@ -92,12 +93,8 @@ export class DirectPoolFileStore implements RunStore {
     return this.inflight.has(pbn);
   }
 
-  private async settled(pbn: number): Promise<void> {
-    for (let t = this.inflight.get(pbn); t; t = this.inflight.get(pbn)) await t.catch(() => undefined);
-  }
-
   async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
-    await this.settled(pbn);
+    await this.inflight.settled(pbn);
     this.readSync(pbn, dst, offsetInBlock);
   }
 
@@ -113,7 +110,7 @@ export class DirectPoolFileStore implements RunStore {
 
   /** Off the event loop, several at once (image streaming reads blocks in random physical order). */
   async readParallel(pbn: number, dst: Buffer): Promise<void> {
-    await this.settled(pbn);
+    await this.inflight.settled(pbn);
     await this.withSlot(async (slot) => {
       const part = slot.subarray(0, ceilTo(dst.length, SECTOR));
       await ioAll('read', this.fd, part, pbn * this.blockSize);
@@ -126,7 +123,7 @@ export class DirectPoolFileStore implements RunStore {
    * allocAligned() (else block by block through the aligned slots). Waits for writes to those pbns first.
    */
   async readRun(pbn: number, count: number, dst: Buffer): Promise<void> {
-    for (let i = 0; i < count; i++) if (this.inflight.has(pbn + i)) await this.settled(pbn + i);
+    for (let i = 0; i < count; i++) if (this.inflight.has(pbn + i)) await this.inflight.settled(pbn + i);
     if (this.isLent(dst)) return ioAll('read', this.fd, dst, pbn * this.blockSize);
     const bs = this.blockSize;
     await Promise.all(Array.from({ length: count }, (_, i) => this.readParallel(pbn + i, dst.subarray(i * bs, (i + 1) * bs))));
@@ -149,7 +146,7 @@ export class DirectPoolFileStore implements RunStore {
   /** After every write to pbn issued before it; settles when the bytes are in the file. */
   write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
     const pos = pbn * this.blockSize + offsetInBlock;
-    return this.chain(pbn, 1, () => this.put(pos, data));
+    return this.inflight.after(pbn, 1, () => this.put(pos, data));
   }
 
   /** Write data at pos: straight from allocAligned memory, else through a slot (reading partial sectors first). */
@@ -173,13 +170,26 @@ export class DirectPoolFileStore implements RunStore {
     const pos = pbn * this.blockSize + offsetInBlock;
     const count = Math.ceil((offsetInBlock + src.length) / this.blockSize);
     if (!aligned(pos, src.length) || !this.isLent(src)) return Promise.reject(new RangeError('writeRun needs sector-aligned memory from allocAligned()'));
-    return this.chain(pbn, count, () => ioAll('write', this.fd, src, pos));
+    return this.inflight.after(pbn, count, () => ioAll('write', this.fd, src, pos));
   }
 
   /** writeRun on the calling thread, only when none of its blocks is busy() (write-behind's syncNow). */
   writeRunSync(pbn: number, offsetInBlock: number, src: Buffer): void {
     if (!aligned(offsetInBlock, src.length) || !this.isLent(src)) throw new RangeError('writeRunSync needs sector-aligned memory from allocAligned()');
     writeAllSync(this.fd, src, pbn * this.blockSize + offsetInBlock);
+  }
+
+  /** Copy block `from` into block `to` through a slot (one read into it, one write from it), after the writes in flight to both. */
+  copyBlock(from: number, to: number): Promise<void> {
+    const bs = this.blockSize;
+    return this.inflight.after(to, 1, async () => {
+      await this.inflight.settled(from);
+      await this.withSlot(async (slot) => {
+        const part = slot.subarray(0, bs);
+        await ioAll('read', this.fd, part, from * bs);
+        await ioAll('write', this.fd, part, to * bs);
+      });
+    });
   }
 
   /** Synchronous write, only for a pbn that is not busy(). */
@@ -192,31 +202,10 @@ export class DirectPoolFileStore implements RunStore {
     writeAllSync(this.fd, part, from);
   }
 
-  /** Run `op` after every write in flight to pbn .. pbn+count-1, as their tail (reads and later writes wait for it). */
-  private chain(pbn: number, count: number, op: () => Promise<void>): Promise<void> {
-    const prev: Promise<void>[] = [];
-    for (let i = 0; i < count; i++) {
-      const t = this.inflight.get(pbn + i);
-      if (t) prev.push(t);
-    }
-    const p = prev.length ? Promise.allSettled(prev).then(op) : op();
-    p.catch(() => undefined); // reported to the caller
-    for (let i = 0; i < count; i++) this.inflight.set(pbn + i, p);
-    const settle = (): void => {
-      for (let i = 0; i < count; i++) if (this.inflight.get(pbn + i) === p) this.inflight.delete(pbn + i);
-    };
-    p.then(settle, settle);
-    return p;
-  }
-
   // ---- durability -----------------------------------------------------------------------------
 
-  private async drain(): Promise<void> {
-    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
-  }
-
   async sync(): Promise<void> {
-    await this.drain();
+    await this.inflight.drain();
     await this.fh.datasync(); // O_DIRECT bypasses the page cache, not the device's write cache
   }
 
@@ -228,12 +217,12 @@ export class DirectPoolFileStore implements RunStore {
   }
 
   async close(): Promise<void> {
-    await this.drain();
+    await this.inflight.drain();
     await this.fh.close();
   }
 
   async trim(blocks: number): Promise<void> {
-    await this.drain();
+    await this.inflight.drain();
     await trimFile(this.fh, blocks * this.blockSize);
   }
 }

@@ -18,14 +18,13 @@
  * - a failed write fails every later sync() and ends write-behind (like a disk whose cache lost data).
  */
 import type { BlockStore, RunStore } from './blockStore.js';
+import { PbnChains } from './chains.js';
 
 const RUN_BYTES = 1024 * 1024;
 const RUNS = 8;
 const FLUSH_MS = 1;
 /** Block copies (copyBehind) in flight at most before the fast path declines (64 KiB blocks: 4 MiB). */
 const COPIES_AHEAD = 64;
-/** Block-sized buffers copies go through (their reads and writes in flight at once). */
-const COPY_SLOTS = 4;
 
 /** A stretch of a run: store bytes [pos, pos+len) staged at buf[mem, mem+len). */
 interface Stretch {
@@ -49,13 +48,11 @@ interface Run {
 }
 
 export class WriteBehindStore implements BlockStore {
-  /** Per pbn, the tail of its chain of writes (staged or in flight); removed when the last one settles. */
-  private inflight = new Map<number, Promise<void>>();
+  /** Writes staged or in flight, per pbn in issue order (a run is the tail of each pbn it holds until it settles). */
+  private inflight = new PbnChains();
   private open: Run | null = null;
   private freeRuns: Buffer[];
   private roomWaiters: (() => void)[] = [];
-  private slots: Buffer[];
-  private slotWaiters: ((b: Buffer) => void)[] = [];
   /** The first write failure: every later sync() reports it. */
   private failed: Error | null = null;
   /** Copies in flight (copyBehind). */
@@ -63,19 +60,14 @@ export class WriteBehindStore implements BlockStore {
 
   /** Write-behind over `inner`. */
   static async over(inner: RunStore): Promise<WriteBehindStore> {
-    const bs = inner.blockSize;
-    const mem = await inner.allocAligned(RUNS * RUN_BYTES + COPY_SLOTS * bs);
-    return new WriteBehindStore(inner, mem);
+    return new WriteBehindStore(inner, await inner.allocAligned(RUNS * RUN_BYTES));
   }
 
   private constructor(
     private inner: RunStore,
     mem: Buffer,
   ) {
-    const bs = inner.blockSize;
     this.freeRuns = Array.from({ length: RUNS }, (_, i) => mem.subarray(i * RUN_BYTES, (i + 1) * RUN_BYTES));
-    const at = RUNS * RUN_BYTES;
-    this.slots = Array.from({ length: COPY_SLOTS }, (_, i) => mem.subarray(at + i * bs, at + (i + 1) * bs));
   }
 
   get blockSize(): number {
@@ -94,7 +86,7 @@ export class WriteBehindStore implements BlockStore {
 
   private async settled(pbn: number): Promise<void> {
     if (this.open?.byPbn.has(pbn)) this.submit(this.open);
-    for (let t = this.inflight.get(pbn); t; t = this.inflight.get(pbn)) await t.catch(() => undefined);
+    await this.inflight.settled(pbn);
   }
 
   async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
@@ -150,7 +142,7 @@ export class WriteBehindStore implements BlockStore {
       // not whole sectors: the bottom reads, patches and writes them, after the pbn's earlier writes
       if (this.open?.byPbn.has(pbn)) this.submit(this.open);
       const copy = Buffer.from(data);
-      return this.chain(pbn, () => this.guard(() => this.inner.write(pbn, copy, offsetInBlock)));
+      return this.inflight.after(pbn, 1, () => this.guard(() => this.inner.write(pbn, copy, offsetInBlock)));
     }
     let run = this.open;
     if (run) {
@@ -235,24 +227,11 @@ export class WriteBehindStore implements BlockStore {
 
   /** The run's writes are done (or failed with err): its pbns are no longer busy for it, its buffer is free. */
   private settleRun(run: Run, err: Error | null): void {
-    for (const pbn of run.byPbn.keys()) if (this.inflight.get(pbn) === run.done) this.inflight.delete(pbn);
+    for (const pbn of run.byPbn.keys()) this.inflight.release(pbn, run.done);
     this.freeRuns.push(run.buf);
     for (const w of this.roomWaiters.splice(0)) w();
     if (err) run.reject(err);
     else run.resolve();
-  }
-
-  /** Run `op` after every write to pbn issued so far, as pbn's tail (reads and later writes wait for it). */
-  private chain(pbn: number, op: () => Promise<void>): Promise<void> {
-    const prev = this.inflight.get(pbn);
-    const p = prev ? prev.then(op, op) : op();
-    p.catch(() => undefined);
-    this.inflight.set(pbn, p);
-    const settle = (): void => {
-      if (this.inflight.get(pbn) === p) this.inflight.delete(pbn);
-    };
-    p.then(settle, settle);
-    return p;
   }
 
   /** op, unless the store failed already; its failure fails the store. */
@@ -271,7 +250,6 @@ export class WriteBehindStore implements BlockStore {
    * it issued so far has settled, and is ordered before every write to `to` issued after this call (it
    * becomes `to`'s tail, which later stages and reads wait for). A partial write into a block a snapshot
    * holds is then acknowledged without waiting for the old block to be read (disk/io.ts writeDiskNow).
-   * Through an aligned slot: one read into it and one write from it, no copy in memory.
    */
   copyBehind(from: number, to: number): Promise<void> {
     // The open run goes now if it holds a write to either block: a write staged to `to` after this call
@@ -279,14 +257,9 @@ export class WriteBehindStore implements BlockStore {
     // held both would wait for itself.
     if (this.open && (this.open.byPbn.has(from) || this.open.byPbn.has(to))) this.submit(this.open);
     this.copies++;
-    const p = this.chain(to, async () => {
+    const p = this.inflight.after(to, 1, async () => {
       await this.settled(from);
-      await this.withSlot((slot) =>
-        this.guard(async () => {
-          await this.inner.readRun(from, 1, slot);
-          await this.inner.writeRun(to, 0, slot);
-        }),
-      );
+      await this.guard(() => this.inner.copyBlock(from, to));
     });
     const done = (): void => {
       this.copies--;
@@ -297,18 +270,6 @@ export class WriteBehindStore implements BlockStore {
 
   copyRoom(): boolean {
     return this.failed === null && this.copies < COPIES_AHEAD;
-  }
-
-  /** Run fn with one of the copy slots, waiting for one if all are in use. */
-  private async withSlot<T>(fn: (slot: Buffer) => Promise<T>): Promise<T> {
-    const slot = this.slots.pop() ?? (await new Promise<Buffer>((r) => this.slotWaiters.push(r)));
-    try {
-      return await fn(slot);
-    } finally {
-      const next = this.slotWaiters.shift();
-      if (next) next(slot);
-      else this.slots.push(slot);
-    }
   }
 
   /** The general path's write: staged like a write-behind and submitted at once; settles when written. */
@@ -333,7 +294,7 @@ export class WriteBehindStore implements BlockStore {
 
   private async drainWrites(): Promise<void> {
     if (this.open) this.submit(this.open);
-    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
+    await this.inflight.drain();
   }
 
   async sync(): Promise<void> {
