@@ -38,6 +38,7 @@ interface Chunk {
 }
 
 export class ReadaheadStore implements BlockStore {
+  readonly blockSize: number;
   private readonly chunkBytes: number;
   private chunks: Chunk[];
   /** End of the furthest byte the current sequential reader asked for (-1: none yet). */
@@ -71,6 +72,7 @@ export class ReadaheadStore implements BlockStore {
     chunkBytes: number,
     mem: Buffer,
   ) {
+    this.blockSize = inner.blockSize;
     this.chunkBytes = chunkBytes;
     this.chunks = Array.from({ length: CHUNKS }, (_, i) => ({ buf: mem.subarray(i * chunkBytes, (i + 1) * chunkBytes), idx: -1, loading: null, ready: false, valid: false }));
     const s = inner;
@@ -88,9 +90,6 @@ export class ReadaheadStore implements BlockStore {
     if (s.trim) this.trim = (blocks) => (this.drop(blocks * bs, Infinity), s.trim!(blocks));
   }
 
-  get blockSize(): number {
-    return this.inner.blockSize;
-  }
 
   get writesThrough(): boolean | undefined {
     return this.inner.writesThrough;

@@ -48,6 +48,7 @@ interface Run {
 }
 
 export class WriteBehindStore implements BlockStore {
+  readonly blockSize: number;
   /** Writes staged or in flight, per pbn in issue order (a run is the tail of each pbn it holds until it settles). */
   private inflight = new PbnChains();
   private open: Run | null = null;
@@ -67,12 +68,10 @@ export class WriteBehindStore implements BlockStore {
     private inner: RunStore,
     mem: Buffer,
   ) {
+    this.blockSize = inner.blockSize;
     this.freeRuns = Array.from({ length: RUNS }, (_, i) => mem.subarray(i * RUN_BYTES, (i + 1) * RUN_BYTES));
   }
 
-  get blockSize(): number {
-    return this.inner.blockSize;
-  }
 
   get writesThrough(): boolean | undefined {
     return this.inner.writesThrough;
