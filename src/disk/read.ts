@@ -35,7 +35,7 @@ export async function readView(ctx: Context, disk: DiskState, snapIndex: number,
  * store can read synchronously and write behind (the pool file) is served without a single await: nothing
  * can run in between on the event loop, so it needs neither the gate nor the block locks, and it skips the
  * promise machinery that cost as much as the I/O itself for a 128 KiB FUSE request (see README,
- * Performance). Writes are written behind (store/directPool.ts, store/poolFile.ts): the batch that
+ * Performance). Writes are written behind (store/writeBehind.ts, store/poolFile.ts): the batch that
  * references a new block waits for its write. Anything else — an entry not cached, a locked block, a block
  * with a write in flight or a readahead read on its way (for reads), a control operation at the gate, a
  * clone's backing, a partial write that must merge, zeros that may free a block, a full pool, a long commit

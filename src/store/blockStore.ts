@@ -10,7 +10,14 @@
  * - LevelBlockStore (`--block-store leveldb`): one binary LevelDB value per block in the store's database,
  *   beside the tables; kept to measure the single-database layout side by side (README, Performance).
  *   A freed pbn's value must be deleted (discard) or the database would only grow.
- * Layers (fault injection in tests) wrap an inner store and must forward the optional methods they can.
+ * Layers wrap an inner store and offer every optional method it offers (test/unit/storeConformance.test.ts
+ * runs every bottom and every layer through this contract):
+ * - over the O_DIRECT pool file (bottoms.ts directStack, s3backer-style): WriteBehindStore (writeBehind.ts)
+ *   stages writes in runs and writes them with the bottom's writeRun (RunStore, below); ReadaheadStore
+ *   (readahead.ts) on top serves sequential readers from chunks read ahead with readRun;
+ * - FaultyStore (faulty.ts, tests only) on top of the stack, through Registry.open's `wrap` (pool.ts).
+ * The page-cache pool file keeps its own write-behind (a copy per write, pwrite on the thread pool) and
+ * readahead (warming the kernel's cache): both are what a page-cache file needs, and neither needs runs.
  */
 export interface BlockStore {
   readonly blockSize: number;
@@ -34,7 +41,8 @@ export interface BlockStore {
   /**
    * Synchronous read and write, for stores whose I/O is a copy to or from the page cache (the pool file).
    * When present, a FUSE request whose blocks are all known in memory is served without an await (see
-   * the fast paths in disk/io.ts). Layers that cannot act synchronously (fault injection) leave them out.
+   * the fast paths in disk/read.ts and disk/write.ts). Layers offer them whenever their inner store does (the fault layer too,
+   * so fault tests run the production path).
    */
   readSync?(pbn: number, dst: Buffer, offsetInBlock?: number): void;
   writeSync?(pbn: number, data: Buffer, offsetInBlock?: number): void;
@@ -84,6 +92,26 @@ export interface BlockStore {
   /** Make every completed write durable (fdatasync). */
   sync(): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * A bottom that write-behind (writeBehind.ts) can stage runs for: it writes a run's contiguous stretch
+ * (several blocks, or part of one, in whole sectors) straight from memory it handed out (allocAligned), on
+ * the thread pool or on the calling thread, and flushes on the calling thread. The O_DIRECT pool file.
+ */
+export interface RunStore extends BlockStore {
+  /** writeRun offsets and lengths are multiples of this; other writes go through write(). */
+  readonly sector: number;
+  allocAligned(bytes: number): Promise<Buffer>;
+  readSync(pbn: number, dst: Buffer, offsetInBlock?: number): void;
+  readRun(pbn: number, count: number, dst: Buffer): Promise<void>;
+  /** Write src (allocAligned memory) at byte offsetInBlock of block pbn onward, over as many blocks as it covers. */
+  writeRun(pbn: number, offsetInBlock: number, src: Buffer): Promise<void>;
+  /** writeRun on the calling thread, only when none of its blocks is busy(). */
+  writeRunSync(pbn: number, offsetInBlock: number, src: Buffer): void;
+  /** Copy block `from` into block `to` (ordered after the writes in flight to both), without staging. */
+  copyBlock(from: number, to: number): Promise<void>;
+  syncNow(): boolean;
 }
 
 /** Opens the bottom store for one block size (the pool calls it once per block size in use). */

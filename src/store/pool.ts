@@ -1,8 +1,9 @@
 /**
  * The pool of physical blocks: one BlockStore and one Allocator per block size, and the capacity limit
  * (--pool-size) across all of them. Capacity counts every used pbn once, whoever references it.
- * This is the one place the stack of block-store layers is assembled: the bottom comes from the factory
- * the registry chose for the store (bottoms.ts), layers from `wrap`.
+ * This is the one place the stack of block-store layers is assembled: the bottom with the layers that belong
+ * to it (readahead over the O_DIRECT pool file) comes from the factory the registry chose for the store
+ * (bottoms.ts), test layers from `wrap`.
  * Freeing a pbn also discards its data in stores that keep space per block (LevelBlockStore).
  */
 import { Allocator } from './allocator.js';
@@ -92,7 +93,7 @@ export class Pool {
   /**
    * The pbn is free again. Callers free a referenced block only after the batch that dropped its last
    * reference committed, and a reserved one only if no batch referencing it was queued or its batch failed
-   * (see disk/io.ts): either way its data may go. The discard is ordered before any later write to the pbn
+   * (see disk/write.ts): either way its data may go. The discard is ordered before any later write to the pbn
    * (by the store's own per-pbn order, or by discardsAtOpen while the store opens); one that fails leaves
    * unreferenced data that the store's open-time sweep removes.
    */

@@ -19,7 +19,7 @@
  * - all writes to one pbn (behind or not) run in the order they were issued (a per-pbn chain);
  * - a pbn with a write in flight is never read from the file: read() waits for the chain, and readSync
  *   callers ask busy() first;
- * - the table batch that references a new block waits for that block's write (disk/io.ts passes the write's
+ * - the table batch that references a new block waits for that block's write (disk/write.ts passes the write's
  *   promise to the commit pipeline), so a crash never leaves an entry pointing at unwritten data;
  * - sync() waits for every write in flight; a write that failed fails every later sync() (like a disk whose
  *   write cache lost data) and ends write-behind;
@@ -28,6 +28,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { readSync, writeSync, write as writeCb } from 'node:fs';
 import type { BlockStore } from './blockStore.js';
+import { PbnChains } from './chains.js';
 
 const READAHEAD = 4 * 1024 * 1024;
 const BEHIND_LIMIT = 8 * 1024 * 1024;
@@ -38,8 +39,8 @@ export class PoolFileStore implements BlockStore {
   private aheadTo = 0;
   private aheadBusy = false;
   private scratch: Buffer | null = null;
-  /** Per pbn, the tail of its chain of writes in flight (removed when the last one settles). */
-  private inflight = new Map<number, Promise<void>>();
+  /** Writes in flight, per pbn in issue order. */
+  private inflight = new PbnChains();
   private behindBytes = 0;
   private spare: Buffer[] = [];
   /** The first write-behind failure: every later sync() reports it. */
@@ -60,17 +61,13 @@ export class PoolFileStore implements BlockStore {
   }
 
   async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
-    await this.settled(pbn);
+    await this.inflight.settled(pbn);
     this.readSync(pbn, dst, offsetInBlock);
   }
 
   /** A write to pbn is in flight: readSync would see the file's older bytes. */
   busy(pbn: number): boolean {
     return this.inflight.has(pbn);
-  }
-
-  private async settled(pbn: number): Promise<void> {
-    for (let t = this.inflight.get(pbn); t; t = this.inflight.get(pbn)) await t.catch(() => undefined);
   }
 
   readSync(pbn: number, dst: Buffer, offsetInBlock = 0): void {
@@ -89,12 +86,12 @@ export class PoolFileStore implements BlockStore {
   }
 
   async readParallel(pbn: number, dst: Buffer): Promise<void> {
-    await this.settled(pbn);
+    await this.inflight.settled(pbn);
     await this.readFrom(pbn * this.blockSize, dst);
   }
 
   async readRun(pbn: number, count: number, dst: Buffer): Promise<void> {
-    for (let i = 0; i < count; i++) if (this.inflight.has(pbn + i)) await this.settled(pbn + i);
+    for (let i = 0; i < count; i++) if (this.inflight.has(pbn + i)) await this.inflight.settled(pbn + i);
     await this.readFrom(pbn * this.blockSize, dst);
   }
 
@@ -133,7 +130,7 @@ export class PoolFileStore implements BlockStore {
 
   async write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
     if (!this.inflight.has(pbn)) return this.writeSync(pbn, data, offsetInBlock);
-    await this.chain(pbn, async () => this.writeSync(pbn, data, offsetInBlock));
+    await this.inflight.after(pbn, 1, async () => this.writeSync(pbn, data, offsetInBlock));
   }
 
   /** Only for a pbn that is not busy() (the caller checks; write() orders itself). */
@@ -164,7 +161,7 @@ export class PoolFileStore implements BlockStore {
     const length = copy.length;
     const pos = pbn * this.blockSize + offsetInBlock;
     this.behindBytes += length;
-    return this.chain(pbn, () =>
+    return this.inflight.after(pbn, 1, () =>
       new Promise<void>((resolve, reject) => {
         const step = (done: number): void => {
           if (done >= length) return finish(null);
@@ -187,31 +184,19 @@ export class PoolFileStore implements BlockStore {
     );
   }
 
-  /** Run `op` after every write to pbn issued before it; returns op's promise. */
-  private chain(pbn: number, op: () => Promise<void>): Promise<void> {
-    const prev = this.inflight.get(pbn);
-    const p = prev ? prev.then(op, op) : op();
-    this.inflight.set(pbn, p);
-    const clear = (): void => {
-      if (this.inflight.get(pbn) === p) this.inflight.delete(pbn);
-    };
-    p.then(clear, clear);
-    return p;
-  }
-
   async sync(): Promise<void> {
-    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
+    await this.inflight.drain();
     if (this.failed) throw this.failed;
     await this.fh.datasync();
   }
 
   async close(): Promise<void> {
-    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
+    await this.inflight.drain();
     await this.fh.close();
   }
 
   async trim(blocks: number): Promise<void> {
-    while (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
+    await this.inflight.drain();
     await trimFile(this.fh, blocks * this.blockSize);
   }
 }

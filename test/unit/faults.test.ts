@@ -1,76 +1,20 @@
 // Fault injection through the FaultyStore block-store layer (src/store/faulty.ts): failed pool writes,
 // power cuts (unsynced pool writes dropped) and slow pool writes under concurrency. Everything is seeded;
-// a failing case prints its seed.
+// a failing case prints its seed. Power cuts and the slow pool run both through the async path and through
+// the FUSE edge's synchronous fast path (faultHelpers.ts PATHS), with the same assertions; failures of
+// writes acknowledged by the fast path are in faultsFast.test.ts.
 import { afterAll, describe, expect, it } from 'vitest';
 import { Registry } from '../../src/disk/registry.js';
-import type { DiskState } from '../../src/disk/context.js';
-import { readView, writeDisk } from '../../src/disk/io.js';
+import { writeDisk } from '../../src/disk/io.js';
 import { createSnapshot } from '../../src/disk/snapshots.js';
 import { checkStore } from '../../src/check/check.js';
-import { FaultyStore, type FaultPlan } from '../../src/store/faulty.js';
+import type { FaultPlan } from '../../src/store/faulty.js';
 import type { BlockStore } from '../../src/store/blockStore.js';
 import { VdiskError } from '../../src/errors.js';
 import { cleanupDirs, prng, randomBytes, tempDir } from './helpers.js';
+import { K, M, PATHS, expectCleanCheck, expectRejects, expectSame, openFaulty, read, readAll, syncVia, writeVia, type Path } from './faultHelpers.js';
 
 afterAll(cleanupDirs);
-
-const K = 1024;
-const M = 1024 * K;
-
-/** Open a store whose pool layers are FaultyStores sharing one plan; `layers` collects them (one per block size). */
-async function openFaulty(dir: string, plan: FaultPlan, poolSize?: number): Promise<{ reg: Registry; layers: FaultyStore[] }> {
-  const layers: FaultyStore[] = [];
-  const reg = await Registry.open({
-    dir,
-    ...(poolSize !== undefined ? { poolSize } : {}),
-    wrap: (s) => {
-      const f = new FaultyStore(s, plan);
-      layers.push(f);
-      return f;
-    },
-  });
-  return { reg, layers };
-}
-
-async function read(reg: Registry, d: DiskState, offset: number, length: number, snap = -1): Promise<Buffer> {
-  const b = Buffer.alloc(length, 0xee);
-  const n = await readView(reg.ctx, d, snap, offset, b);
-  return b.subarray(0, n);
-}
-
-async function readAll(reg: Registry, name: string, snap = -1): Promise<Buffer> {
-  const d = reg.disk(name);
-  const size = snap >= 0 ? d.rec.snapshots[snap]!.size : d.rec.size;
-  return read(reg, d, 0, size, snap);
-}
-
-/** First differing offset of two buffers, or -1. */
-function firstDiff(a: Buffer, b: Buffer): number {
-  if (a.length !== b.length) return Math.min(a.length, b.length);
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
-  return -1;
-}
-
-function expectSame(actual: Buffer, model: Buffer, what: string): void {
-  const d = firstDiff(actual, model);
-  expect(d, `${what}: first difference at byte ${d}`).toBe(-1);
-}
-
-async function expectRejects(p: Promise<unknown>): Promise<unknown> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err, 'the write should have been rejected').toBeDefined();
-  return err;
-}
-
-async function expectCleanCheck(dir: string): Promise<void> {
-  const r = await checkStore(dir);
-  expect(r.errors, r.errors.join('\n')).toEqual([]);
-}
 
 describe('failed pool writes (failWriteAt)', () => {
   // Each case: a disk with known content (and optionally a snapshot), then one write whose Nth pool
@@ -194,7 +138,7 @@ describe('power cut (volatile layer)', () => {
   // again. Data written after the last sync may read old, new or zeros.
 
   /** Synced writes in the lower half (+ a snapshot for seeds >= 3), sync, unsynced writes in the upper half, power cut, close. */
-  async function cutScenario(seed: number): Promise<{ dir: string; synced: Buffer; dirty: Set<number>; BS: number; SIZE: number }> {
+  async function cutScenario(seed: number, path: Path = 'async path'): Promise<{ dir: string; synced: Buffer; dirty: Set<number>; BS: number; SIZE: number }> {
     const dir = await tempDir();
     const plan: FaultPlan = { volatile: true };
     const { reg, layers } = await openFaulty(dir, plan);
@@ -207,11 +151,11 @@ describe('power cut (volatile layer)', () => {
     for (let i = 0; i < 10; i++) {
       const off = Math.floor(rnd() * (SIZE / 2));
       const buf = randomBytes(rnd, 1 + Math.floor(rnd() * 100 * K));
-      await writeDisk(reg.ctx, d, off, buf);
+      await writeVia(path, reg, d, off, buf);
       buf.copy(model, off);
     }
     if (seed >= 3) await createSnapshot(reg.ctx, d, 'before');
-    await reg.sync();
+    await syncVia(path, reg);
     const synced = Buffer.from(model);
     // Unsynced generation: only into the upper half (so the lower half is pure synced data), mostly new
     // blocks past the pool file's current end.
@@ -219,21 +163,23 @@ describe('power cut (volatile layer)', () => {
     for (let i = 0; i < 10; i++) {
       const off = SIZE / 2 + Math.floor(rnd() * (SIZE / 2 - 200 * K));
       const len = 1 + Math.floor(rnd() * 150 * K);
-      await writeDisk(reg.ctx, d, off, randomBytes(rnd, len));
+      await writeVia(path, reg, d, off, randomBytes(rnd, len));
       for (let b = Math.floor(off / BS); b <= Math.floor((off + len - 1) / BS); b++) dirty.add(b);
     }
+    if (path === 'fast path') expect(layers.reduce((n, l) => n + l.calls.stageBehind, 0), 'writes staged behind by the fast path').toBeGreaterThan(0);
     const dropped = layers.reduce((n, l) => n + l.powerCut(), 0);
     expect(dropped).toBeGreaterThan(0);
     await reg.close(); // metadata of the unsynced writes survives, their pool data does not
     return { dir, synced, dirty, BS, SIZE };
   }
 
+  for (const path of PATHS)
   for (const seed of [1, 2, 3, 4]) {
-    it(`data synced before the cut is intact after reopening (seed ${seed})`, async () => {
-      const { dir, synced, dirty, BS, SIZE } = await cutScenario(seed);
+    it(`data synced before the cut is intact after reopening (seed ${seed}, ${path})`, async () => {
+      const { dir, synced, dirty, BS, SIZE } = await cutScenario(seed, path);
       const again = await Registry.open({ dir });
       try {
-        const now = await readAll(again, 'd');
+        const now = await readAll(again, 'd', -1, path);
         expectSame(now.subarray(0, SIZE / 2), synced.subarray(0, SIZE / 2), `seed ${seed}: synced lower half`);
         for (let b = SIZE / 2 / BS; b < SIZE / BS; b++) {
           if (dirty.has(b)) continue;
@@ -242,8 +188,8 @@ describe('power cut (volatile layer)', () => {
         if (seed >= 3) expectSame(await readAll(again, 'd', 0), synced, `seed ${seed}: the snapshot taken before the sync`);
         // The reopened store keeps working: the lost blocks can be rewritten and read back.
         const fresh = randomBytes(prng(seed + 100), SIZE / 2);
-        await writeDisk(again.ctx, again.disk('d'), SIZE / 2, fresh);
-        expectSame(await read(again, again.disk('d'), SIZE / 2, SIZE / 2), fresh, `seed ${seed}: rewrite after the cut`);
+        await writeVia(path, again, again.disk('d'), SIZE / 2, fresh);
+        expectSame(await read(again, again.disk('d'), SIZE / 2, SIZE / 2, -1, path), fresh, `seed ${seed}: rewrite after the cut`);
       } finally {
         await again.close();
       }
@@ -264,7 +210,7 @@ describe('power cut (volatile layer)', () => {
     expect(check.errors, check.errors.join('\n')).toEqual([]);
   });
 
-  it('a power cut right after a sync loses nothing', async () => {
+  it.each(PATHS)('a power cut right after a sync loses nothing (%s)', async (path) => {
     const dir = await tempDir();
     const { reg, layers } = await openFaulty(dir, { volatile: true });
     const rnd = prng(5);
@@ -272,9 +218,9 @@ describe('power cut (volatile layer)', () => {
     await reg.create('b', 2 * M, 64 * K);
     const ma = randomBytes(rnd, 2 * M);
     const mb = randomBytes(rnd, 2 * M - 4097);
-    await writeDisk(reg.ctx, reg.disk('a'), 0, ma);
-    await writeDisk(reg.ctx, reg.disk('b'), 4097, mb);
-    await reg.sync();
+    await writeVia(path, reg, reg.disk('a'), 0, ma);
+    await writeVia(path, reg, reg.disk('b'), 4097, mb);
+    await syncVia(path, reg);
     expect(layers.length).toBe(2);
     expect(layers.reduce((n, l) => n + l.powerCut(), 0)).toBe(0);
     await reg.close();
@@ -293,10 +239,11 @@ describe('slow pool (delay layer)', () => {
   // Batches of concurrent writes to byte-disjoint ranges that share blocks (partial-block
   // read-modify-write races), interleaved with concurrent reads of untouched ranges and snapshots;
   // compared with a model after every batch and after reopening.
+  for (const path of PATHS)
   for (const seed of [11, 12]) {
-    it(`concurrent writes through a slow pool are all applied (seed ${seed})`, async () => {
+    it(`concurrent writes through a slow pool are all applied (seed ${seed}, ${path})`, async () => {
       const dir = await tempDir();
-      const { reg } = await openFaulty(dir, { delayMs: 2 });
+      const { reg, layers } = await openFaulty(dir, { delayMs: 2 });
       const rnd = prng(seed);
       const BS = seed % 2 ? 4 * K : 64 * K;
       const SIZE = 2 * M;
@@ -319,24 +266,25 @@ describe('slow pool (delay layer)', () => {
             const buf = rnd() < 0.1 ? Buffer.alloc(len) : randomBytes(rnd, len);
             buf.copy(model, off);
             written.push([off, len]);
-            ops.push(writeDisk(reg.ctx, d, off, buf));
+            ops.push(writeVia(path, reg, d, off, buf));
           } else if (rnd() < 0.5) {
             // A read of a range nobody writes in this batch (it may share blocks with writes).
             ops.push(
-              read(reg, d, off, len).then((got) => {
+              read(reg, d, off, len, -1, path).then((got) => {
                 expectSame(got, before.subarray(off, off + len), `seed ${seed} batch ${batch}: concurrent read at ${off}+${len}`);
               }),
             );
           }
         }
         await Promise.all(ops);
-        expectSame(await readAll(reg, 'd'), model, `seed ${seed} batch ${batch}`);
+        expectSame(await readAll(reg, 'd', -1, path), model, `seed ${seed} batch ${batch}`);
         if (batch % 2 === 1) {
           await createSnapshot(reg.ctx, d, `s${batch}`);
           snaps.push(Buffer.from(model));
         }
-        for (let i = 0; i < snaps.length; i++) expectSame(await readAll(reg, 'd', i), snaps[i]!, `seed ${seed} batch ${batch}: snapshot ${i}`);
+        for (let i = 0; i < snaps.length; i++) expectSame(await readAll(reg, 'd', i, path), snaps[i]!, `seed ${seed} batch ${batch}: snapshot ${i}`);
       }
+      if (path === 'fast path') expect(layers[0]!.calls.stageBehind, 'writes staged behind by the fast path').toBeGreaterThan(0);
       await reg.close();
       await expectCleanCheck(dir);
       const again = await Registry.open({ dir });

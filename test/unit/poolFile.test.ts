@@ -1,6 +1,6 @@
 /**
- * The pool-file stores (O_DIRECT: DirectPoolFileStore; page cache: PoolFileStore), each through the same
- * tests: the synchronous and asynchronous I/O agree, sequential reads (which start readahead on the thread
+ * The pool-file stores (O_DIRECT: DirectPoolFileStore with the write-behind layer over it, and with
+ * readahead over that as bottoms.ts assembles it; page cache: PoolFileStore), each through the same tests: the synchronous and asynchronous I/O agree, sequential reads (which start readahead on the thread
  * pool) never return data older than the last write, whether the readahead was in flight or done, and
  * written-behind writes land in issue order and survive the caller reusing its buffer at once.
  */
@@ -8,6 +8,9 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { PoolFileStore } from '../../src/store/poolFile.js';
 import { DirectPoolFileStore } from '../../src/store/directPool.js';
+import { WriteBehindStore } from '../../src/store/writeBehind.js';
+import { directStack } from '../../src/store/bottoms.js';
+import type { BlockStore } from '../../src/store/blockStore.js';
 import { prng, randomBytes, tempDir, cleanupDirs } from './helpers.js';
 
 afterAll(cleanupDirs);
@@ -18,19 +21,26 @@ const BLOCKS = 256; // 16 MiB: more than the readahead window
 /** Let the thread pool finish the readahead reads in flight. */
 const settle = () => new Promise((r) => setTimeout(r, 50));
 
-type Store = PoolFileStore | DirectPoolFileStore;
+/** A pool-file store with the methods these tests use (all three kinds offer them). */
+type Store = BlockStore & Required<Pick<BlockStore, 'readSync' | 'writeSync' | 'readParallel' | 'stageBehind' | 'busy' | 'behindRoom'>>;
+
+async function openDirect(path: string): Promise<DirectPoolFileStore> {
+  const s = await DirectPoolFileStore.open(path, BS);
+  if (!s) throw new Error(`O_DIRECT is not supported where the tests run (${path}): these tests need it`);
+  return s;
+}
 
 const KINDS: { name: string; open(path: string): Promise<Store> }[] = [
   { name: 'PoolFileStore (page cache)', open: (path) => PoolFileStore.open(path, BS) },
-  {
-    name: 'DirectPoolFileStore (O_DIRECT)',
-    open: async (path) => {
-      const s = await DirectPoolFileStore.open(path, BS);
-      if (!s) throw new Error(`O_DIRECT is not supported where the tests run (${path}): these tests need it`);
-      return s;
-    },
-  },
+  { name: 'WriteBehindStore over DirectPoolFileStore (O_DIRECT)', open: async (path) => WriteBehindStore.over(await openDirect(path)) },
+  { name: 'directStack: readahead over write-behind over O_DIRECT (as bottoms.ts assembles it)', open: async (path) => (await directStack(await openDirect(path))) as Store },
 ];
+
+/** The pool file's handle under the store (and its layers): closing it makes the next write fail. */
+function fileOf(store: BlockStore): { close(): Promise<void> } {
+  const s = store as unknown as { fh?: { close(): Promise<void> }; inner: BlockStore };
+  return s.fh ?? fileOf(s.inner);
+}
 
 /** Write behind as the FUSE fast path does: stage (the caller's buffer is then clobbered), submit later. */
 function writeBehind(store: Store, pbn: number, data: Buffer, off = 0): Promise<void> {
@@ -191,7 +201,7 @@ describe('with readahead', () => {
       expect(store.behindRoom(BS)).toBe(true);
       await writeBehind(store, 0, Buffer.alloc(BS, 1));
       // Take the descriptor away underneath: the next pwrite on the thread pool fails (EBADF).
-      await (store as unknown as { fh: { close(): Promise<void> } }).fh.close();
+      await fileOf(store).close();
       await expect(writeBehind(store, 1, Buffer.alloc(BS / 2, 2))).rejects.toThrow();
       expect(store.behindRoom(BS)).toBe(false);
       await expect(store.sync()).rejects.toThrow();
@@ -203,10 +213,10 @@ describe('with readahead', () => {
 });
 });
 
-describe('DirectPoolFileStore.syncNow (fsync on the event loop)', () => {
+describe('WriteBehindStore.syncNow over the O_DIRECT pool file (fsync on the event loop)', () => {
   it('writes what is staged and flushes when nothing is in flight, and declines while a write is', async () => {
     const path = join(await tempDir(), 'pool.dat');
-    const store = (await KINDS[1]!.open(path)) as DirectPoolFileStore;
+    const store = await WriteBehindStore.over(await openDirect(path));
     const { readFile } = await import('node:fs/promises');
     try {
       const a = Buffer.alloc(BS / 8, 0x5a);
@@ -223,7 +233,7 @@ describe('DirectPoolFileStore.syncNow (fsync on the event loop)', () => {
       expect(store.syncNow()).toBe(true);
 
       // A failed write: syncNow reports it as sync() does.
-      await (store as unknown as { fh: { close(): Promise<void> } }).fh.close();
+      await fileOf(store).close();
       await expect(store.write(5, Buffer.alloc(BS, 1))).rejects.toThrow();
       expect(() => store.syncNow()).toThrow();
     } finally {
@@ -232,9 +242,9 @@ describe('DirectPoolFileStore.syncNow (fsync on the event loop)', () => {
   });
 });
 
-describe('DirectPoolFileStore.copyBehind (copy-on-write of a block, off the event loop)', () => {
+describe('WriteBehindStore.copyBehind over the O_DIRECT pool file (copy-on-write of a block, off the event loop)', () => {
   it('copies the source as its earlier writes left it, before every later write to the target', async () => {
-    const store = (await KINDS[1]!.open(join(await tempDir(), 'pool.dat'))) as DirectPoolFileStore;
+    const store = await WriteBehindStore.over(await openDirect(join(await tempDir(), 'pool.dat')));
     try {
       const rnd = prng(7);
       const a = randomBytes(rnd, BS);
@@ -272,7 +282,7 @@ describe('DirectPoolFileStore.copyBehind (copy-on-write of a block, off the even
   });
 
   it('a read of the target waits for the copy', async () => {
-    const store = (await KINDS[1]!.open(join(await tempDir(), 'pool.dat'))) as DirectPoolFileStore;
+    const store = await WriteBehindStore.over(await openDirect(join(await tempDir(), 'pool.dat')));
     try {
       const a = randomBytes(prng(8), BS);
       store.writeSync(5, a);

@@ -1,0 +1,122 @@
+// The fault layer under the FUSE edge's synchronous fast path (disk/io.ts writeDiskNow, readViewNow,
+// Registry.syncNow): proof that the layer lets the production write path through, and failures of writes
+// the fast path acknowledged before they were written (write-behind): the next fsync reports them, the
+// fast path stops taking writes, and the store reopens with every synced byte and checks clean.
+import { afterAll, describe, expect, it } from 'vitest';
+import { Registry } from '../../src/disk/registry.js';
+import { readViewNow, writeDiskNow } from '../../src/disk/io.js';
+import { createSnapshot } from '../../src/disk/snapshots.js';
+import type { FaultPlan } from '../../src/store/faulty.js';
+import { cleanupDirs, prng, randomBytes, tempDir } from './helpers.js';
+import { K, M, expectCleanCheck, expectSame, openFaulty, readAll, syncVia, writeVia } from './faultHelpers.js';
+
+afterAll(cleanupDirs);
+
+/** Close a registry whose pool failed: Registry.close() reports the failure (its sync), so close the parts. */
+async function closeFailed(reg: Registry): Promise<void> {
+  await expect(reg.close()).rejects.toThrow();
+  await reg.ctx.pool.close();
+  await reg.ctx.db.close();
+}
+
+describe('the fault layer under the fast path', () => {
+  it('writes, copy-on-write, reads and fsync go through the production fast path (stageBehind, copyBehind, readSync, syncNow)', async () => {
+    const dir = await tempDir();
+    const { reg, layers } = await openFaulty(dir, {});
+    const BS = 64 * K;
+    await reg.create('d', 2 * M, BS);
+    const d = reg.disk('d');
+    const model = Buffer.alloc(2 * M);
+    const rnd = prng(21);
+    const first = randomBytes(rnd, BS);
+    await writeVia('async path', reg, d, 0, first); // opens the block store (the fast path never opens one)
+    first.copy(model, 0);
+    const fast = (off: number, len: number): void => {
+      const data = randomBytes(rnd, len);
+      expect(writeDiskNow(reg.ctx, d, off, data), `the fast path took the write at ${off}+${len}`).toBe(len);
+      data.copy(model, off);
+    };
+    fast(BS, 4 * BS); // new blocks
+    fast(BS + 100, 3000); // in place
+    await reg.sync();
+    await createSnapshot(reg.ctx, d, 's');
+    const snap = Buffer.from(model);
+    fast(2 * BS + 512, 4096); // a partial write into a block the snapshot holds: copied behind
+    fast(2 * BS + 8192, 100); // and again into the new block, in place, ordered after the copy
+    const layer = layers[0]!;
+    expect(layer.calls.stageBehind).toBeGreaterThan(0);
+    if (layer.copyBehind) expect(layer.calls.copyBehind).toBe(1); // (the page-cache bottom, on tmpfs, merges instead)
+    await reg.sync();
+    const got = Buffer.alloc(3 * BS);
+    expect(readViewNow(reg.ctx, d, -1, 0, got), 'the fast path took the read').toBe(3 * BS);
+    expectSame(got, model.subarray(0, 3 * BS), 'read through the fast path');
+    expect(layer.calls.readSync).toBeGreaterThan(0);
+    fast(2 * BS + 1024, 2048); // in place (block 2 is the disk's own since the copy), whole sectors: staged, not in flight
+    if (layer.syncNow) {
+      expect(reg.syncNow(), 'fsync on the event loop: nothing in flight').toBe(true);
+      expect(layer.calls.syncNow).toBeGreaterThan(0);
+    }
+    await reg.close();
+    await expectCleanCheck(dir);
+    const again = await Registry.open({ dir });
+    try {
+      expectSame(await readAll(again, 'd'), model, 'live disk after reopen');
+      expectSame(await readAll(again, 'd', 0), snap, 'snapshot after reopen');
+    } finally {
+      await again.close();
+    }
+  });
+});
+
+describe('a failed write the fast path acknowledged', () => {
+  // Each case: synced content, then one fast-path write whose Nth store write fails behind the caller's
+  // back. The write was acknowledged; the next fsync must fail, the fast path must decline from then on,
+  // and the store must reopen with the synced content and check clean. The failed write's blocks read as
+  // before it (the layer never wrote them); new blocks reserved for it are given back.
+  const BS = 4 * K;
+  const SIZE = 1 * M;
+  const cases: { name: string; snapshot: boolean; off: number; len: number; failNth: number }[] = [
+    { name: 'new blocks (a hole), first write fails', snapshot: false, off: 600 * K, len: 5 * BS, failNth: 1 },
+    { name: 'new blocks (a hole), third write fails', snapshot: false, off: 600 * K, len: 5 * BS, failNth: 3 },
+    { name: 'in-place overwrite', snapshot: false, off: 12 * K, len: BS, failNth: 1 },
+    { name: 'partial in-place overwrite', snapshot: false, off: 12 * K + 77, len: 200, failNth: 1 },
+    { name: 'copy-on-write after a snapshot', snapshot: true, off: 8 * K, len: 3 * BS, failNth: 2 },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      const dir = await tempDir();
+      const plan: FaultPlan = {};
+      const { reg, layers } = await openFaulty(dir, plan);
+      const rnd = prng(0xfa57 + c.off + c.failNth);
+      await reg.create('d', SIZE, BS);
+      const d = reg.disk('d');
+      const model = Buffer.alloc(SIZE);
+      const base = randomBytes(rnd, 64 * K);
+      await writeVia('fast path', reg, d, 0, base);
+      base.copy(model, 0);
+      if (c.snapshot) await createSnapshot(reg.ctx, d, 's');
+      await syncVia('fast path', reg);
+      const used = reg.ctx.pool.usedBytes();
+      const layer = layers[0]!;
+      plan.failWriteAt = layer.writes + c.failNth;
+      const staged = layer.calls.stageBehind;
+      expect(writeDiskNow(reg.ctx, d, c.off, randomBytes(rnd, c.len)), 'acknowledged by the fast path').toBe(c.len);
+      expect(layer.calls.stageBehind).toBeGreaterThan(staged);
+      delete plan.failWriteAt;
+      await expect(syncVia('fast path', reg), 'the fsync after the failed write').rejects.toThrow();
+      await expect(syncVia('fast path', reg), 'and every later one').rejects.toThrow();
+      expect(writeDiskNow(reg.ctx, d, 900 * K, randomBytes(rnd, BS)), 'the fast path declines after a failed write').toBeUndefined();
+      await reg.ctx.drain();
+      expect(reg.ctx.pool.usedBytes(), 'blocks reserved for the failed write are given back').toBe(used);
+      await closeFailed(reg);
+      await expectCleanCheck(dir);
+      const again = await Registry.open({ dir });
+      try {
+        expectSame(await readAll(again, 'd'), model, 'live disk after reopen');
+        if (c.snapshot) expectSame(await readAll(again, 'd', 0), model, 'snapshot after reopen');
+      } finally {
+        await again.close();
+      }
+    });
+  }
+});
