@@ -71,11 +71,21 @@ export class Registry {
     }
   }
 
+  /**
+   * Flush and close. A pool that failed (its sync throws) is still closed, and so is the database, so the
+   * store can be opened again; the first error is thrown.
+   */
   async close(): Promise<void> {
-    await this.ctx.drain();
-    await this.ctx.pool.sync();
-    await this.ctx.pool.close();
-    await this.ctx.db.close();
+    try {
+      await this.ctx.drain();
+      await this.ctx.pool.sync();
+    } finally {
+      try {
+        await this.ctx.pool.close();
+      } finally {
+        await this.ctx.db.close();
+      }
+    }
   }
 
   /** Make every acknowledged write durable (durable.ts). */
