@@ -2,8 +2,9 @@
 // of a full image and the deltas that follow it, read as the disk the last one describes.
 // At open, as a restore would: the header and tables are read and verified (the parser of reader.ts, which
 // stops after the tables), then the trailer record and the group checksum table (checkTrailer). Data is
-// verified by checksum group when a group is first read (its bytes are kept in a small cache of verified
-// groups): a damaged group is CORRUPT for the blocks in it, every other block stays readable.
+// verified by checksum group when a group is first read (its bytes are kept in a small cache of recent
+// groups; a group checked once is afterwards read only where asked, so random readers do not read a whole
+// group per request): a damaged group is CORRUPT for the blocks in it, every other block stays readable.
 // A chain links when each delta's base snapshot id is the id of the image before it (FORMAT.md: snapId,
 // baseSnapId) and the block sizes agree; anything else is refused at open, naming the link.
 
@@ -23,6 +24,8 @@ const CACHED_GROUPS = 16;
 export class SeekableImage {
   private groups = new Map<number, Buffer>();
   private groupCrcs!: Buffer;
+  /** Groups whose checksum has been checked once: later reads of them read just the bytes asked for. */
+  private verified!: Uint8Array;
 
   private constructor(
     readonly path: string,
@@ -55,6 +58,7 @@ export class SeekableImage {
       const img = new SeekableImage(path, fh, header, tables);
       const trailer = await img.readAt(header.groupTableOffset, 4 * header.groupCount + TRAILER_RECORD_LENGTH);
       img.groupCrcs = trailer.subarray(0, 4 * header.groupCount);
+      img.verified = new Uint8Array(header.groupCount);
       checkTrailer(header, img.groupCrcs, trailer.subarray(4 * header.groupCount));
       return img;
     } catch (e) {
@@ -67,7 +71,14 @@ export class SeekableImage {
   async readSlot(slot: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
     const h = this.header;
     const g = Math.floor(slot / h.groupBlocks);
-    const data = await this.group(g);
+    const cached = this.groups.get(g);
+    if (!cached && this.verified[g]) {
+      // Checked already: a random reader pays one group read per group, not one per request.
+      const part = await this.readAt(h.dataOffset + slot * h.blockSize + offsetInBlock, dst.length);
+      part.copy(dst);
+      return;
+    }
+    const data = cached ?? (await this.group(g));
     const at = (slot - g * h.groupBlocks) * h.blockSize + offsetInBlock;
     data.copy(dst, 0, at, at + dst.length);
   }
@@ -89,6 +100,7 @@ export class SeekableImage {
     const count = Math.min(h.slotCount, first + h.groupBlocks) - first;
     const data = await this.readAt(h.dataOffset + first * h.blockSize, count * h.blockSize);
     if (crc32(data) !== this.groupCrcs.readUInt32BE(4 * g)) throw groupMismatch(h, g);
+    this.verified[g] = 1;
     this.groups.set(g, data);
     if (this.groups.size > CACHED_GROUPS) this.groups.delete(this.groups.keys().next().value!);
     return data;
