@@ -1,6 +1,6 @@
 /**
  * What a disk provably holds: the uid of the snapshot whose exact bytes and size it has, recorded by a
- * restore (full or incremental) as `DiskRecord.contentUid`. An incremental image applies only onto a disk
+ * restore (full or incremental), or by a rollback to one of the disk's own snapshots, as `DiskRecord.contentUid`. An incremental image applies only onto a disk
  * that holds its base, so a claim that outlives a change to the disk would let a delta land on the wrong
  * bytes and report success. The rule, kept here and only here:
  *
@@ -9,8 +9,9 @@
  *   discards), resize, rollback, and a restore into the disk (which may fail half-way: it then leaves no
  *   claim). Durable first, because a write reaches the pool before its table batch commits: a crash in
  *   between must not leave changed blocks under a claim that still stands.
- * - `claimed` is the one way to set a claim: a restore's final batch, which makes the image's blocks the
- *   disk's content and records the claim atomically.
+ * - `claimed` is the one way to set a claim (Transaction's `claim` option): a restore's final batch, which
+ *   makes the image's blocks the disk's content, or a rollback's, which makes the snapshot's; either records
+ *   the claim atomically with the change.
  * - `assertUnclaimed` is the tripwire at the places where content changes (the write and commit paths in
  *   write.ts, commit.ts): a path that forgot `dropClaim` fails loudly instead of producing a wrong restore.
  *

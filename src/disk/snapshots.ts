@@ -128,7 +128,8 @@ export async function rollback(ctx: Context, d: DiskState, name: string): Promis
     const rec: DiskRecord = { ...d.rec, size: target.size };
     if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: target.backingBlocks ?? rec.backing.limitBlocks };
     try {
-      await tx.commit({ reserved, record: rec });
+      // The disk now holds exactly the snapshot: a delta whose base it is applies (disk/identity.ts).
+      await tx.commit({ reserved, record: rec, claim: target.uid });
     } finally {
       d.changed();
     }

@@ -142,11 +142,25 @@ describe('the claim to hold a restored image', () => {
     await expectRefused(w);
   });
 
-  it('a rollback ends the claim', async () => {
+  it('a rollback ends the claim: the disk then holds the snapshot it rolled back to', async () => {
     const r = w.reg.disk('r');
-    await createSnapshot(w.reg.ctx, r, 't');
+    const t = await createSnapshot(w.reg.ctx, r, 't');
     await rollback(w.reg.ctx, r, 't');
-    await expectRefused(w);
+    expect(await storedClaim(w.reg, 'r')).toBe(t.uid);
+    await expectRefused(w, /it holds snapshot/);
+  });
+
+  it('after a rollback to the base, the delta applies onto the source disk itself and gives the newer snapshot', async () => {
+    const d = w.reg.disk('d');
+    await writeDisk(w.reg.ctx, d, 0, Buffer.alloc(4096, 9)); // the live disk moved on after s2
+    await rollback(w.reg.ctx, d, 's1');
+    expect(await storedClaim(w.reg, 'd')).toBe(w.s1);
+    const res = await restore(w.reg, w.delta, { mode: 'into', name: 'd' });
+    expect(res.kind).toBe('delta');
+    expect((await readAll(w.reg, d)).equals(w.s2)).toBe(true);
+    // a write ends that claim like any other
+    await writeDisk(w.reg.ctx, d, 0, Buffer.alloc(4096, 1));
+    expect(await storedClaim(w.reg, 'd')).toBeNull();
   });
 
   it('a disk made again under the same name (a clone) claims nothing', async () => {

@@ -30,7 +30,7 @@ interface MDisk {
   data: Buffer; // exactly the disk's size
   snaps: MSnap[];
   origin?: { disk: string; snap: string };
-  /** uid of the snapshot whose content a restore put on this disk, until anything changes the disk. */
+  /** uid of the snapshot whose content a restore (or a rollback) put on this disk, until anything changes the disk. */
   holds?: string;
 }
 
@@ -257,8 +257,11 @@ class Run {
       return;
     }
     const ok = await this.attempt(`rollback ${m.name}@${s.name}`, ['NO_SPACE'], () => rollback(this.reg.ctx, this.d(m.name), s.name));
-    delete m.holds;
-    if (ok) m.data = Buffer.from(s.data);
+    delete m.holds; // a rollback ends any claim first; done, the disk holds exactly the snapshot
+    if (ok) {
+      m.data = Buffer.from(s.data);
+      m.holds = s.uid;
+    }
     this.count('rollback');
   }
 
