@@ -1,8 +1,8 @@
 /**
  * What a disk provably holds: the uid of the snapshot whose exact bytes and size it has, recorded by a
- * restore (full or incremental), or by a rollback to one of the disk's own snapshots, as `DiskRecord.contentUid`. An incremental image applies only onto a disk
- * that holds its base, so a claim that outlives a change to the disk would let a delta land on the wrong
- * bytes and report success. The rule, kept here and only here:
+ * restore (full or incremental), or by a rollback to one of the disk's own snapshots, as
+ * `DiskRecord.contentUid`. An incremental image applies only onto a disk that holds its base, so a claim
+ * that outlives a change to the disk would let a delta land on the wrong bytes and report success. The rule, kept here and only here:
  *
  * - `dropClaim` ends the claim, durably (a synced batch), and every path that changes a disk's content or
  *   size awaits it before its first byte reaches the pool or the tables: writes (including zero writes and
