@@ -2,16 +2,8 @@
  * Typed errors with stable string codes. The core throws only these; the FUSE edge maps codes to errno
  * (fuse/errno.ts) and the CLI maps them to exit codes (cli/exit.ts). Messages may change, codes never.
  */
-export type ErrorCode =
-  | 'NOT_FOUND'
-  | 'EXISTS'
-  | 'NO_SPACE'
-  | 'READ_ONLY'
-  | 'CORRUPT'
-  | 'BUSY'
-  | 'INVALID'
-  | 'LOCKED'
-  | 'IO';
+export const ERROR_CODES = ['NOT_FOUND', 'EXISTS', 'NO_SPACE', 'READ_ONLY', 'CORRUPT', 'BUSY', 'INVALID', 'LOCKED', 'IO'] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export class VdiskError extends Error {
   readonly code: ErrorCode;

@@ -7,7 +7,7 @@
  *   {"ok":true,"message":"…","result":{"disk":"x","kind":"full",…}}     a restore (RestoreResult)
  *   {"ok":false,"code":"EXISTS","message":"disk a already exists"}      any refusal (codes: errors.ts)
  */
-import { errorCode, errorMessage, VdiskError, type ErrorCode } from '../errors.js';
+import { ERROR_CODES, errorCode, errorMessage, VdiskError, type ErrorCode } from '../errors.js';
 
 export interface Reply {
   ok: boolean;
@@ -36,7 +36,7 @@ export function parseReply(text: string): Reply | undefined {
   }
 }
 
-const CODES = new Set<string>(['NOT_FOUND', 'EXISTS', 'NO_SPACE', 'READ_ONLY', 'CORRUPT', 'BUSY', 'INVALID', 'LOCKED', 'IO']);
+const CODES = new Set<string>(ERROR_CODES);
 
 /** The typed error a refusal reply carries (an unknown code from a newer daemon stands as IO). */
 export function replyError(r: Reply): VdiskError {

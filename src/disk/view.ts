@@ -208,6 +208,11 @@ export class Disk extends View {
     return o ? new View(this.ctx, o.origin, o.snap.id) : undefined;
   }
 
+  /** The names of the disk's snapshots, oldest first. */
+  snapshotNames(): string[] {
+    return this.state.rec.snapshots.map((s) => s.name);
+  }
+
   /** The disk's snapshots, oldest first, as views. */
   snapshots(): View[] {
     return this.state.rec.snapshots.map((s) => new View(this.ctx, this.state, s.id));

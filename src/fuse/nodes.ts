@@ -97,10 +97,10 @@ export class Tree {
     if (rest.length === 0) return { kind: 'dir', list: () => this.reg.names() };
     if (!this.reg.has(rest[0]!)) return undefined;
     const disk = this.reg.diskView(rest[0]!);
-    if (rest.length === 1) return { kind: 'dir', list: () => disk.snapshots().map((v) => v.snapshot()!.name) };
+    if (rest.length === 1) return { kind: 'dir', list: () => disk.snapshotNames() };
     if (rest.length > 2) return undefined;
-    const v = disk.snapshots().find((x) => x.snapshot()!.name === rest[1]);
-    if (!v) return undefined;
+    if (!disk.snapshotNames().includes(rest[1]!)) return undefined;
+    const v = this.reg.snapshotView(rest[0]!, rest[1]!);
     const created = new Date(v.snapshot()!.created);
     const refuse = () => Promise.reject(readOnly('snapshots are read-only'));
     return {

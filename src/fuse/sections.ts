@@ -72,14 +72,15 @@ export function installSections(tree: Tree, reg: Registry): void {
   };
 
   /** A disk's snapshot names, or undefined when there is no such disk. */
-  const snapshotsOf = (name: string): string[] | undefined => (reg.has(name) ? reg.diskView(name).snapshots().map((v) => v.snapshot()!.name) : undefined);
+  const snapshotsOf = (name: string): string[] | undefined => (reg.has(name) ? reg.diskView(name).snapshotNames() : undefined);
 
   tree.addSection('copies', (rest) => {
     if (rest.length === 0) return { kind: 'dir', list: () => reg.names() };
     const disk = rest[0]!;
-    if (!snapshotsOf(disk)) return undefined;
+    const names = snapshotsOf(disk);
+    if (!names) return undefined;
     if (rest.length === 1) return { kind: 'dir', list: () => snapshotsOf(disk) ?? [] };
-    if (rest.length > 2 || !snapshotsOf(disk)!.includes(rest[1]!)) return undefined;
+    if (rest.length > 2 || !names.includes(rest[1]!)) return undefined;
     return imageFile(findTarget(reg, disk, rest[1]!));
   });
 
@@ -88,7 +89,15 @@ export function installSections(tree: Tree, reg: Registry): void {
     const disk = rest[0]!;
     if (!snapshotsOf(disk)) return undefined;
     // Listing shows consecutive pairs; any older base resolves by name.
-    if (rest.length === 1) return { kind: 'dir', list: () => (snapshotsOf(disk) ?? []).slice(1).map((s, i) => `${snapshotsOf(disk)![i]}..${s}`) };
+    if (rest.length === 1) {
+      return {
+        kind: 'dir',
+        list: () => {
+          const names = snapshotsOf(disk) ?? [];
+          return names.slice(1).map((s, i) => `${names[i]}..${s}`);
+        },
+      };
+    }
     const m = rest.length === 2 ? /^(.+)\.\.(.+)$/.exec(rest[1]!) : null;
     if (!m) return undefined;
     try {

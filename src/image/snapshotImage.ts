@@ -23,7 +23,7 @@ const CACHE_LIMIT = 16;
 export function findTarget(reg: Registry, diskName: string, snapName: string, baseName?: string): ImageTarget {
   const view = reg.snapshotView(diskName, snapName);
   if (baseName === undefined) return { view };
-  if (!reg.diskView(diskName).snapshots().some((v) => v.snapshot()!.name === baseName)) throw notFound(`base snapshot ${diskName}@${baseName}`);
+  if (!reg.diskView(diskName).snapshotNames().includes(baseName)) throw notFound(`base snapshot ${diskName}@${baseName}`);
   const base = reg.snapshotView(diskName, baseName);
   if (base.index()! >= view.index()!) throw invalid(`base snapshot ${baseName} must be older than ${snapName}`);
   return { view, base };
