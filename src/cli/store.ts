@@ -18,14 +18,15 @@ function control(program: Command, name: string, args: string, desc: string, toL
     .option('--json', 'machine-readable result')
     .action(async (...all: unknown[]) => {
       const cmd = all[all.length - 1] as Command;
-      const opts = cmd.opts<{ store?: string; recursive?: boolean; blockSize?: string; blockStore?: string }>();
+      const opts = cmd.opts<{ store?: string; recursive?: boolean; destroyNewer?: boolean; blockSize?: string; blockStore?: string }>();
       if (opts.blockSize !== undefined) parseSize(opts.blockSize); // a usage error before the store is opened
-      const line = toLine(...cmd.args) + (opts.recursive ? ' -r' : '') + (opts.blockSize ? ` block-size=${opts.blockSize}` : '');
+      const line = toLine(...cmd.args) + (opts.recursive || opts.destroyNewer ? ' -r' : '') + (opts.blockSize ? ` block-size=${opts.blockSize}` : '');
       const blockStore = opts.blockStore !== undefined ? parseBlockStore(opts.blockStore) : undefined;
       const message = await runControl(storeDir(opts.store), line, blockStore ? { blockStore } : {});
       summary(outputOf(cmd), message, { command: line, message });
     });
   if (name === 'delete') c.option('-r, --recursive', 'also delete its snapshots');
+  if (name === 'rollback') c.option('-r, --destroy-newer', 'delete the snapshots newer than <snap> first (then the rollback moves table entries only)');
   if (name === 'create') {
     c.option('--block-size <size>', 'block size, a power of two from 4K to 1M (default 64K)');
     c.option('--block-store <kind>', BLOCK_STORE_HELP);

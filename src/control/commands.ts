@@ -14,7 +14,7 @@ export type Command =
   | { op: 'resize'; disk: string; size: number }
   | { op: 'snapshot'; disk: string; snap: string }
   | { op: 'delete-snapshot'; disk: string; snap: string }
-  | { op: 'rollback'; disk: string; snap: string }
+  | { op: 'rollback'; disk: string; snap: string; destroyNewer: boolean }
   | { op: 'clone'; disk: string; snap: string; target: string }
   | { op: 'attach'; name: string; images: string[] }
   | { op: 'detach'; name: string };
@@ -25,7 +25,7 @@ export const USAGE = [
   'resize <disk> <size>',
   'snapshot <disk> <snap>',
   'delete-snapshot <disk> <snap>',
-  'rollback <disk> <snap>',
+  'rollback <disk> <snap> [-r]',
   'clone <disk> <snap> <newdisk>',
   'attach <name> <image> [<delta>...]',
   'detach <name>',
@@ -66,12 +66,16 @@ export function parseCommand(line: string): Command {
       want(2, USAGE[2]!);
       return { op, disk: args[0]!, size: parseSize(args[1]!) };
     case 'snapshot':
-    case 'delete-snapshot':
-    case 'rollback': {
-      const usage = USAGE[op === 'snapshot' ? 3 : op === 'delete-snapshot' ? 4 : 5]!;
+    case 'delete-snapshot': {
       const a = splitAt(args);
-      if (a.length !== 2) throw invalid(`usage: ${usage}`);
+      if (a.length !== 2) throw invalid(`usage: ${USAGE[op === 'snapshot' ? 3 : 4]}`);
       return { op, disk: a[0]!, snap: a[1]! };
+    }
+    case 'rollback': {
+      const destroyNewer = args.some((a) => a === '-r' || a === '--destroy-newer');
+      const a = splitAt(args.filter((x) => x !== '-r' && x !== '--destroy-newer'));
+      if (a.length !== 2) throw invalid(`usage: ${USAGE[5]}`);
+      return { op, disk: a[0]!, snap: a[1]!, destroyNewer };
     }
     case 'clone': {
       const a = splitAt(args);
@@ -119,8 +123,8 @@ export async function execute(reg: Registry, cmd: Command): Promise<string> {
       await reg.deleteSnapshot(cmd.disk, cmd.snap);
       return `deleted snapshot ${cmd.disk}@${cmd.snap}`;
     case 'rollback':
-      await reg.rollback(cmd.disk, cmd.snap);
-      return `rolled ${cmd.disk} back to ${cmd.snap}`;
+      await reg.rollback(cmd.disk, cmd.snap, { destroyNewer: cmd.destroyNewer });
+      return `rolled ${cmd.disk} back to ${cmd.snap}${cmd.destroyNewer ? ' (newer snapshots deleted)' : ''}`;
     case 'clone':
       await reg.clone(cmd.disk, cmd.snap, cmd.target);
       return `cloned ${cmd.disk}@${cmd.snap} as ${cmd.target}`;

@@ -22,7 +22,7 @@ import { Transaction } from './commit.js';
 import { flushStore, flushStoreNow } from './durable.js';
 import { Disk, View } from './view.js';
 import { Landing } from './landing.js';
-import { clonesOf, createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from './snapshots.js';
+import { clonesOf, createSnapshot, deleteSnapshot, rollback, cloneSnapshot, type RollbackOptions } from './snapshots.js';
 import { collectView } from './viewScan.js';
 import { dropClaim } from './identity.js';
 
@@ -244,9 +244,9 @@ export class Registry {
     return deleteSnapshot(this.ctx, this.ctx.disk(name), snap);
   }
 
-  /** Make disk `name` exactly its snapshot `snap` again. */
-  rollback(name: string, snap: string): Promise<void> {
-    return rollback(this.ctx, this.ctx.disk(name), snap);
+  /** Make disk `name` exactly its snapshot `snap` again (`destroyNewer`: deleting the newer snapshots). */
+  rollback(name: string, snap: string, opts: RollbackOptions = {}): Promise<void> {
+    return rollback(this.ctx, this.ctx.disk(name), snap, opts);
   }
 
   /** A writable disk `newName` reading through to `name@snap`. */

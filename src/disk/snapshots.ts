@@ -1,11 +1,21 @@
 /**
  * Snapshots, clones and rollback over the read chain (resolve.ts) and the copy-on-write rule (plan.ts).
  * - snapshot: appends a record and bumps the disk's epoch under the disk's gate: constant time, no data.
+ *   A received snapshot (a restore, disk/landing.ts) is recorded the same way, under the source's name and
+ *   uid (`snapshotRecord`), in the batch that makes the image the disk's content.
  * - delete-snapshot: its preserved entries move into the next older snapshot where that one has no entry
  *   for the block (the older one used to read through to them); the rest are freed. One batch.
- * - rollback: every block changed since the target (the union of the target's and newer snapshots'
- *   tables) gets the target's content in a fresh block; the replaced live blocks are preserved for the
- *   latest snapshot as for any write, so newer snapshots stay intact and readable. One batch.
+ * - rollback to the latest snapshot L (or to an older one with `destroyNewer`, which deletes the newer ones
+ *   first, newest first, like `zfs rollback -r`): metadata only. Every block changed since L has an entry in
+ *   L's table (plan.ts preserved it at its first change); those entries move back into the live table and
+ *   the live blocks that replaced them, which nothing else references, are freed. A moved entry gets the
+ *   epoch of the oldest snapshot that sees it (so the copy-on-write rule holds for every snapshot that may
+ *   become the latest later). Time proportional to the changed blocks' table entries; no data is read or
+ *   written. One batch.
+ * - rollback to an older snapshot keeping the newer ones: every block changed since the target (the union
+ *   of the target's and newer snapshots' tables) gets the target's content in a fresh block; the replaced
+ *   live blocks are preserved for the latest snapshot as for any write, so newer snapshots stay intact and
+ *   readable. Time proportional to the changed data (blocks are copied: one pbn has one owner). One batch.
  * - clone: a new disk whose missing blocks read through to the snapshot (a backing file): constant time.
  */
 import { randomUUID } from 'node:crypto';
@@ -18,26 +28,51 @@ import type { Entry } from '../meta/keys.js';
 import { resolve, readResolved, chainEntry } from './resolve.js';
 import { Transaction } from './commit.js';
 import { blocksFor } from '../util/range.js';
-import { dropClaim } from './identity.js';
+import { claimed, dropClaim } from './identity.js';
 
-export async function createSnapshot(ctx: Context, d: DiskState, name: string): Promise<SnapshotRecord> {
+/** A snapshot's identity: its own (a new uid) or, for a received snapshot, the source's. */
+export interface SnapshotIdentity {
+  name: string;
+  uid: string;
+  created: number;
+}
+
+/**
+ * The record of a new latest snapshot of `d` as it is now, and the disk record that has it (epoch bumped);
+ * the snapshot id is taken from the sequence at once, and the caller commits both with seqOp() in one batch
+ * (then calls `snapshotCommitted`).
+ */
+export function snapshotRecord(ctx: Context, d: DiskState, id: SnapshotIdentity, base: DiskRecord = d.rec): { snap: SnapshotRecord; rec: DiskRecord } {
+  const snap: SnapshotRecord = {
+    id: ctx.seq.snap,
+    uid: id.uid,
+    name: id.name,
+    epoch: base.epoch,
+    created: id.created,
+    size: base.size,
+    ...(base.backing ? { backingBlocks: base.backing.limitBlocks } : {}),
+  };
+  ctx.seq = { ...ctx.seq, snap: ctx.seq.snap + 1 };
+  return { snap, rec: { ...base, epoch: base.epoch + 1, snapshots: [...base.snapshots, snap] } };
+}
+
+export function snapshotCommitted(d: DiskState, snap: SnapshotRecord): void {
+  d.held.set(snap.id, 0);
+}
+
+/** A snapshot name the disk does not use yet (EXISTS otherwise). */
+export function checkNewSnapshotName(d: DiskState, name: string): void {
   checkName(name, 'snapshot');
   if (d.rec.snapshots.some((s) => s.name === name)) throw exists(`snapshot ${d.rec.name}@${name}`);
+}
+
+export async function createSnapshot(ctx: Context, d: DiskState, name: string): Promise<SnapshotRecord> {
+  checkNewSnapshotName(d, name);
   return d.gate.exclusively(async () => {
-    const snap: SnapshotRecord = {
-      id: ctx.seq.snap,
-      uid: randomUUID(),
-      name,
-      epoch: d.rec.epoch,
-      created: ctx.clock.tick(),
-      size: d.rec.size,
-      ...(d.rec.backing ? { backingBlocks: d.rec.backing.limitBlocks } : {}),
-    };
-    const rec: DiskRecord = { ...d.rec, epoch: d.rec.epoch + 1, snapshots: [...d.rec.snapshots, snap] };
-    ctx.seq = { ...ctx.seq, snap: ctx.seq.snap + 1 };
+    const { snap, rec } = snapshotRecord(ctx, d, { name, uid: randomUUID(), created: ctx.clock.tick() });
     await ctx.commit([ctx.recordOp(rec), ctx.seqOp()], true);
     d.rec = rec;
-    d.held.set(snap.id, 0);
+    snapshotCommitted(d, snap);
     return snap;
   });
 }
@@ -51,38 +86,49 @@ export function clonesOf(ctx: Context, diskId: number, snapId?: number): string[
   return out;
 }
 
+/** Refuse to delete snapshot k while it is open or has clones (BUSY), before anything changes. */
+function checkDeletable(ctx: Context, d: DiskState, k: number): void {
+  const snap = d.rec.snapshots[k]!;
+  if ((d.snapOpen.get(snap.id) ?? 0) > 0) throw busy(`snapshot ${d.rec.name}@${snap.name} is open`);
+  const clones = clonesOf(ctx, d.rec.id, snap.id);
+  if (clones.length) throw busy(`snapshot ${d.rec.name}@${snap.name} has dependent clones: ${clones.join(', ')}`);
+}
+
 export async function deleteSnapshot(ctx: Context, d: DiskState, name: string): Promise<void> {
   const k = d.snapIndex(name);
-  const snap = d.rec.snapshots[k]!;
-  if ((d.snapOpen.get(snap.id) ?? 0) > 0) throw busy(`snapshot ${d.rec.name}@${name} is open`);
-  const clones = clonesOf(ctx, d.rec.id, snap.id);
-  if (clones.length) throw busy(`snapshot ${d.rec.name}@${name} has dependent clones: ${clones.join(', ')}`);
+  checkDeletable(ctx, d, k);
   await d.gate.exclusively(async () => {
     await ctx.drain(); // table iteration below reads LevelDB: staged changes must be in it
-    const older = k > 0 ? d.rec.snapshots[k - 1]! : undefined;
-    const own = d.snapTable(snap.id);
-    const ops: BatchOp[] = [];
-    const frees: number[] = [];
-    const moved: [number, Entry][] = [];
-    let movedData = 0;
-    for await (const [lbn, e] of own.entries()) {
-      if (older && (await d.snapTable(older.id).get(lbn)) === undefined) {
-        ops.push(d.snapTable(older.id).putOp(lbn, e));
-        moved.push([lbn, e]);
-        if (e.kind === 'data') movedData++;
-      } else if (e.kind === 'data') frees.push(e.pbn);
-      ops.push(own.delOp(lbn));
-    }
-    const rec: DiskRecord = { ...d.rec, snapshots: d.rec.snapshots.filter((s) => s.id !== snap.id) };
-    ops.push(ctx.recordOp(rec));
-    await ctx.commit(ops, true);
-    d.rec = rec;
-    own.forget();
-    for (const [lbn, e] of moved) d.snapTable(older!.id).committed(lbn, e);
-    for (const pbn of frees) ctx.pool.free(d.blockSize, pbn);
-    if (older) d.held.set(older.id, (d.held.get(older.id) ?? 0) + movedData);
-    d.held.delete(snap.id);
+    await deleteSnapshotHeld(ctx, d, d.rec.snapshots[k]!);
   });
+}
+
+/** delete-snapshot with the disk's gate held and the pipeline drained. */
+async function deleteSnapshotHeld(ctx: Context, d: DiskState, snap: SnapshotRecord): Promise<void> {
+  const k = d.rec.snapshots.indexOf(snap);
+  const older = k > 0 ? d.rec.snapshots[k - 1]! : undefined;
+  const own = d.snapTable(snap.id);
+  const ops: BatchOp[] = [];
+  const frees: number[] = [];
+  const moved: [number, Entry][] = [];
+  let movedData = 0;
+  for await (const [lbn, e] of own.entries()) {
+    if (older && (await d.snapTable(older.id).get(lbn)) === undefined) {
+      ops.push(d.snapTable(older.id).putOp(lbn, e));
+      moved.push([lbn, e]);
+      if (e.kind === 'data') movedData++;
+    } else if (e.kind === 'data') frees.push(e.pbn);
+    ops.push(own.delOp(lbn));
+  }
+  const rec: DiskRecord = { ...d.rec, snapshots: d.rec.snapshots.filter((s) => s.id !== snap.id) };
+  ops.push(ctx.recordOp(rec));
+  await ctx.commit(ops, true);
+  d.rec = rec;
+  own.forget();
+  for (const [lbn, e] of moved) d.snapTable(older!.id).committed(lbn, e);
+  for (const pbn of frees) ctx.pool.free(d.blockSize, pbn);
+  if (older) d.held.set(older.id, (d.held.get(older.id) ?? 0) + movedData);
+  d.held.delete(snap.id);
 }
 
 /** Every block that changed after snapshot k: the union of the tables of snapshots k..newest. */
@@ -92,48 +138,126 @@ export async function changedSince(d: DiskState, k: number): Promise<number[]> {
   return [...set].sort((a, b) => a - b);
 }
 
-export async function rollback(ctx: Context, d: DiskState, name: string): Promise<void> {
+export interface RollbackOptions {
+  /** Delete the snapshots newer than the target first (zfs rollback -r); then the rollback is metadata only. */
+  destroyNewer?: boolean;
+}
+
+export async function rollback(ctx: Context, d: DiskState, name: string, opts: RollbackOptions = {}): Promise<void> {
   const k = d.snapIndex(name);
   if (d.isOpen()) throw busy(`disk ${d.rec.name} is open`);
   const target = d.rec.snapshots[k]!;
+  const newer = d.rec.snapshots.slice(k + 1);
+  if (opts.destroyNewer) for (let i = d.rec.snapshots.length - 1; i > k; i--) checkDeletable(ctx, d, i);
   await d.gate.exclusively(async () => {
     await dropClaim(ctx, d);
     await ctx.drain();
-    const bs = d.blockSize;
-    const lbns = await changedSince(d, k);
-    const tx = new Transaction(ctx, d);
-    const reserved: number[] = [];
-    const store = await ctx.pool.store(bs);
-    const buf = Buffer.allocUnsafe(bs);
     try {
-      for (const lbn of lbns) {
-        const r = await resolve(ctx, d, k, lbn);
-        let next: Entry | undefined;
-        if (r.kind === 'data') {
-          const pbn = ctx.pool.allocate(bs);
-          reserved.push(pbn);
-          await readResolved(ctx, r, buf, 0);
-          await store.write(pbn, buf);
-          next = { kind: 'data', pbn, epoch: d.rec.epoch };
-        } else {
-          const e = await chainEntry(d, k, lbn);
-          next = e?.kind === 'zero' ? { kind: 'zero', epoch: d.rec.epoch } : undefined;
-        }
-        await tx.set(lbn, next);
-      }
-    } catch (e) {
-      for (const pbn of reserved) ctx.pool.free(bs, pbn);
-      throw e;
-    }
-    const rec: DiskRecord = { ...d.rec, size: target.size };
-    if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: target.backingBlocks ?? rec.backing.limitBlocks };
-    try {
-      // The disk now holds exactly the snapshot: a delta whose base it is applies (disk/identity.ts).
-      await tx.commit({ reserved, record: rec, claim: target.uid });
+      await rollbackHeld(ctx, d, target, opts.destroyNewer ? newer : []);
     } finally {
       d.changed();
     }
   });
+}
+
+/**
+ * Rollback with the disk's gate held, the claim dropped and the pipeline drained (also the first step of
+ * an incremental restore with `force`, disk/landing.ts): delete `destroy` (snapshots newer than the target,
+ * newest first), then make the disk hold `target`.
+ */
+export async function rollbackHeld(ctx: Context, d: DiskState, target: SnapshotRecord, destroy: SnapshotRecord[]): Promise<void> {
+  for (const s of [...destroy].reverse()) await deleteSnapshotHeld(ctx, d, s);
+  if (d.latest() === target) await revertToLatest(ctx, d, target);
+  else await rollbackByCopy(ctx, d, target);
+}
+
+/** The disk's record once it holds snapshot `s` again: its size and backing limit. */
+function recordAt(d: DiskState, s: SnapshotRecord): DiskRecord {
+  const rec: DiskRecord = { ...d.rec, size: s.size };
+  if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: s.backingBlocks ?? rec.backing.limitBlocks };
+  return rec;
+}
+
+/**
+ * The epoch a block's entry moved from the latest snapshot back into the live table gets: that of the
+ * oldest snapshot reading through to it (the snapshots from the latest back to the first older one with an
+ * entry of its own), so that each snapshot that sees the block counts it as shared and none that does not.
+ */
+async function sharedEpoch(d: DiskState, lbn: number): Promise<number> {
+  const snaps = d.rec.snapshots;
+  let epoch = snaps[snaps.length - 1]!.epoch;
+  for (let i = snaps.length - 2; i >= 0; i--) {
+    if ((await d.snapTable(snaps[i]!.id).get(lbn)) !== undefined) break;
+    epoch = snaps[i]!.epoch;
+  }
+  return epoch;
+}
+
+/** Metadata-only rollback to the latest snapshot L (see the header). */
+async function revertToLatest(ctx: Context, d: DiskState, L: SnapshotRecord): Promise<void> {
+  const own = d.snapTable(L.id);
+  const ops: BatchOp[] = [];
+  const frees: number[] = [];
+  const back: [number, Entry | undefined][] = [];
+  let allocDelta = 0;
+  for await (const [lbn, e] of own.entries()) {
+    // The live entry that replaced L's is the live disk's alone (one owner per pbn): free it.
+    const cur = await d.live.get(lbn);
+    if (cur?.kind === 'data') {
+      frees.push(cur.pbn);
+      allocDelta--;
+    }
+    let next: Entry | undefined;
+    if (e.kind !== 'inherit') {
+      const epoch = await sharedEpoch(d, lbn);
+      next = e.kind === 'data' ? { kind: 'data', pbn: e.pbn, epoch } : { kind: 'zero', epoch };
+      if (next.kind === 'data') allocDelta++;
+    }
+    ops.push(next ? d.live.putOp(lbn, next) : d.live.delOp(lbn), own.delOp(lbn));
+    back.push([lbn, next]);
+  }
+  const rec = claimed(recordAt(d, L), L.uid); // the disk holds exactly L (disk/identity.ts)
+  ops.push(ctx.recordOp(rec));
+  await ctx.commit(ops, true);
+  d.rec = rec;
+  own.forget();
+  for (const [lbn, e] of back) d.live.committed(lbn, e);
+  for (const pbn of frees) ctx.pool.free(d.blockSize, pbn);
+  d.allocated += allocDelta;
+  d.held.set(L.id, 0);
+}
+
+/** Rollback to an older snapshot that keeps the newer ones: the changed blocks are copied (see the header). */
+async function rollbackByCopy(ctx: Context, d: DiskState, target: SnapshotRecord): Promise<void> {
+  const k = d.rec.snapshots.indexOf(target);
+  const bs = d.blockSize;
+  const lbns = await changedSince(d, k);
+  const tx = new Transaction(ctx, d);
+  const reserved: number[] = [];
+  const store = await ctx.pool.store(bs);
+  const buf = Buffer.allocUnsafe(bs);
+  try {
+    for (const lbn of lbns) {
+      const r = await resolve(ctx, d, k, lbn);
+      let next: Entry | undefined;
+      if (r.kind === 'data') {
+        const pbn = ctx.pool.allocate(bs);
+        reserved.push(pbn);
+        await readResolved(ctx, r, buf, 0);
+        await store.write(pbn, buf);
+        next = { kind: 'data', pbn, epoch: d.rec.epoch };
+      } else {
+        const e = await chainEntry(d, k, lbn);
+        next = e?.kind === 'zero' ? { kind: 'zero', epoch: d.rec.epoch } : undefined;
+      }
+      await tx.set(lbn, next);
+    }
+  } catch (e) {
+    for (const pbn of reserved) ctx.pool.free(bs, pbn);
+    throw e;
+  }
+  // The disk now holds exactly the snapshot: a delta whose base it is applies (disk/identity.ts).
+  await tx.commit({ reserved, record: recordAt(d, target), claim: target.uid });
 }
 
 export async function cloneSnapshot(ctx: Context, d: DiskState, snapName: string, newName: string): Promise<DiskRecord> {

@@ -42,10 +42,13 @@ describe('parseCommand accepts', () => {
 
   it('snapshot commands in the `disk snap` and `disk@snap` forms', () => {
     for (const op of ['snapshot', 'delete-snapshot', 'rollback'] as const) {
-      expect(parseCommand(`${op} d s1`)).toEqual({ op, disk: 'd', snap: 's1' });
-      expect(parseCommand(`${op} d@s1`)).toEqual({ op, disk: 'd', snap: 's1' });
-      expect(parseCommand(`${op}   d@s1  `)).toEqual({ op, disk: 'd', snap: 's1' });
+      const extra = op === 'rollback' ? { destroyNewer: false } : {};
+      expect(parseCommand(`${op} d s1`)).toEqual({ op, disk: 'd', snap: 's1', ...extra });
+      expect(parseCommand(`${op} d@s1`)).toEqual({ op, disk: 'd', snap: 's1', ...extra });
+      expect(parseCommand(`${op}   d@s1  `)).toEqual({ op, disk: 'd', snap: 's1', ...extra });
     }
+    expect(parseCommand('rollback d@s1 -r')).toEqual({ op: 'rollback', disk: 'd', snap: 's1', destroyNewer: true });
+    expect(parseCommand('rollback -r d s1')).toEqual({ op: 'rollback', disk: 'd', snap: 's1', destroyNewer: true });
     expect(parseCommand('clone d s1 c')).toEqual({ op: 'clone', disk: 'd', snap: 's1', target: 'c' });
     expect(parseCommand('clone d@s1 c')).toEqual({ op: 'clone', disk: 'd', snap: 's1', target: 'c' });
   });

@@ -256,13 +256,25 @@ class Run {
       }
       return;
     }
-    const ok = await this.attempt(`rollback ${m.name}@${s.name}`, ['NO_SPACE'], () => rollback(this.reg.ctx, this.d(m.name), s.name));
+    // -r (destroy the newer snapshots first) a third of the time: refused while one of them has clones.
+    const k = m.snaps.indexOf(s);
+    const newer = m.snaps.slice(k + 1);
+    const destroyNewer = newer.length > 0 && this.rnd() < 0.33;
+    if (destroyNewer && newer.some((n) => this.dependents(m, n.name).length)) {
+      await this.refused(`rollback -r ${m.name}@${s.name}`, 'BUSY', () => rollback(this.reg.ctx, this.d(m.name), s.name, { destroyNewer }));
+      this.count('rollback:BUSY');
+      return;
+    }
+    // Only a rollback that keeps newer snapshots copies blocks (and may run out of space).
+    const latest = k === m.snaps.length - 1 || destroyNewer;
+    const ok = await this.attempt(`rollback${destroyNewer ? ' -r' : ''} ${m.name}@${s.name}`, latest ? [] : ['NO_SPACE'], () => rollback(this.reg.ctx, this.d(m.name), s.name, { destroyNewer }));
     delete m.holds; // a rollback ends any claim first; done, the disk holds exactly the snapshot
     if (ok) {
       m.data = Buffer.from(s.data);
       m.holds = s.uid;
+      if (destroyNewer) m.snaps = m.snaps.slice(0, k + 1);
     }
-    this.count('rollback');
+    this.count(latest ? (destroyNewer ? 'rollback -r' : 'rollback latest') : 'rollback');
   }
 
   async opClone(m: MDisk): Promise<void> {
