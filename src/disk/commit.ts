@@ -29,6 +29,8 @@ export interface CommitOptions {
   wait?: boolean;
   /** Pool writes the new entries point at, still written behind: the batch waits for them. */
   ready?: Promise<unknown>;
+  /** More operations for the same batch (the sequence record of a snapshot the record adds). */
+  extra?: BatchOp[];
 }
 
 export class Transaction {
@@ -85,7 +87,7 @@ export class Transaction {
     const L = disk.latest();
     const before = disk.rec;
     const record = opts.claim !== undefined ? claimed(opts.record ?? before, opts.claim) : opts.record;
-    const ops: BatchOp[] = record ? [ctx.recordOp(record)] : [];
+    const ops: BatchOp[] = [...(record ? [ctx.recordOp(record)] : []), ...(opts.extra ?? [])];
     const frees: number[] = [];
     let allocDelta = 0;
     let heldDelta = 0;

@@ -45,6 +45,24 @@ export function claimOf(d: DiskState): string | null {
   return d.rec.contentUid ?? null;
 }
 
+/**
+ * The uids of the snapshots whose exact content the disk holds: its claim, and its latest snapshot L when
+ * nothing changed since L. The latter is read off L's table: every change to a block after L preserves L's
+ * view of it there first (disk/plan.ts: redirect-on-write, so L's blocks are never overwritten in place, also
+ * not by a write cut short by a crash), so an empty table, the same size and the same backing limit mean the
+ * disk still is L. Callers that act on the answer hold the disk's gate exclusively (no write in between).
+ */
+export async function heldContent(d: DiskState): Promise<string[]> {
+  const held: string[] = [];
+  const claim = claimOf(d);
+  if (claim !== null) held.push(claim);
+  const L = d.latest();
+  if (!L || L.uid === claim || d.claimDrop !== null || d.rec.size !== L.size) return held;
+  if (d.rec.backing && L.backingBlocks !== undefined && d.rec.backing.limitBlocks !== L.backingBlocks) return held;
+  for await (const _ of d.snapTable(L.id).current()) return held;
+  return [...held, L.uid];
+}
+
 /** True while the disk claims an image or the batch ending its claim is in flight: no content may change. */
 export function claimStands(d: DiskState): boolean {
   return d.rec.contentUid != null || d.claimDrop !== null;

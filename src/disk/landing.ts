@@ -6,7 +6,8 @@
  */
 import { DiskState, type Context } from './context.js';
 import type { BlockStore } from '../store/blockStore.js';
-import type { DiskRecord } from '../meta/records.js';
+import type { DiskRecord, SnapshotRecord } from '../meta/records.js';
+import { checkDeletable, rollbackHeld, snapshotCommitted, snapshotRecord, type SnapshotIdentity } from './snapshots.js';
 import type { BatchOp } from '../meta/table.js';
 import { busy } from '../errors.js';
 import { blocksFor } from '../util/range.js';
@@ -18,11 +19,20 @@ import { Disk } from './view.js';
 /** Block writes kept in flight at most when the store cannot stage them (page-cache pool files). */
 const MAX_WRITES_IN_FLIGHT = 32;
 
-/** What a landing becomes: a disk of this size holding snapshot `claim`'s exact content. */
+/**
+ * What a landing becomes: a disk of this size holding the exact content of the source's snapshot
+ * `snapshot`, which the disk then has too, under the source's name and uid (unless it has it already):
+ * a delta taken from it on either side applies on the other (disk/identity.ts).
+ */
 export interface Content {
   size: number;
-  /** The uid of the snapshot the blocks are (disk/identity.ts). */
-  claim: string;
+  snapshot: SnapshotIdentity;
+}
+
+/** What must happen to the disk before an image lands in it (decided by the restore layer's apply rules). */
+export interface IntoPlan {
+  /** Roll the disk back to its snapshot with this uid first, deleting the newer ones (recv -F). */
+  rollbackTo?: string;
 }
 
 /** The (lbn, pbn) pairs sorted by lbn. */
@@ -86,23 +96,28 @@ export class Landing {
   /** A new disk `name` whose content is exactly the landed blocks (settled before). */
   async asNewDisk(name: string, c: Content): Promise<void> {
     const ctx = this.ctx;
-    const rec = ctx.newDiskRecord(name, c.size, this.blockSize);
-    const d = new DiskState(claimed(rec, c.claim), ctx);
+    const base = ctx.newDiskRecord(name, c.size, this.blockSize);
+    const d = new DiskState(base, ctx);
+    const { snap, rec } = snapshotRecord(ctx, d, c.snapshot, base);
+    d.rec = claimed(rec, c.snapshot.uid);
     const ops: BatchOp[] = [ctx.recordOp(d.rec), ctx.seqOp()];
-    for (let i = 0; i < this.lbns.length; i++) ops.push(d.live.putOp(this.lbns[i]!, { kind: 'data', pbn: this.pbns[i]!, epoch: 1 }));
+    // Written in the snapshot's epoch: the disk and its received snapshot share every block.
+    for (let i = 0; i < this.lbns.length; i++) ops.push(d.live.putOp(this.lbns[i]!, { kind: 'data', pbn: this.pbns[i]!, epoch: snap.epoch }));
     await ctx.commit(ops, true);
     this.committed = true;
     d.allocated = this.lbns.length;
+    snapshotCommitted(d, snap);
     ctx.disks.set(name, d);
   }
 
   /**
    * The landed blocks become disk `name`'s content at their lbns: `zeros` become holes, and so does every
    * other block of the disk when `full` (a delta keeps them, past the new end excepted). `check` runs once
-   * nothing else can change the disk (its gate held) and may refuse. The disk's claim ends first and the
-   * final batch records the new one with the size: the disk never claims content it does not hold.
+   * nothing else can change the disk (its gate held): it may refuse, or ask for a rollback first (IntoPlan).
+   * The disk's claim ends first; the final batch records the new one with the size and the received
+   * snapshot: the disk never claims content it does not hold.
    */
-  async into(name: string, c: Content & { full: boolean; zeros: number[] }, check: (d: Disk) => void): Promise<void> {
+  async into(name: string, c: Content & { full: boolean; zeros: number[] }, check: (d: Disk) => Promise<IntoPlan>): Promise<void> {
     const ctx = this.ctx;
     const d = ctx.disk(name);
     const inImage = new Set(this.lbns);
@@ -110,21 +125,32 @@ export class Landing {
     await d.gate.exclusively(async () => {
       // While the image streamed in, the disk may have been opened, written and closed again.
       if (d.isOpen()) throw busy(`disk ${name} is open`);
-      check(new Disk(ctx, d));
+      const plan = await check(new Disk(ctx, d));
+      const k = plan.rollbackTo !== undefined ? d.rec.snapshots.findIndex((s) => s.uid === plan.rollbackTo) : -1;
+      const destroy = k >= 0 ? d.rec.snapshots.slice(k + 1) : [];
+      for (const s of destroy) checkDeletable(ctx, d, s); // before anything changes
       await dropClaim(ctx, d);
       await ctx.drain();
-      const current = await collectView(ctx, d, -1, true);
-      const extraZeros = current.lbns.filter((lbn) => !inImage.has(lbn) && (c.full || lbn >= newBlocks));
-      const zeroSet = [...new Set([...c.zeros, ...extraZeros])].sort((a, b) => a - b);
-      const epoch = d.rec.epoch;
-      const hasBacking = d.rec.backing !== undefined;
-      const tx = new Transaction(ctx, d);
-      for (let i = 0; i < this.lbns.length; i++) await tx.set(this.lbns[i]!, { kind: 'data', pbn: this.pbns[i]!, epoch });
-      for (const lbn of zeroSet) await tx.zero(lbn, hasBacking && lbn < newBlocks);
-      const rec: DiskRecord = { ...d.rec, size: c.size };
-      if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, newBlocks) };
       try {
-        await tx.commit({ record: rec, claim: c.claim });
+        if (k >= 0) {
+          await rollbackHeld(ctx, d, d.rec.snapshots[k]!, destroy);
+          await dropClaim(ctx, d); // the content changes again below
+        }
+        const current = await collectView(ctx, d, -1, true);
+        const extraZeros = current.lbns.filter((lbn) => !inImage.has(lbn) && (c.full || lbn >= newBlocks));
+        const zeroSet = [...new Set([...c.zeros, ...extraZeros])].sort((a, b) => a - b);
+        const epoch = d.rec.epoch;
+        const hasBacking = d.rec.backing !== undefined;
+        const tx = new Transaction(ctx, d);
+        for (let i = 0; i < this.lbns.length; i++) await tx.set(this.lbns[i]!, { kind: 'data', pbn: this.pbns[i]!, epoch });
+        for (const lbn of zeroSet) await tx.zero(lbn, hasBacking && lbn < newBlocks);
+        let rec: DiskRecord = { ...d.rec, size: c.size };
+        if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, newBlocks) };
+        // The received snapshot, unless the disk has it already (a backup of its own put back).
+        let snap: SnapshotRecord | undefined;
+        if (!d.rec.snapshots.some((s) => s.uid === c.snapshot.uid)) ({ snap, rec } = snapshotRecord(ctx, d, c.snapshot, rec));
+        await tx.commit({ record: rec, claim: c.snapshot.uid, ...(snap ? { extra: [ctx.seqOp()] } : {}) });
+        if (snap) snapshotCommitted(d, snap);
         this.committed = true;
       } finally {
         d.changed();

@@ -86,9 +86,8 @@ export function clonesOf(ctx: Context, diskId: number, snapId?: number): string[
   return out;
 }
 
-/** Refuse to delete snapshot k while it is open or has clones (BUSY), before anything changes. */
-function checkDeletable(ctx: Context, d: DiskState, k: number): void {
-  const snap = d.rec.snapshots[k]!;
+/** Refuse to delete a snapshot while it is open or has clones (BUSY), before anything changes. */
+export function checkDeletable(ctx: Context, d: DiskState, snap: SnapshotRecord): void {
   if ((d.snapOpen.get(snap.id) ?? 0) > 0) throw busy(`snapshot ${d.rec.name}@${snap.name} is open`);
   const clones = clonesOf(ctx, d.rec.id, snap.id);
   if (clones.length) throw busy(`snapshot ${d.rec.name}@${snap.name} has dependent clones: ${clones.join(', ')}`);
@@ -96,7 +95,7 @@ function checkDeletable(ctx: Context, d: DiskState, k: number): void {
 
 export async function deleteSnapshot(ctx: Context, d: DiskState, name: string): Promise<void> {
   const k = d.snapIndex(name);
-  checkDeletable(ctx, d, k);
+  checkDeletable(ctx, d, d.rec.snapshots[k]!);
   await d.gate.exclusively(async () => {
     await ctx.drain(); // table iteration below reads LevelDB: staged changes must be in it
     await deleteSnapshotHeld(ctx, d, d.rec.snapshots[k]!);
@@ -147,13 +146,13 @@ export async function rollback(ctx: Context, d: DiskState, name: string, opts: R
   const k = d.snapIndex(name);
   if (d.isOpen()) throw busy(`disk ${d.rec.name} is open`);
   const target = d.rec.snapshots[k]!;
-  const newer = d.rec.snapshots.slice(k + 1);
-  if (opts.destroyNewer) for (let i = d.rec.snapshots.length - 1; i > k; i--) checkDeletable(ctx, d, i);
   await d.gate.exclusively(async () => {
+    const destroy = opts.destroyNewer ? d.rec.snapshots.slice(d.rec.snapshots.indexOf(target) + 1) : [];
+    for (const s of destroy) checkDeletable(ctx, d, s); // before anything changes
     await dropClaim(ctx, d);
     await ctx.drain();
     try {
-      await rollbackHeld(ctx, d, target, opts.destroyNewer ? newer : []);
+      await rollbackHeld(ctx, d, target, destroy);
     } finally {
       d.changed();
     }
@@ -166,6 +165,7 @@ export async function rollback(ctx: Context, d: DiskState, name: string, opts: R
  * newest first), then make the disk hold `target`.
  */
 export async function rollbackHeld(ctx: Context, d: DiskState, target: SnapshotRecord, destroy: SnapshotRecord[]): Promise<void> {
+  for (const s of destroy) checkDeletable(ctx, d, s);
   for (const s of [...destroy].reverse()) await deleteSnapshotHeld(ctx, d, s);
   if (d.latest() === target) await revertToLatest(ctx, d, target);
   else await rollbackByCopy(ctx, d, target);

@@ -19,7 +19,7 @@ import { resolve, type Resolved } from './resolve.js';
 import { changedSince } from './snapshots.js';
 import { flushStore, flushStoreNow } from './durable.js';
 import { invalid, notFound } from '../errors.js';
-import { claimOf } from './identity.js';
+import { heldContent } from './identity.js';
 
 /** Reads runs of physically adjacent blocks of a view's block size (image producers). */
 export interface BlockReader {
@@ -192,9 +192,12 @@ export class Disk extends View {
     return this.state.isOpen();
   }
 
-  /** The uid of the snapshot whose exact content the disk holds (restored, unchanged since), or null. */
-  holds(): string | null {
-    return claimOf(this.state);
+  /**
+   * The uids of the snapshots whose exact content the disk holds (restored or rolled back to and unchanged
+   * since; its latest snapshot when nothing changed since it: identity.ts).
+   */
+  holds(): Promise<string[]> {
+    return heldContent(this.state);
   }
 
   /** Last modification (ms). */

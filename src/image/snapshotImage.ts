@@ -2,7 +2,7 @@
  * Images of snapshots: plan a full image (every data block of the snapshot's view) or a delta (the blocks
  * that differ between an older base snapshot and the target, plus the blocks that became holes), and
  * serve it through an ImageProducer that reads the snapshot's physical blocks. Snapshot views never change
- * and their physical blocks stay put while the snapshot exists, so plans are cached by snapshot id; the
+ * and their physical blocks stay put while the snapshot exists, so plans are cached per disk by snapshot id; the
  * caller keeps the snapshot open (snapOpen) while a producer is in use, which blocks its deletion.
  */
 import type { Registry } from '../disk/registry.js';
@@ -17,7 +17,8 @@ export interface ImageTarget {
   base?: View;
 }
 
-const planCache = new Map<string, ImagePlan>();
+/** Per disk of an open store (its DiskState), by snapshot ids. */
+const planCaches = new WeakMap<object, Map<string, ImagePlan>>();
 const CACHE_LIMIT = 16;
 
 export function findTarget(reg: Registry, diskName: string, snapName: string, baseName?: string): ImageTarget {
@@ -39,7 +40,11 @@ function records(t: ImageTarget) {
 
 export async function planFor(t: ImageTarget): Promise<ImagePlan> {
   const { snap, base } = records(t);
-  const key = `${snap.uid}/${base?.uid ?? ''}`;
+  // By disk and snapshot ids, not uids: a received snapshot has its source's uid, which another disk of the
+  // store may have too.
+  let planCache = planCaches.get(t.view.state);
+  if (!planCache) planCaches.set(t.view.state, (planCache = new Map()));
+  const key = `${snap.id}/${base?.id ?? ''}`;
   const hit = planCache.get(key);
   if (hit) return hit;
   const bs = t.view.blockSize;

@@ -7,7 +7,7 @@
  */
 import type { Registry } from '../disk/registry.js';
 import type { Disk } from '../disk/view.js';
-import type { Landing } from '../disk/landing.js';
+import type { IntoPlan, Landing } from '../disk/landing.js';
 import { parseImage, type ImageSource } from '../image/index.js';
 import type { ImageHeader } from '../image/header.js';
 import { describeImage } from '../image/snapshotImage.js';
@@ -15,7 +15,13 @@ import { busy, errorCode, errorMessage, exists, invalid } from '../errors.js';
 import { checkName } from '../disk/names.js';
 import { checkBlockSize, checkVirtualSize } from '../util/size.js';
 
-export type RestoreTarget = { mode: 'new'; name: string } | { mode: 'into'; name: string };
+/**
+ * Where an image goes: a new disk (method 1), or into an existing one (method 2) with the apply options:
+ * `force` rolls the disk back to the delta's base snapshot first when it changed since (like
+ * `zfs recv -F`: what was written since and the newer snapshots are discarded); `resize` lets a full image
+ * of another size change the disk's size (never silently).
+ */
+export type RestoreTarget = { mode: 'new'; name: string } | { mode: 'into'; name: string; force?: boolean; resize?: boolean };
 
 export interface RestoreResult {
   disk: string;
@@ -25,6 +31,10 @@ export interface RestoreResult {
   snapId: string;
   /** The image's identity in words (disk, snapshot, id; a delta's base). */
   image: string;
+  /** The snapshot the disk has afterwards under the source's name and uid. */
+  snapshot: string;
+  /** The snapshot the disk was rolled back to first (force). */
+  rolledBackTo?: string;
 }
 
 function checkTarget(reg: Registry, target: RestoreTarget): void {
@@ -35,29 +45,52 @@ function checkTarget(reg: Registry, target: RestoreTarget): void {
 }
 
 /** Validate the header against the target before any block is staged. */
-function checkHeader(reg: Registry, target: RestoreTarget, h: ImageHeader): void {
+async function checkHeader(reg: Registry, target: RestoreTarget, h: ImageHeader): Promise<void> {
   checkBlockSize(h.blockSize);
   checkVirtualSize(h.virtualSize, h.blockSize);
+  checkName(h.snapName, 'snapshot'); // recorded on the target under this name
   if (target.mode === 'new') {
     if (h.kind === 'delta') {
       throw invalid(`image is incremental (${h.baseSnapName}..${h.snapName}); apply it with --into a disk that holds ${h.baseSnapName} (${h.baseSnapId})`);
     }
     return;
   }
-  checkInto(reg.diskView(target.name), h);
+  await applyPlan(reg.diskView(target.name), h, target);
 }
 
 /**
- * The image fits the disk: same block size, and an incremental image applies only onto a disk that provably
- * holds its base (disk/identity.ts).
+ * The apply rules (like `zfs recv`), checked before any block is staged and again when the image commits:
+ * - same block size; the image's snapshot name is free on the disk, or names this very snapshot (same uid:
+ *   a full image of it may be put back; a delta creating it was applied already and is refused);
+ * - a full image replaces the content; a different size needs `resize`;
+ * - a delta applies onto a disk that holds its base (restored, rolled back to it, or its latest snapshot
+ *   with nothing changed since: disk/identity.ts); with `force`, onto a disk that has the base snapshot,
+ *   rolled back to it first (IntoPlan); otherwise it is refused with the reason and nothing changes.
  */
-function checkInto(d: Disk, h: ImageHeader): void {
+async function applyPlan(d: Disk, h: ImageHeader, t: RestoreTarget & { mode: 'into' }): Promise<IntoPlan> {
   if (d.blockSize !== h.blockSize) throw invalid(`image block size ${h.blockSize} differs from disk ${d.name}'s ${d.blockSize}`);
-  if (h.kind !== 'delta') return;
-  const holds = d.holds();
-  if (holds === h.baseSnapId) return;
-  const why = holds ? `it holds snapshot ${holds}` : 'it was changed since its last restore (a write, discard, resize, rollback or failed restore), or never restored';
-  throw invalid(`disk ${d.name} does not hold base snapshot ${h.diskName}@${h.baseSnapName} (${h.baseSnapId}) of this incremental image: ${why}; restore a full image of ${h.baseSnapName} into it first`);
+  const snaps = d.snapshots().map((v) => v.snapshot()!);
+  const same = snaps.find((s) => s.name === h.snapName);
+  if (same && same.uid !== h.snapId) {
+    throw exists(`disk ${d.name} already has a snapshot ${h.snapName} (${same.uid}) that is not the image's (${h.snapId}): delete it first, or restore --as a new disk`);
+  }
+  if (h.kind === 'full') {
+    if (h.virtualSize !== d.size() && !t.resize) {
+      throw invalid(`image of ${h.diskName}@${h.snapName} is ${h.virtualSize} bytes and disk ${d.name} is ${d.size()}: add --resize to give the disk the image's size`);
+    }
+    return {};
+  }
+  if (same) throw exists(`disk ${d.name} already has snapshot ${h.snapName} (${h.snapId}): this incremental image was applied already`);
+  const holds = await d.holds();
+  if (holds.includes(h.baseSnapId!)) return {};
+  const k = snaps.findIndex((s) => s.uid === h.baseSnapId);
+  if (k < 0) {
+    const why = holds.length ? ` (it holds snapshot ${holds.join(' = ')})` : '';
+    throw invalid(`disk ${d.name} does not have base snapshot ${h.diskName}@${h.baseSnapName} (${h.baseSnapId}) of this incremental image${why}; restore a full image of ${h.baseSnapName} into it first`);
+  }
+  if (t.force) return { rollbackTo: h.baseSnapId! };
+  const newer = snaps.slice(k + 1).map((s) => s.name);
+  throw invalid(`disk ${d.name} changed since its snapshot ${snaps[k]!.name}, the base of this incremental image (${h.baseSnapId}): add --force to roll it back to ${snaps[k]!.name} first, discarding what was written since${newer.length ? ` and deleting the newer snapshots ${newer.join(', ')}` : ''}`);
 }
 
 export async function restoreImage(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
@@ -68,7 +101,7 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
   try {
     await parseImage(source, {
       header: async (h) => {
-        checkHeader(reg, target, h);
+        await checkHeader(reg, target, h);
         header = h;
         landing = await reg.landing(h.blockSize);
       },
@@ -81,13 +114,24 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
     const l = landing!;
     await l.settle();
     if (h.version !== 1) l.sortByLbn(); // the commit takes the blocks in lbn order, as v1 gives them
-    const content = { size: h.virtualSize, claim: h.snapId };
+    const content = { size: h.virtualSize, snapshot: { name: h.snapName, uid: h.snapId, created: h.snapCreated } };
+    let plan: IntoPlan = {};
     await reg.serialized(async () => {
       checkTarget(reg, target); // the world may have changed while the image streamed in
       if (target.mode === 'new') await l.asNewDisk(target.name, content);
-      else await l.into(target.name, { ...content, full: h.kind === 'full', zeros }, (d) => checkInto(d, h));
+      else await l.into(target.name, { ...content, full: h.kind === 'full', zeros }, async (d) => (plan = await applyPlan(d, h, target)));
     });
-    return { disk: target.name, kind: h.kind, blocks: l.lbns.length, zeros: zeros.length, snapId: h.snapId, image: describeImage(h) };
+    const rolledBackTo = plan.rollbackTo !== undefined ? reg.diskView(target.name).snapshots().find((v) => v.snapshot()?.uid === plan.rollbackTo)?.snapshot()?.name : undefined;
+    return {
+      disk: target.name,
+      kind: h.kind,
+      blocks: l.lbns.length,
+      zeros: zeros.length,
+      snapId: h.snapId,
+      image: describeImage(h),
+      snapshot: h.snapName,
+      ...(rolledBackTo !== undefined ? { rolledBackTo } : {}),
+    };
   } finally {
     await landing?.release();
   }
@@ -95,7 +139,8 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
 
 /** A restore's result in words, the same offline and through the mount. */
 export function describeRestore(r: RestoreResult, target: RestoreTarget): string {
-  return `${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}: ${r.blocks} blocks, ${r.zeros} holes`;
+  const back = r.rolledBackTo !== undefined ? ` (rolled back to ${r.rolledBackTo} first)` : '';
+  return `${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}${back}: ${r.blocks} blocks, ${r.zeros} holes, now ${r.disk}@${r.snapshot}`;
 }
 
 /**

@@ -72,7 +72,7 @@ async function world(): Promise<World> {
 }
 
 /** The delta must be refused because r no longer holds s1, and r must be exactly as before the attempt. */
-async function expectRefused(w: World, why = /does not hold base snapshot d@s1/): Promise<void> {
+async function expectRefused(w: World, why = /changed since its snapshot s1, the base of this incremental image/): Promise<void> {
   const r = w.reg.disk('r');
   const before = await readAll(w.reg, r);
   const size = r.rec.size;
@@ -102,8 +102,11 @@ describe('the claim to hold a restored image', () => {
     expect((await readAll(w.reg, r)).equals(w.s2)).toBe(true);
     expect(r.rec.contentUid).toBe(w.reg.disk('d').rec.snapshots[1]!.uid);
     expect((await w.reg.history()).at(-1)).toMatchObject({ command: 'restore into r', result: 'ok' });
-    // a delta applied: r holds s2 now, so the same delta again is refused (it holds another snapshot)
-    await expectRefused(w, /it holds snapshot/);
+    // r has both snapshots under the source's names and identities
+    expect(r.rec.snapshots.map((s) => [s.name, s.uid])).toEqual(w.reg.disk('d').rec.snapshots.map((s) => [s.name, s.uid]));
+    // the same delta again: r has s2 already
+    const err = await expectCode(restore(w.reg, w.delta, { mode: 'into', name: 'r' }), 'EXISTS');
+    expect(err.message).toMatch(/applied already/);
   });
 
   it('a write ends the claim, in the store before the write returns, and the fast path declines', async () => {
@@ -114,9 +117,13 @@ describe('the claim to hold a restored image', () => {
     await expectRefused(w);
   });
 
-  it('a zero write ends the claim, even over a hole where it changes no table', async () => {
-    await writeDisk(w.reg.ctx, w.reg.disk('r'), 2 * 1024 * K, Buffer.alloc(BS));
-    await expectRefused(w);
+  it('a zero write over a hole ends the claim but changes nothing: r still is its latest snapshot s1, and the delta applies', async () => {
+    const r = w.reg.disk('r');
+    await writeDisk(w.reg.ctx, r, 2 * 1024 * K, Buffer.alloc(BS));
+    expect(await storedClaim(w.reg, 'r')).toBeNull();
+    expect(await w.reg.diskView('r').holds()).toEqual([w.s1]);
+    await restore(w.reg, w.delta, { mode: 'into', name: 'r' });
+    expect((await readAll(w.reg, r)).equals(w.s2)).toBe(true);
   });
 
   it('a zero write over data ends the claim', async () => {
@@ -147,26 +154,32 @@ describe('the claim to hold a restored image', () => {
     const t = await createSnapshot(w.reg.ctx, r, 't');
     await rollback(w.reg.ctx, r, 't');
     expect(await storedClaim(w.reg, 'r')).toBe(t.uid);
-    await expectRefused(w, /it holds snapshot/);
+    await expectRefused(w, /changed since its snapshot s1.*deleting the newer snapshots t$/);
   });
 
   it('after a rollback to the base, the delta applies onto the source disk itself and gives the newer snapshot', async () => {
     const d = w.reg.disk('d');
+    const s2uid = d.rec.snapshots[1]!.uid;
     await writeDisk(w.reg.ctx, d, 0, Buffer.alloc(4096, 9)); // the live disk moved on after s2
     await rollback(w.reg.ctx, d, 's1');
     expect(await storedClaim(w.reg, 'd')).toBe(w.s1);
+    // d still has s2: the delta that creates it was applied already
+    await expectCode(restore(w.reg, w.delta, { mode: 'into', name: 'd' }), 'EXISTS');
+    await rollback(w.reg.ctx, d, 's1', { destroyNewer: true });
+    expect(d.rec.snapshots.map((s) => s.name)).toEqual(['s1']);
     const res = await restore(w.reg, w.delta, { mode: 'into', name: 'd' });
     expect(res.kind).toBe('delta');
     expect((await readAll(w.reg, d)).equals(w.s2)).toBe(true);
+    expect(d.rec.snapshots.map((s) => [s.name, s.uid])).toEqual([['s1', w.s1], ['s2', s2uid]]);
     // a write ends that claim like any other
     await writeDisk(w.reg.ctx, d, 0, Buffer.alloc(4096, 1));
     expect(await storedClaim(w.reg, 'd')).toBeNull();
   });
 
   it('a disk made again under the same name (a clone) claims nothing', async () => {
-    await w.reg.delete('r');
+    await w.reg.delete('r', { recursive: true }); // with its received snapshot s1
     await cloneSnapshot(w.reg.ctx, w.reg.disk('d'), 's1', 'r');
-    await expectRefused(w, /never restored/);
+    await expectRefused(w, /does not have base snapshot d@s1/);
   });
 
   it('a restore whose final batch fails leaves no claim', async () => {
@@ -183,8 +196,11 @@ describe('the claim to hold a restored image', () => {
     }
     expect(w.reg.disk('r').rec.contentUid).toBeNull();
     expect(await storedClaim(w.reg, 'r')).toBeNull();
-    w.reg.ctx.failure = null; // the injected failure marked the store failed; the refusal below is about the claim
-    await expectRefused(w);
+    w.reg.ctx.failure = null; // the injected failure marked the store failed
+    // nothing of the image reached r's tables: r still is its latest snapshot s1, which the delta applies onto
+    expect(await w.reg.diskView('r').holds()).toEqual([w.s1]);
+    await restore(w.reg, w.delta, { mode: 'into', name: 'r' });
+    expect((await readAll(w.reg, w.reg.disk('r'))).equals(w.s2)).toBe(true);
   });
 
   it('a restore refused before it touched the disk leaves it holding its base (and the delta then applies)', async () => {
@@ -216,7 +232,7 @@ describe('the claim to hold a restored image', () => {
     await writeDisk(w.reg.ctx, r, 100, Buffer.alloc(10, 7));
     resume();
     const err = await expectCode(p, 'INVALID');
-    expect(err.message).toMatch(/does not hold base snapshot/);
+    expect(err.message).toMatch(/changed since its snapshot s1/);
     const b = Buffer.alloc(10);
     await readView(w.reg.ctx, r, -1, 100, b);
     expect(b.equals(Buffer.alloc(10, 7))).toBe(true);
@@ -232,6 +248,34 @@ describe('the claim to hold a restored image', () => {
     w.reg = await Registry.open({ dir });
     expect(w.reg.disk('r').rec.contentUid).toBeNull();
     await expectRefused(w);
+  });
+
+  it('--force rolls a diverged disk back to the base first (recv -F), deleting newer snapshots; without it nothing changes', async () => {
+    const r = w.reg.disk('r');
+    await writeDisk(w.reg.ctx, r, 0, Buffer.alloc(3 * BS, 5));
+    await createSnapshot(w.reg.ctx, r, 'mine');
+    await writeDisk(w.reg.ctx, r, 5 * BS, Buffer.alloc(BS, 6));
+    await expectRefused(w, /add --force to roll it back to s1 first.*newer snapshots mine$/);
+    expect(r.rec.snapshots.map((s) => s.name)).toEqual(['s1', 'mine']);
+    const used = w.reg.ctx.pool.usedBytes();
+    const res = await restore(w.reg, w.delta, { mode: 'into', name: 'r', force: true });
+    expect(res).toMatchObject({ kind: 'delta', rolledBackTo: 's1', snapshot: 's2' });
+    expect((await readAll(w.reg, r)).equals(w.s2)).toBe(true);
+    expect(r.rec.snapshots.map((s) => s.name)).toEqual(['s1', 's2']);
+    expect(w.reg.ctx.pool.usedBytes()).toBeLessThan(used + w.delta.length); // the diverged blocks were freed
+  });
+
+  it('a full image of another size needs --resize; a taken snapshot name with another identity is refused', async () => {
+    await w.reg.create('small', SIZE / 2, BS);
+    let err = await expectCode(restore(w.reg, w.full, { mode: 'into', name: 'small' }), 'INVALID');
+    expect(err.message).toMatch(/add --resize/);
+    expect(w.reg.disk('small').rec.size).toBe(SIZE / 2);
+    await restore(w.reg, w.full, { mode: 'into', name: 'small', resize: true });
+    expect(w.reg.disk('small').rec.size).toBe(SIZE);
+    await w.reg.create('other', SIZE, BS);
+    await createSnapshot(w.reg.ctx, w.reg.disk('other'), 's1');
+    err = await expectCode(restore(w.reg, w.full, { mode: 'into', name: 'other' }), 'EXISTS');
+    expect(err.message).toMatch(/already has a snapshot s1 .* that is not the image's/);
   });
 
   it('every content change goes through dropClaim: a path that forgot it fails loudly', async () => {

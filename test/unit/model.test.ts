@@ -32,9 +32,17 @@ interface MDisk {
   origin?: { disk: string; snap: string };
   /** uid of the snapshot whose content a restore (or a rollback) put on this disk, until anything changes the disk. */
   holds?: string;
+  /** uid of its latest snapshot, while nothing changed the disk since it was taken, received or rolled back to. */
+  unchangedSince?: string;
 }
 
 class Failure extends Error {}
+
+/** The disk's content may change: its claim ends, and it is no longer known to equal its latest snapshot. */
+function changed(m: MDisk): void {
+  delete m.holds;
+  delete m.unchangedSince;
+}
 
 class Run {
   rnd: () => number;
@@ -91,7 +99,7 @@ class Run {
   }
 
   fail(msg: string): never {
-    throw new Failure(`seed ${this.seed}${this.poolSize ? ` poolSize ${this.poolSize}` : ''} block store ${this.blockStore}: ${msg}\nop log (last 60 of ${this.log.length}):\n  ${this.log.slice(-60).join('\n  ')}`);
+    throw new Failure(`seed ${this.seed}${this.poolSize ? ` poolSize ${this.poolSize}` : ''} block store ${this.blockStore}: ${msg}\nop log (last 60 of ${this.log.length}):\n  ${this.log.slice(-Number(process.env.MODEL_LOG ?? 60)).join('\n  ')}`);
   }
 
   bytes(n: number): Buffer {
@@ -187,7 +195,7 @@ class Run {
       if (this.rnd() < 0.2) buf.fill(0, 0, this.int(len)); // data with a zero head
     }
     const ok = await this.attempt(`write ${m.name} off=${off} len=${len} kind=${kind}`, ['NO_SPACE'], () => this.write(this.d(m.name), off, buf));
-    delete m.holds;
+    changed(m);
     if (ok) buf.copy(m.data, off);
     this.count('write');
   }
@@ -206,7 +214,7 @@ class Run {
     }
     this.log.push(`concurrent ${m.name} ${ranges.map(([o, b]) => `${o}+${b.length}`).join(' ')}`);
     const res = await Promise.allSettled(ranges.map(([o, b]) => this.write(this.d(m.name), o, b)));
-    if (ranges.length) delete m.holds;
+    if (ranges.length) changed(m);
     res.forEach((r, i) => {
       if (r.status === 'fulfilled') ranges[i]![1].copy(m.data, ranges[i]![0]);
       else if (!(r.reason instanceof VdiskError && r.reason.code === 'NO_SPACE')) this.fail(`concurrent write ${i} failed: ${(r.reason as Error).stack}`);
@@ -227,6 +235,7 @@ class Run {
     let uid = '';
     await this.attempt(`snapshot ${m.name}@${name}`, [], async () => (uid = (await createSnapshot(this.reg.ctx, this.d(m.name), name)).uid));
     m.snaps.push({ name, uid, data: Buffer.from(m.data) });
+    m.unchangedSince = uid;
     this.count('snapshot');
   }
 
@@ -240,6 +249,7 @@ class Run {
     }
     await this.attempt(`delete-snapshot ${m.name}@${s.name}`, [], () => deleteSnapshot(this.reg.ctx, this.d(m.name), s.name));
     m.snaps = m.snaps.filter((x) => x !== s);
+    delete m.unchangedSince; // unknown: whether anything changed since the snapshot that is the latest now
     this.count('delete-snapshot');
   }
 
@@ -268,11 +278,12 @@ class Run {
     // Only a rollback that keeps newer snapshots copies blocks (and may run out of space).
     const latest = k === m.snaps.length - 1 || destroyNewer;
     const ok = await this.attempt(`rollback${destroyNewer ? ' -r' : ''} ${m.name}@${s.name}`, latest ? [] : ['NO_SPACE'], () => rollback(this.reg.ctx, this.d(m.name), s.name, { destroyNewer }));
-    delete m.holds; // a rollback ends any claim first; done, the disk holds exactly the snapshot
+    changed(m); // a rollback ends any claim first; done, the disk holds exactly the snapshot
     if (ok) {
       m.data = Buffer.from(s.data);
       m.holds = s.uid;
       if (destroyNewer) m.snaps = m.snaps.slice(0, k + 1);
+      if (latest) m.unchangedSince = s.uid;
     }
     this.count(latest ? (destroyNewer ? 'rollback -r' : 'rollback latest') : 'rollback');
   }
@@ -301,7 +312,7 @@ class Run {
     }
     this.count(size < m.data.length ? 'shrink' : 'grow');
     const ok = await this.attempt(`resize ${m.name} ${m.data.length} -> ${size}`, ['NO_SPACE'], () => this.reg.resize(m.name, size));
-    if (size !== m.data.length) delete m.holds;
+    if (size !== m.data.length) changed(m);
     if (ok) {
       const next = Buffer.alloc(size);
       m.data.copy(next, 0, 0, Math.min(size, m.data.length));
@@ -325,33 +336,62 @@ class Run {
     if (this.rnd() < 0.4 && this.model.size < 5) {
       const name = this.freshDiskName('r');
       const ok = await this.attempt(`restore ${m.name}@${s.name} as ${name}`, ['NO_SPACE'], () => restoreRecorded(this.reg, [img], { mode: 'new', name }));
-      if (ok) this.model.set(name, { name, bs: m.bs, data: Buffer.from(s.data), snaps: [], holds: s.uid });
+      // The new disk has the received snapshot under the source's name and uid.
+      if (ok) this.model.set(name, { name, bs: m.bs, data: Buffer.from(s.data), snaps: [{ ...s, data: Buffer.from(s.data) }], holds: s.uid, unchangedSince: s.uid });
       this.count('restore-new');
       return;
     }
     const x = this.pick([...this.model.values()]);
+    const resize = this.rnd() < 0.5;
+    const target = { mode: 'into' as const, name: x.name, resize };
+    const desc = `restore ${m.name}@${s.name} into ${x.name}${resize ? ' --resize' : ''}`;
     if (x.bs !== m.bs) {
-      await this.refused(`restore ${m.name}@${s.name} into ${x.name} (block size)`, 'INVALID', () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+      await this.refused(`${desc} (block size)`, 'INVALID', () => restoreRecorded(this.reg, [img], target));
+      return;
+    }
+    const taken = x.snaps.find((n) => n.name === s.name);
+    if (taken && taken.uid !== s.uid) {
+      await this.refused(`${desc} (name taken)`, 'EXISTS', () => restoreRecorded(this.reg, [img], target));
+      this.count('restore-into:EXISTS');
+      return;
+    }
+    if (x.data.length !== s.data.length && !resize) {
+      await this.refused(`${desc} (size)`, 'INVALID', () => restoreRecorded(this.reg, [img], target));
+      this.count('restore-into:size');
       return;
     }
     // A full restore fails only while it stages blocks (NO_SPACE): the disk is untouched and keeps its claim.
-    const ok = await this.attempt(`restore ${m.name}@${s.name} into ${x.name}`, ['NO_SPACE'], () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+    const ok = await this.attempt(desc, ['NO_SPACE'], () => restoreRecorded(this.reg, [img], target));
     if (ok) {
+      changed(x);
       x.data = Buffer.from(s.data);
       x.holds = s.uid;
+      if (!taken) {
+        x.snaps.push({ ...s, data: Buffer.from(s.data) });
+        x.unchangedSince = s.uid;
+      }
     }
     this.count('restore-into');
   }
 
+  /** Whether x provably holds snapshot uid: yes (claim, or nothing changed since), maybe (its latest, same bytes), no. */
+  expectHolds(x: MDisk, uid: string): 'yes' | 'maybe' | 'no' {
+    if (x.holds === uid || x.unchangedSince === uid) return 'yes';
+    const L = x.snaps.at(-1);
+    // A write that changed no table (zeros over a hole, a failed write) leaves the disk its latest snapshot.
+    return L?.uid === uid && L.data.equals(x.data) ? 'maybe' : 'no';
+  }
+
   /**
    * Apply a delta base..s of some disk onto a disk: it must apply exactly when the model says the disk holds
-   * the base, and be refused (changing nothing) otherwise. Mostly picks a pair that should apply.
+   * the base (or, with force, has it as a snapshot), and be refused (changing nothing) otherwise. Mostly picks
+   * a pair that should apply.
    */
   async opDelta(m: MDisk): Promise<void> {
     const pairs: [MDisk, MDisk, MSnap, MSnap][] = [];
     for (const x of this.model.values()) {
       for (const y of this.model.values()) {
-        const bi = y.snaps.findIndex((s) => s.uid === x.holds);
+        const bi = y.snaps.findIndex((s) => s.uid === x.holds || s.uid === x.unchangedSince);
         for (let si = bi + 1; bi >= 0 && si < y.snaps.length; si++) pairs.push([x, y, y.snaps[bi]!, y.snaps[si]!]);
       }
     }
@@ -371,18 +411,43 @@ class Run {
       [x, y, base, s] = [this.pick([...this.model.values()]), m, m.snaps[i]!, m.snaps[i + 1 + this.int(m.snaps.length - i - 1)]!];
     }
     const img = await this.image(y, s, base);
-    const desc = `delta ${y.name}@${base.name}..${s.name} into ${x.name}`;
-    if (x.holds !== base.uid) {
-      await this.refused(`${desc} (holds ${x.holds ?? 'nothing'})`, 'INVALID', () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+    const force = this.rnd() < 0.3;
+    const target = { mode: 'into' as const, name: x.name, force };
+    const desc = `delta ${y.name}@${base.name}..${s.name} into ${x.name}${force ? ' --force' : ''}`;
+    const apply = (): Promise<unknown> => restoreRecorded(this.reg, [img], target);
+    if (x.bs !== y.bs) {
+      await this.refused(`${desc} (block size)`, 'INVALID', apply);
+      return;
+    }
+    if (x.snaps.some((n) => n.name === s.name)) {
+      await this.refused(`${desc} (has ${s.name})`, 'EXISTS', apply);
+      this.count('delta:EXISTS');
+      return;
+    }
+    const holds = this.expectHolds(x, base.uid);
+    const bi = x.snaps.findIndex((n) => n.uid === base.uid);
+    const rollsBack = force && holds !== 'yes' && bi >= 0;
+    if (rollsBack && x.snaps.slice(bi + 1).some((n) => this.dependents(x, n.name).length)) {
+      await this.refused(`${desc} (newer snapshots have clones)`, 'BUSY', apply);
+      this.count('delta:BUSY');
+      return;
+    }
+    if (holds === 'no' && !rollsBack) {
+      await this.refused(`${desc} (holds ${x.holds ?? 'nothing'})`, 'INVALID', apply);
       this.count('delta:refused');
       return;
     }
-    const ok = await this.attempt(desc, ['NO_SPACE'], () => restoreRecorded(this.reg, [img], { mode: 'into', name: x.name }));
+    // 'maybe' without force: whether a change that changed nothing left the tables as they were.
+    const ok = await this.attempt(desc, holds === 'maybe' && !rollsBack ? ['NO_SPACE', 'INVALID'] : ['NO_SPACE'], apply);
     if (ok) {
+      changed(x);
+      if (rollsBack) x.snaps = x.snaps.slice(0, bi + 1);
       x.data = Buffer.from(s.data);
       x.holds = s.uid;
+      x.snaps.push({ ...s, data: Buffer.from(s.data) });
+      x.unchangedSince = s.uid;
     }
-    this.count('delta');
+    this.count(rollsBack ? 'delta --force' : 'delta');
   }
 
   async opDeleteDisk(): Promise<void> {
@@ -463,6 +528,15 @@ class Run {
       const d = this.d(m.name);
       if (d.rec.size !== m.data.length) this.fail(`${m.name} size ${d.rec.size} != model ${m.data.length}`);
       if ((d.rec.contentUid ?? undefined) !== m.holds) this.fail(`${m.name} claims to hold ${d.rec.contentUid ?? 'nothing'}, model ${m.holds ?? 'nothing'}`);
+      // What the disk says it holds is true, and includes what the model knows it holds.
+      const held = await this.reg.diskView(m.name).holds();
+      for (const uid of [m.holds, m.unchangedSince]) if (uid && !held.includes(uid)) this.fail(`${m.name} holds ${held}, model ${uid}`);
+      for (const uid of held) {
+        const snap = m.snaps.find((x) => x.uid === uid);
+        if (snap && !snap.data.equals(m.data)) this.fail(`${m.name} says it holds ${snap.name} (${uid}), but its content differs`);
+      }
+      const recUids = d.rec.snapshots.map((x) => x.uid);
+      if (JSON.stringify(recUids) !== JSON.stringify(m.snaps.map((x) => x.uid))) this.fail(`${m.name} snapshot uids ${recUids} != model`);
       const snapNames = d.rec.snapshots.map((s) => s.name);
       if (JSON.stringify(snapNames) !== JSON.stringify(m.snaps.map((s) => s.name))) this.fail(`${m.name} snapshots ${snapNames} != model`);
       this.compare(`live ${m.name}`, await this.readAll(d, -1, m.data.length), m.data);
@@ -604,6 +678,7 @@ class Run {
       const s = this.pick(m.snaps);
       await this.attempt(`delete-snapshot ${m.name}@${s.name}`, [], () => deleteSnapshot(this.reg.ctx, this.d(m.name), s.name));
       m.snaps = m.snaps.filter((x) => x !== s);
+      delete m.unchangedSince;
       await this.checkViews();
       await this.checkSpace(false);
     }
