@@ -16,7 +16,7 @@
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
 //   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
-//                                          (snapshot,backup,sparse,fig6,database,images); keys match exactly (vdiskfs is not vdiskfs-leveldb)
+//                                          (snapshot,backup,sparse,fig6,database,images,replicate); keys match exactly (vdiskfs is not vdiskfs-leveldb)
 //   BENCH_SUSTAINED_GIB=8                  size of the sustained write
 //   BENCH_ROUNDS=3                         rounds (medians are reported; 1 with BENCH_QUICK)
 //   BENCH_DIR=/path                        where the temp dir goes (default: os.tmpdir())
@@ -40,6 +40,8 @@
 //             snapshot latency under that load; every figure against a plain file in the same run
 //   images    scripts/bench/images.mjs: an attached image chain (full + delta) against the same snapshot in
 //             the store (rand 4K IOPS, seq read), and `vdiskfs merge` against reading its inputs
+//   replicate scripts/bench/replicate.mjs: `vdiskfs replicate` between two mounted stores (full, then deltas
+//             with 1% and 10% changed: seconds and bytes), rollback time against the data changed
 //
 // Extending: push to FIGURES (one column each; run() returns a number or null when it does not apply to
 // the target), to TARGETS, or to SECTIONS ({ key, title, run(ctx, res) } filling res.tables/figures/notes/
@@ -59,6 +61,7 @@ import { sparseSection } from './bench/sparse.mjs'
 import { fig6Section } from './bench/fig6.mjs'
 import { databaseSection } from './bench/database.mjs'
 import { imagesSection } from './bench/images.mjs'
+import { replicateSection } from './bench/replicate.mjs'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const env = process.env
@@ -78,7 +81,7 @@ export const config = (() => {
     rounds: Math.max(1, Number(env.BENCH_ROUNDS || (quick ? 1 : 3))),
     fioRuntime: quick ? 3 : 15,
     fioSize: quick ? '64M' : '1G',
-    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images').split(',').map((s) => s.trim()).filter(Boolean),
+    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images,replicate').split(',').map((s) => s.trim()).filter(Boolean),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
     keep: env.BENCH_KEEP === '1',
@@ -267,7 +270,7 @@ export const FIGURES = [
 // ---- sections --------------------------------------------------------------------------------
 // Run after the targets, in order; each prints its own markdown tables.
 
-export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection]
+export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection, replicateSection]
 
 // ---- driver ----------------------------------------------------------------------------------
 

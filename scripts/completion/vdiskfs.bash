@@ -26,12 +26,12 @@ _vdiskfs() {
   local cur prev cmd i
   cur=${COMP_WORDS[COMP_CWORD]}
   prev=${COMP_WORDS[COMP_CWORD - 1]}
-  local commands="mount unmount umount create delete resize snapshot delete-snapshot rollback clone attach detach list status backup restore verify inspect merge check help"
+  local commands="mount unmount umount create delete resize snapshot delete-snapshot rollback clone attach detach list status backup restore replicate verify inspect merge check help"
   # The subcommand and the positional arguments before the cursor (options and their values skipped).
   local args=()
   for ((i = 1; i < COMP_CWORD; i++)); do
     case ${COMP_WORDS[i]} in
-      --store | --pool-size | --block-store | --readahead | -o | --options | --log-level | --output | --since | --as | --into | --block-size | --rows) ((i++)) ;;
+      --store | --pool-size | --block-store | --readahead | -o | --options | --log-level | --output | --since | --as | --into | --block-size | --rows | --to-store | --to-command | --prefix | --keep) ((i++)) ;;
       -*) ;;
       *) args+=("${COMP_WORDS[i]}") ;;
     esac
@@ -39,13 +39,14 @@ _vdiskfs() {
   cmd=${args[0]}
 
   case $prev in
-    --store | --output) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
+    --store | --output | --to-store) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
     -o) [[ $cmd == mount ]] || mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;; # mount: FUSE options
     --block-store) mapfile -t COMPREPLY < <(compgen -W "file leveldb" -- "$cur"); return ;;
     --log-level) mapfile -t COMPREPLY < <(compgen -W "fatal error warn info debug trace silent" -- "$cur"); return ;;
     --into) mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names disks)" -- "$cur"); return ;;
-    --since) [[ ${args[1]} == *@* ]] && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names snaps "${args[1]%@*}")" -- "$cur"); return ;;
-    --as | --pool-size | --readahead | --block-size | --rows) return ;;
+    --since) [[ $cmd == replicate ]] && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names snaps "${args[1]}")" -- "$cur") && return
+      [[ ${args[1]} == *@* ]] && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names snaps "${args[1]%@*}")" -- "$cur"); return ;;
+    --as | --pool-size | --readahead | --block-size | --rows | --to-command | --prefix | --keep) return ;;
   esac
 
   if [[ -z $cmd ]]; then
@@ -64,7 +65,9 @@ _vdiskfs() {
       create) opts+=" --block-size --block-store" ;;
       delete) opts+=" -r --recursive" ;;
       backup) opts+=" -o --output --since" ;;
-      restore) opts+=" --as --into --block-store" ;;
+      restore) opts+=" --as --into --force --resize --create --block-store" ;;
+      replicate) opts+=" --to-store --as --to-command --since --prefix --keep --force" ;;
+      rollback) opts+=" -r --destroy-newer" ;;
       verify) opts="--json --against --store -p -q --help" ;;
       merge) opts="-o --output --json -p -q --help" ;;
       inspect) opts="--json --verify --rows --help" ;;
@@ -77,7 +80,7 @@ _vdiskfs() {
   local n=${#args[@]} # the position of the word being completed, 1 = first argument
   case $cmd in
     mount | unmount | umount) mapfile -t COMPREPLY < <(compgen -d -- "$cur") ;;
-    delete | resize | snapshot) ((n == 1)) && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names disks)" -- "$cur") ;;
+    delete | resize | snapshot | replicate) ((n == 1)) && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names disks)" -- "$cur") ;;
     delete-snapshot | rollback | clone)
       if ((n == 1)); then mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names disks)" -- "$cur")
       elif ((n == 2)); then mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names snaps "${args[1]}")" -- "$cur")

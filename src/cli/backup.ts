@@ -68,10 +68,25 @@ async function backup(ref: string, o: { output?: string; since?: string; store?:
   summary(out, `backup of ${ref}${o.since ? ` since ${o.since}` : ''} (${h?.kind} image of snapshot ${h?.snapId}): ${bytes} bytes to ${file}`, json);
 }
 
-async function restore(image: string, o: { as?: string; into?: string; store?: string; blockStore?: string }, out: Output): Promise<void> {
+/** The mount's restore file for a target: restore/<disk>[,force][,resize][,create] (fuse/sections.ts). */
+const intoFile = (t: RestoreTarget & { mode: 'into' }): string =>
+  [t.name, ...(['force', 'resize', 'create'] as const).filter((o) => t[o])].join(',');
+
+interface RestoreOptions {
+  as?: string;
+  into?: string;
+  force?: boolean;
+  resize?: boolean;
+  create?: boolean;
+  store?: string;
+  blockStore?: string;
+}
+
+async function restore(image: string, o: RestoreOptions, out: Output): Promise<void> {
   if (!!o.as === !!o.into) throw invalid('give exactly one of --as <newdisk> or --into <disk>');
-  const target: RestoreTarget = o.as ? { mode: 'new', name: o.as } : { mode: 'into', name: o.into! };
-  if (target.mode === 'new') checkName(target.name); // as the store would, before any byte is read
+  if (o.as && (o.force || o.resize || o.create)) throw invalid('--force, --resize and --create apply to --into only');
+  const target: RestoreTarget = o.as ? { mode: 'new', name: o.as } : { mode: 'into', name: o.into!, force: !!o.force, resize: !!o.resize, create: !!o.create };
+  checkName(target.name); // as the store would, before any byte is read
   const dir = storeDir(o.store);
   const storeOpts: StoreOptions = o.blockStore !== undefined ? { blockStore: parseBlockStore(o.blockStore) } : {};
   const total = await fileTotal(image);
@@ -79,13 +94,13 @@ async function restore(image: string, o: { as?: string; into?: string; store?: s
   // `vdiskfs backup … | vdiskfs restore -` the backup must get the store first.
   const input = await firstBytes(image);
   const report = (r: RestoreResult | undefined): void => {
-    if (r) summary(out, `restored ${describeRestore(r, target)}`, { ...r, mode: target.mode });
+    if (r) summary(out, `restored ${describeRestore(r)}`, r);
     else summary(out, `restored ${target.name}`, { disk: target.name, mode: target.mode });
   };
   const vdisk = await mountedVdisk(dir);
   if (vdisk) {
     await checkMountedBlockStore(dir, vdisk, storeOpts.blockStore);
-    const file = join(vdisk, target.mode === 'new' ? 'import' : 'restore', target.name);
+    const file = target.mode === 'new' ? join(vdisk, 'import', target.name) : join(vdisk, 'restore', intoFile(target));
     return report(await restoreThroughMount(file, counted(input, meter('restore', out, total)), () => notFound(`disk ${target.name}`)));
   }
   const run = (src: AsyncIterable<Buffer>): Promise<RestoreResult> => withRegistry(dir, (reg) => restoreRecorded(reg, counted(src, meter('restore', out, total)), target), storeOpts);
@@ -130,8 +145,11 @@ export function registerBackupCommands(program: Command): void {
     .argument('<image>', "image file, or '-' for stdin")
     .option('--as <newdisk>', 'create a new disk with the original size and block size')
     .option('--into <disk>', 'write the blocks back into an existing disk (required for incremental images)')
+    .option('--force', "--into: roll the disk back to the delta's base snapshot first, deleting newer snapshots and later writes")
+    .option('--resize', '--into: give the disk the size of a full image of another size')
+    .option('--create', '--into: restore a full image as a new disk when the disk does not exist (one command for the first and later images)')
     .option('--store <dir>', 'store directory')
     .option('--block-store <kind>', BLOCK_STORE_HELP)
     .option('--json', 'machine-readable summary')
-    .action((image: string, o: { as?: string; into?: string; store?: string; blockStore?: string }, cmd: Command) => restore(image, o, outputOf(cmd)));
+    .action((image: string, o: RestoreOptions, cmd: Command) => restore(image, o, outputOf(cmd)));
 }

@@ -21,6 +21,12 @@ export function exitCodeOf(e: unknown): number {
   return (code ? CODES[code] : undefined) ?? 1;
 }
 
+/** A vdiskfs child process's failure, typed again from its exit code (replicate runs backup and restore as children). */
+export function errorFromExit(exit: number, message: string): VdiskError {
+  const code = (Object.keys(CODES) as ErrorCode[]).find((c) => CODES[c] === exit && c !== 'LOCKED');
+  return new VdiskError(code ?? 'IO', message);
+}
+
 export function die(e: unknown): never {
   process.stderr.write(`vdiskfs: ${errorMessage(e)}\n`);
   process.exit(exitCodeOf(e));

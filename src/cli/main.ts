@@ -11,6 +11,7 @@ import { registerStoreCommands } from './store.js';
 import { registerBackupCommands } from './backup.js';
 import { registerImageCommands } from './image.js';
 import { registerCheckCommand } from './check.js';
+import { registerReplicateCommand } from './replicate.js';
 
 const program = new Command();
 program
@@ -28,6 +29,7 @@ registerStoreCommands(program);
 registerBackupCommands(program);
 registerImageCommands(program);
 registerCheckCommand(program);
+registerReplicateCommand(program);
 
 const names = new Set(['help', ...program.commands.flatMap((c) => [c.name(), ...c.aliases()])]);
 const argv = withImplicitMount(process.argv, names, new Set(['-p', '--progress', '-q', '--quiet']));

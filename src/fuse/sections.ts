@@ -3,7 +3,8 @@
  *   copies/<disk>/<snap>          read-only compacted copy (full image) of a snapshot
  *   deltas/<disk>/<base>..<snap>  read-only incremental image between two snapshots (any older base)
  *   import/<newdisk>              write an image here (sequentially) to restore it as a new disk (method 1)
- *   restore/<disk>                write an image here to restore it into the existing disk (method 2)
+ *   restore/<disk>                write an image here to restore it into the existing disk (method 2);
+ *   restore/<disk>,force,resize,create  … with those options of `vdiskfs restore --into` (any of them)
  *   attached/<name>               read-only disk file of an image chain attached with `attach` (no restore)
  * Image files hold their snapshot open while open, so it cannot be deleted under a reader. Restores
  * commit when the writer closes the file (flush): a bad or short image makes that close fail (dd reports
@@ -164,7 +165,7 @@ export function installSections(tree: Tree, reg: Registry): void {
       const replyOf = async (): Promise<Buffer> => {
         try {
           const r = await finish();
-          return okReply(`restored ${describeRestore(r, target)}`, r);
+          return okReply(`restored ${describeRestore(r)}`, r);
         } catch (e) {
           return errorReply(e);
         }
@@ -215,9 +216,30 @@ export function installSections(tree: Tree, reg: Registry): void {
 
   tree.addSection('restore', (rest) => {
     if (rest.length === 0) return { kind: 'dir', list: () => reg.names() };
-    if (rest.length > 1 || !reg.has(rest[0]!)) return undefined;
-    return importNode({ mode: 'into', name: rest[0]! });
+    const target = rest.length === 1 ? intoTarget(rest[0]!) : undefined;
+    if (!target || (!target.create && !reg.has(target.name))) return undefined;
+    return importNode(target);
   });
+}
+
+/**
+ * `restore/<disk>` restores into the disk; `restore/<disk>,force,resize` adds the options of
+ * `vdiskfs restore --into <disk> --force --resize --create` (names cannot hold ','). Unknown options or a
+ * bad name: no such file.
+ */
+function intoTarget(file: string): (RestoreTarget & { mode: 'into' }) | undefined {
+  const [name, ...opts] = file.split(',');
+  const target = { mode: 'into' as const, name: name!, force: false, resize: false, create: false };
+  for (const o of opts) {
+    if (o !== 'force' && o !== 'resize' && o !== 'create') return undefined;
+    target[o] = true;
+  }
+  try {
+    checkName(target.name);
+  } catch {
+    return undefined;
+  }
+  return target;
 }
 
 /** One restore in progress through a FUSE file: sequential writes feed the image parser. */

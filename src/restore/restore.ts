@@ -11,7 +11,7 @@ import type { IntoPlan, Landing } from '../disk/landing.js';
 import { parseImage, type ImageSource } from '../image/index.js';
 import type { ImageHeader } from '../image/header.js';
 import { describeImage } from '../image/snapshotImage.js';
-import { busy, errorCode, errorMessage, exists, invalid } from '../errors.js';
+import { busy, errorCode, errorMessage, exists, invalid, VdiskError } from '../errors.js';
 import { checkName } from '../disk/names.js';
 import { checkBlockSize, checkVirtualSize } from '../util/size.js';
 
@@ -19,12 +19,15 @@ import { checkBlockSize, checkVirtualSize } from '../util/size.js';
  * Where an image goes: a new disk (method 1), or into an existing one (method 2) with the apply options:
  * `force` rolls the disk back to the delta's base snapshot first when it changed since (like
  * `zfs recv -F`: what was written since and the newer snapshots are discarded); `resize` lets a full image
- * of another size change the disk's size (never silently).
+ * of another size change the disk's size (never silently); `create` restores a full image as a new disk
+ * when the disk does not exist (one command for the first and every later image, like `zfs recv`).
  */
-export type RestoreTarget = { mode: 'new'; name: string } | { mode: 'into'; name: string; force?: boolean; resize?: boolean };
+export type RestoreTarget = { mode: 'new'; name: string } | { mode: 'into'; name: string; force?: boolean; resize?: boolean; create?: boolean };
 
 export interface RestoreResult {
   disk: string;
+  /** 'new' when the disk was created (restore --as, or --into --create of a missing disk). */
+  mode: 'new' | 'into';
   kind: 'full' | 'delta';
   blocks: number;
   zeros: number;
@@ -62,7 +65,8 @@ async function checkHeader(reg: Registry, target: RestoreTarget, h: ImageHeader)
  * The apply rules (like `zfs recv`), checked before any block is staged and again when the image commits:
  * - same block size; the image's snapshot name is free on the disk, or names this very snapshot (same uid:
  *   a full image of it may be put back; a delta creating it was applied already and is refused);
- * - a full image replaces the content; a different size needs `resize`;
+ * - a full image replaces the content; a different size needs `resize`; with `create` (the disk was
+ *   there already) also `force`, as `zfs recv` of a full stream onto an existing file system needs -F;
  * - a delta applies onto a disk that holds its base (restored, rolled back to it, or its latest snapshot
  *   with nothing changed since: disk/identity.ts); with `force`, onto a disk that has the base snapshot,
  *   rolled back to it first (IntoPlan); otherwise it is refused with the reason and nothing changes.
@@ -75,6 +79,9 @@ async function applyPlan(d: Disk, h: ImageHeader, t: RestoreTarget & { mode: 'in
     throw exists(`disk ${d.name} already has a snapshot ${h.snapName} (${same.uid}) that is not the image's (${h.snapId}): delete it first, or restore --as a new disk`);
   }
   if (h.kind === 'full') {
+    if (t.create && !t.force) {
+      throw new VdiskError('EXISTS', `disk ${d.name} exists already and a full image would replace its content: add --force to overwrite it, or send a delta`);
+    }
     if (h.virtualSize !== d.size() && !t.resize) {
       throw invalid(`image of ${h.diskName}@${h.snapName} is ${h.virtualSize} bytes and disk ${d.name} is ${d.size()}: add --resize to give the disk the image's size`);
     }
@@ -93,7 +100,13 @@ async function applyPlan(d: Disk, h: ImageHeader, t: RestoreTarget & { mode: 'in
   throw invalid(`disk ${d.name} changed since its snapshot ${snaps[k]!.name}, the base of this incremental image (${h.baseSnapId}): add --force to roll it back to ${snaps[k]!.name} first, discarding what was written since${newer.length ? ` and deleting the newer snapshots ${newer.join(', ')}` : ''}`);
 }
 
-export async function restoreImage(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
+/** The target as it applies now: --into --create of a disk that does not exist restores it as new. */
+function effective(reg: Registry, t: RestoreTarget): RestoreTarget {
+  return t.mode === 'into' && t.create && !reg.has(t.name) ? { mode: 'new', name: t.name } : t;
+}
+
+export async function restoreImage(reg: Registry, source: ImageSource, asked: RestoreTarget): Promise<RestoreResult> {
+  const target = effective(reg, asked);
   checkTarget(reg, target);
   let header: ImageHeader | undefined;
   let landing: Landing | undefined;
@@ -124,6 +137,7 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
     const rolledBackTo = plan.rollbackTo !== undefined ? reg.diskView(target.name).snapshots().find((v) => v.snapshot()?.uid === plan.rollbackTo)?.snapshot()?.name : undefined;
     return {
       disk: target.name,
+      mode: target.mode,
       kind: h.kind,
       blocks: l.lbns.length,
       zeros: zeros.length,
@@ -138,9 +152,9 @@ export async function restoreImage(reg: Registry, source: ImageSource, target: R
 }
 
 /** A restore's result in words, the same offline and through the mount. */
-export function describeRestore(r: RestoreResult, target: RestoreTarget): string {
+export function describeRestore(r: RestoreResult): string {
   const back = r.rolledBackTo !== undefined ? ` (rolled back to ${r.rolledBackTo} first)` : '';
-  return `${r.kind} image of snapshot ${r.snapId} ${target.mode === 'new' ? 'as' : 'into'} ${r.disk}${back}: ${r.blocks} blocks, ${r.zeros} holes, now ${r.disk}@${r.snapshot}`;
+  return `${r.kind} image of snapshot ${r.snapId} ${r.mode === 'new' ? 'as' : 'into'} ${r.disk}${back}: ${r.blocks} blocks, ${r.zeros} holes, now ${r.disk}@${r.snapshot}`;
 }
 
 /**
@@ -148,7 +162,8 @@ export function describeRestore(r: RestoreResult, target: RestoreTarget): string
  * or the reason it was refused). Through the mount, `dd` and the shell see only the errno; the history
  * keeps the words for them, and a client that reads the restore file back gets its own reply.
  */
-export async function restoreRecorded(reg: Registry, source: ImageSource, target: RestoreTarget): Promise<RestoreResult> {
+export async function restoreRecorded(reg: Registry, source: ImageSource, asked: RestoreTarget): Promise<RestoreResult> {
+  const target = effective(reg, asked);
   const command = `restore ${target.mode === 'new' ? 'as' : 'into'} ${target.name}`;
   try {
     const r = await restoreImage(reg, source, target);

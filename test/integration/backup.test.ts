@@ -290,8 +290,8 @@ describe('incremental images', () => {
       expect(rr.code, `${why}: dd should fail`).not.toBe(0);
       if (viaCli) {
         const rc = await vdiskfs(['restore', image, '--into', target, '--store', m.store]);
-        expect(rc.code, `${why}: CLI --into should fail`).toBe(2); // INVALID, the mount's typed reply
-        expect(rc.stderr).toMatch(/^vdiskfs: disk \S+ does not hold base snapshot inc@mon/);
+        expect(rc.code, `${why}: CLI --into should fail`).toBe(4); // EXISTS, the mount's typed reply
+        expect(rc.stderr).toMatch(/^vdiskfs: disk \S+ already has snapshot tue \(\S+\): this incremental image was applied already/);
       }
       expect(await fileSha(m.disk(target)), why).toBe(before);
       expect((await m.status()).pool.usedBytes, why).toBe(used);
@@ -341,10 +341,11 @@ describe('a delta onto a disk that no longer holds its base (issue 21)', () => {
     const before = await fileSha(m.disk('r21'));
     const rc = await vdiskfs(['restore', delta, '--into', 'r21', '--store', m.store]);
     expect(rc.code).not.toBe(0);
-    expect(rc.stderr).toMatch(/does not hold base snapshot d21@s1 .*it was changed since its last restore/);
+    expect(rc.code).toBe(2);
+    expect(rc.stderr).toMatch(/disk r21 changed since its snapshot s1, the base of this incremental image .*add --force to roll it back to s1 first/);
     expect(await fileSha(m.disk('r21'))).toBe(before);
     const history = (await readFile(join(m.vdisk, 'history'), 'utf8')).trim().split('\n');
-    expect(history.at(-1)).toMatch(/\terror\trestore into r21\t.*does not hold base snapshot/);
+    expect(history.at(-1)).toMatch(/\terror\trestore into r21\t.*changed since its snapshot s1/);
     // What the user does next: the full image again, then the delta, gives exactly s2.
     for (const img of [full, delta]) {
       const r = await vdiskfs(['restore', img, '--into', 'r21', '--store', m.store]);

@@ -190,7 +190,7 @@ describe('offline and through the mount', () => {
       expect(off).toMatchObject({ disk: 'roff', kind: 'full', mode: 'new' });
       // The text summary says the same through the mount as offline (it names the snapshot).
       const t = await vdiskfs(['restore', full, '--as', 'rtext', '--store', o.store]);
-      expect(t.stdout.trim()).toBe(`restored full image of snapshot ${String(off.snapId)} as rtext: ${String(off.blocks)} blocks, 0 holes`);
+      expect(t.stdout.trim()).toBe(`restored full image of snapshot ${String(off.snapId)} as rtext: ${String(off.blocks)} blocks, 0 holes, now rtext@s1`);
     } finally {
       await o.unmount();
     }
