@@ -187,7 +187,9 @@ async function sharedEpoch(d: DiskState, lbn: number): Promise<number> {
   const snaps = d.rec.snapshots;
   let epoch = snaps[snaps.length - 1]!.epoch;
   for (let i = snaps.length - 2; i >= 0; i--) {
-    if ((await d.snapTable(snaps[i]!.id).get(lbn)) !== undefined) break;
+    let e = d.snapTable(snaps[i]!.id).lookup(lbn);
+    if (e instanceof Promise) e = await e;
+    if (e !== undefined) break;
     epoch = snaps[i]!.epoch;
   }
   return epoch;
@@ -200,21 +202,24 @@ async function revertToLatest(ctx: Context, d: DiskState, L: SnapshotRecord): Pr
   const frees: number[] = [];
   const back: [number, Entry | undefined][] = [];
   let allocDelta = 0;
-  for await (const [lbn, e] of own.entries()) {
-    // The live entry that replaced L's is the live disk's alone (one owner per pbn): free it.
-    const cur = await d.live.get(lbn);
-    if (cur?.kind === 'data') {
-      frees.push(cur.pbn);
-      allocDelta--;
+  for await (const run of own.runs()) {
+    for (const [lbn, e] of run) {
+      // The live entry that replaced L's is the live disk's alone (one owner per pbn): free it.
+      let cur = d.live.lookup(lbn);
+      if (cur instanceof Promise) cur = await cur;
+      if (cur?.kind === 'data') {
+        frees.push(cur.pbn);
+        allocDelta--;
+      }
+      let next: Entry | undefined;
+      if (e.kind !== 'inherit') {
+        const epoch = await sharedEpoch(d, lbn);
+        next = e.kind === 'data' ? { kind: 'data', pbn: e.pbn, epoch } : { kind: 'zero', epoch };
+        if (next.kind === 'data') allocDelta++;
+      }
+      ops.push(next ? d.live.putOp(lbn, next) : d.live.delOp(lbn), own.delOp(lbn));
+      back.push([lbn, next]);
     }
-    let next: Entry | undefined;
-    if (e.kind !== 'inherit') {
-      const epoch = await sharedEpoch(d, lbn);
-      next = e.kind === 'data' ? { kind: 'data', pbn: e.pbn, epoch } : { kind: 'zero', epoch };
-      if (next.kind === 'data') allocDelta++;
-    }
-    ops.push(next ? d.live.putOp(lbn, next) : d.live.delOp(lbn), own.delOp(lbn));
-    back.push([lbn, next]);
   }
   const rec = claimed(recordAt(d, L), L.uid); // the disk holds exactly L (disk/identity.ts)
   ops.push(ctx.recordOp(rec));
