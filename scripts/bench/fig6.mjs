@@ -249,8 +249,8 @@ export const fig6Section = {
             secs[k].push(await fn())
             if (k === 'copy') used = (await fileSize(img))
             log(`${set.key} ${k.padEnd(10)} round ${r + 1}: ${secs[k].at(-1).toFixed(2)} s`)
-            if (k === 'restore') await m.control('delete rb')
-            if (k === 'restoreCli') await m.control('delete rc')
+            if (k === 'restore') await m.control('delete rb -r')
+            if (k === 'restoreCli') await m.control('delete rc -r')
             if (k === 'qcow2Back') await rm(back, { force: true })
             if (k === 'qcow2Out' && !secs.qcow2Back) await rm(qcow, { force: true })
           }
