@@ -120,6 +120,39 @@ describe('replicate: a standby kept in step, failover and failback by deltas onl
   });
 });
 
+describe('replicate --to-command (what ssh gives: only a pipe)', () => {
+  it('sends a full image, then deltas since the last one sent; a failing command leaves no snapshot behind', async () => {
+    const a = await VdiskMount.create();
+    const b = await VdiskMount.unmounted();
+    await a.ctlOk('create d 32M');
+    await writeAt(a.disk('d'), 0, randomBuffer(9, 2 * M));
+    const receiver = `node ${q(CLI)} restore - --into copy --create --store ${q(b.store)} -q; echo "$VDISKFS_DISK $VDISKFS_SNAPSHOT base=$VDISKFS_BASE" >> ${q(join(b.root, 'seen'))}`;
+    const send = (cmd: string) => vdiskfs(['replicate', 'd', '--store', a.store, '--to-command', cmd, '--json']);
+    const r1 = await send(receiver);
+    expect(r1.code, r1.stderr).toBe(0);
+    const j1 = JSON.parse(r1.stdout) as Replicated;
+    expect(j1.kind).toBe('full');
+    await writeAt(a.disk('d'), 8 * M, randomBuffer(10, M));
+    const r2 = await send(receiver);
+    expect(r2.code, r2.stderr).toBe(0);
+    const j2 = JSON.parse(r2.stdout) as Replicated;
+    expect(j2).toMatchObject({ kind: 'delta', base: j1.snapshot });
+    expect(j2.bytes).toBeLessThan(M + 64 * 1024);
+    expect((await readFile(join(b.root, 'seen'), 'utf8')).trim().split('\n')).toEqual([`d ${j1.snapshot} base=`, `d ${j2.snapshot} base=${j1.snapshot}`]);
+    // A command that fails: exit non-zero with its reason, and the snapshot it was to receive is gone again.
+    const before = await snapsOf(a);
+    const bad = await send('cat > /dev/null; echo "standby unreachable" >&2; exit 3');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/the --to-command: standby unreachable/);
+    expect(await snapsOf(a)).toEqual(before);
+    // The copy in B is the disk as of the last good run.
+    const m = await VdiskMount.unmounted();
+    await vdiskfs(['mount', m.mp, '--store', b.store]).then((r) => expect(r.code, r.stderr).toBe(0));
+    expect(sha256(await readFile(m.disk('copy')))).toBe(sha256(await readFile(a.snap('d', j2.snapshot))));
+    await vdiskfs(['unmount', m.mp]);
+  });
+});
+
 describe('SIGKILL while a delta is applied', () => {
   it('leaves the target at the base or at the new snapshot, never in between; check clean', async () => {
     const a = await VdiskMount.create();
