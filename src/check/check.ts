@@ -53,6 +53,10 @@ export async function checkStore(dir: string, opts: { repair?: boolean } = {}): 
         prev = s.epoch;
         if (s.id >= ctx.seq.snap) r.errors.push(`disk ${d.rec.name}: snapshot ${s.name} id ${s.id} not below the sequence ${ctx.seq.snap}`);
       }
+      if (d.rec.reverting !== undefined) {
+        if (d.latest()?.id !== d.rec.reverting) r.errors.push(`disk ${d.rec.name}: a rollback to snapshot id ${d.rec.reverting} is unfinished, and that is not its latest snapshot`);
+        else r.warnings.push(`disk ${d.rec.name}: a rollback to snapshot ${d.latest()!.name} is unfinished (it goes on when the store is mounted)`);
+      }
       if (d.rec.id >= ctx.seq.disk) r.errors.push(`disk ${d.rec.name}: id ${d.rec.id} not below the sequence ${ctx.seq.disk}`);
       const b = d.rec.backing;
       if (b) {

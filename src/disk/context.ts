@@ -9,7 +9,7 @@ import { livePrefix, snapPrefix, diskKey, SEQ_KEY, SYNC_KEY } from '../meta/keys
 import type { DiskRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import type { Pool } from '../store/pool.js';
 import { KeyedLock, Gate } from '../util/lock.js';
-import { notFound } from '../errors.js';
+import { notFound, VdiskError } from '../errors.js';
 
 /**
  * Modification times, in milliseconds. `now()` never goes back; `tick()` is also strictly later than
@@ -42,6 +42,13 @@ export class DiskState {
   held = new Map<number, number>();
   readonly live: Table;
   private snapTables = new Map<number, Table>();
+  /**
+   * The background job finishing a rollback (rec.reverting, snapshots.ts startRevert), while it runs;
+   * writes and control operations wait for it (`settled`), reads do not.
+   */
+  revert: Promise<void> | null = null;
+  /** Set by close: the revert job stops after its current batch (it resumes when the store is opened again). */
+  revertStop = false;
   /** The batch ending the disk's claim to hold a restored image, while it is in flight (identity.ts). */
   claimDrop: Promise<void> | null = null;
   /**
@@ -70,6 +77,26 @@ export class DiskState {
       this.snapTables.set(snapId, t);
     }
     return t;
+  }
+
+  /** Resolves once no rollback is moving entries back (see `revert`). */
+  async settled(): Promise<void> {
+    while (this.revert) await this.revert;
+  }
+
+  /**
+   * Run fn inside the gate (shared, or `exclusive`) once no rollback is moving entries back: the way in for
+   * everything that changes the disk's tables (writes, discard, snapshot commands, resize, delete, restore).
+   * A rollback that starts while fn waits for the gate is waited for too.
+   */
+  async changing<T>(exclusive: boolean, fn: () => Promise<T>): Promise<T> {
+    for (;;) {
+      await this.settled();
+      const inside = async (): Promise<{ v: T } | null> => (this.rec.reverting === undefined ? { v: await fn() } : null);
+      const r = exclusive ? await this.gate.exclusively(inside) : await this.gate.run(inside);
+      if (r) return r.v;
+      if (!this.revert) throw new VdiskError('IO', `disk ${this.rec.name}: a rollback is unfinished (it goes on when the store is opened again)`);
+    }
   }
 
   latest(): SnapshotRecord | undefined {

@@ -21,7 +21,7 @@ import { writeExclusive } from './write.js';
 export async function discardRange(ctx: Context, disk: DiskState, offset: number, length: number): Promise<void> {
   if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) throw invalid(`bad range ${offset}+${length}`);
   if (ctx.failure) throw new VdiskError('IO', `store failed earlier and is read-only until remounted: ${ctx.failure.message}`);
-  await disk.gate.exclusively(async () => {
+  await disk.changing(true, async () => {
     const end = Math.min(offset + length, disk.rec.size);
     if (offset >= end) return;
     await dropClaim(ctx, disk);

@@ -122,7 +122,7 @@ export class Landing {
     const d = ctx.disk(name);
     const inImage = new Set(this.lbns);
     const newBlocks = blocksFor(c.size, this.blockSize);
-    await d.gate.exclusively(async () => {
+    await d.changing(true, async () => {
       // While the image streamed in, the disk may have been opened, written and closed again.
       if (d.isOpen()) throw busy(`disk ${name} is open`);
       const plan = await check(new Disk(ctx, d));

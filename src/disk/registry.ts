@@ -22,7 +22,7 @@ import { Transaction } from './commit.js';
 import { flushStore, flushStoreNow } from './durable.js';
 import { Disk, View } from './view.js';
 import { Landing } from './landing.js';
-import { clonesOf, createSnapshot, deleteSnapshot, rollback, cloneSnapshot, type RollbackOptions } from './snapshots.js';
+import { clonesOf, createSnapshot, deleteSnapshot, rollback, cloneSnapshot, startRevert, type RollbackOptions } from './snapshots.js';
 import { collectView } from './viewScan.js';
 import { dropClaim } from './identity.js';
 
@@ -49,7 +49,7 @@ export class Registry {
   ) {}
 
   static async open(opts: OpenOptions): Promise<Registry> {
-    const { db, blockStore } = await openDb(opts.dir, opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {});
+    const { db, blockStore } = await openDb(opts.dir, { ...(opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {}), upgrade: opts.purge !== false });
     try {
       const pool = new Pool(bottomFactory(blockStore, opts.dir, db), opts.poolSize ?? Infinity, opts.wrap);
       const ctx = new Context(db, pool);
@@ -64,6 +64,8 @@ export class Registry {
       // Block values whose discard was lost (a crash after the batch that freed them, a failed delete).
       // The allocators now hold every referenced pbn, and nothing writes before open returns.
       if (blockStore === 'leveldb' && opts.purge !== false) await sweepBlocks(db, (bs, pbn) => pool.isUsed(bs, pbn));
+      // A rollback a crash or a close interrupted goes on moving entries back (check only looks).
+      if (opts.purge !== false) for (const d of ctx.disks.values()) startRevert(ctx, d);
       return reg;
     } catch (e) {
       await db.close();
@@ -77,6 +79,8 @@ export class Registry {
    */
   async close(): Promise<void> {
     try {
+      for (const d of this.ctx.disks.values()) d.revertStop = true; // a rollback's move resumes at the next open
+      for (const d of this.ctx.disks.values()) await d.settled();
       await this.ctx.drain();
       await this.ctx.pool.sync();
     } finally {
@@ -170,7 +174,7 @@ export class Registry {
     if (d.rec.snapshots.length && !opts.recursive) {
       throw busy(`disk ${name} has ${d.rec.snapshots.length} snapshot(s); delete them first or use 'delete ${name} -r'`);
     }
-    await d.gate.exclusively(async () => {
+    await d.changing(true, async () => {
       await this.ctx.commit([{ type: 'del', key: diskKey(name) }], true);
       this.ctx.disks.delete(name);
     });
@@ -198,7 +202,7 @@ export class Registry {
     if (size < d.rec.size && d.isOpen()) throw busy(`disk ${name} is open; shrinking it needs it closed`);
     if (size === d.rec.size) return;
     if (size > d.rec.size) {
-      await d.gate.exclusively(async () => {
+      await d.changing(true, async () => {
         await dropClaim(this.ctx, d);
         try {
           await new Transaction(this.ctx, d).commit({ record: { ...d.rec, size } });
@@ -210,7 +214,7 @@ export class Registry {
     }
     const bs = d.blockSize;
     const tail = size % bs;
-    await d.gate.exclusively(async () => {
+    await d.changing(true, async () => {
       await dropClaim(this.ctx, d);
       if (tail) await writeExclusive(this.ctx, d, size, Buffer.alloc(Math.min(bs - tail, d.rec.size - size)));
       await this.ctx.drain();

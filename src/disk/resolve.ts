@@ -16,12 +16,15 @@ export const ZERO: Resolved = { kind: 'zero' };
 /**
  * The tables of a view's read chain, highest priority first: snapshot k's own table, each newer snapshot's,
  * then the live table (the backing of a clone comes after all of them). The one statement of the chain:
- * lookups (chainEntry, chainEntryNow) and scans (viewScan.ts) all walk it.
+ * lookups (chainEntry, chainEntryNow) and scans (viewScan.ts) all walk it. While a rollback to the latest
+ * snapshot L still moves L's entries back (`rec.reverting`), the live disk reads as L: L's table, then the
+ * live table; each batch of the move leaves that view unchanged (snapshots.ts).
  */
 export function chainTables(disk: DiskState, snapIndex: number): Table[] {
   const snaps = disk.rec.snapshots;
   const out: Table[] = [];
   if (snapIndex >= 0) for (let i = snapIndex; i < snaps.length; i++) out.push(disk.snapTable(snaps[i]!.id));
+  else if (disk.rec.reverting !== undefined) out.push(disk.snapTable(disk.rec.reverting));
   out.push(disk.live);
   return out;
 }

@@ -6,12 +6,15 @@
  * - delete-snapshot: its preserved entries move into the next older snapshot where that one has no entry
  *   for the block (the older one used to read through to them); the rest are freed. One batch.
  * - rollback to the latest snapshot L (or to an older one with `destroyNewer`, which deletes the newer ones
- *   first, newest first, like `zfs rollback -r`): metadata only. Every block changed since L has an entry in
- *   L's table (plan.ts preserved it at its first change); those entries move back into the live table and
- *   the live blocks that replaced them, which nothing else references, are freed. A moved entry gets the
- *   epoch of the oldest snapshot that sees it (so the copy-on-write rule holds for every snapshot that may
- *   become the latest later). Time proportional to the changed blocks' table entries; no data is read or
- *   written. One batch.
+ *   first, newest first, like `zfs rollback -r`): metadata only, constant time. Every block changed since L
+ *   has an entry in L's table (plan.ts preserved it at its first change). One small batch marks the disk
+ *   `reverting` to L, and from then on the live disk reads as L (resolve.ts puts L's table first in its
+ *   chain); the command returns. A background job (startRevert) then moves L's entries back into the live
+ *   table, REVERT_BATCH per batch, freeing the live blocks that replaced them (nothing else references
+ *   them); the last batch ends `reverting`. A moved entry gets the epoch of the oldest snapshot that sees it
+ *   (so the copy-on-write rule holds for every snapshot that may become the latest later). Reads go on
+ *   meanwhile; writes and control commands on the disk wait for the move (DiskState.changing). Every batch
+ *   leaves the same view, so a crash or a close in between loses nothing: the next open resumes the move.
  * - rollback to an older snapshot keeping the newer ones: every block changed since the target (the union
  *   of the target's and newer snapshots' tables) gets the target's content in a fresh block; the replaced
  *   live blocks are preserved for the latest snapshot as for any write, so newer snapshots stay intact and
@@ -22,13 +25,16 @@ import { randomUUID } from 'node:crypto';
 import { DiskState, type Context } from './context.js';
 import type { DiskRecord, SnapshotRecord } from '../meta/records.js';
 import { checkName } from './names.js';
-import { busy, exists } from '../errors.js';
+import { busy, exists, VdiskError } from '../errors.js';
+import { logger } from '../log.js';
 import type { BatchOp } from '../meta/table.js';
 import type { Entry } from '../meta/keys.js';
 import { resolve, readResolved, chainEntry } from './resolve.js';
 import { Transaction } from './commit.js';
 import { blocksFor } from '../util/range.js';
 import { claimed, dropClaim } from './identity.js';
+
+const log = logger('snapshots');
 
 /** A snapshot's identity: its own (a new uid) or, for a received snapshot, the source's. */
 export interface SnapshotIdentity {
@@ -68,7 +74,7 @@ export function checkNewSnapshotName(d: DiskState, name: string): void {
 
 export async function createSnapshot(ctx: Context, d: DiskState, name: string): Promise<SnapshotRecord> {
   checkNewSnapshotName(d, name);
-  return d.gate.exclusively(async () => {
+  return d.changing(true, async () => {
     const { snap, rec } = snapshotRecord(ctx, d, { name, uid: randomUUID(), created: ctx.clock.tick() });
     await ctx.commit([ctx.recordOp(rec), ctx.seqOp()], true);
     d.rec = rec;
@@ -96,7 +102,7 @@ export function checkDeletable(ctx: Context, d: DiskState, snap: SnapshotRecord)
 export async function deleteSnapshot(ctx: Context, d: DiskState, name: string): Promise<void> {
   const k = d.snapIndex(name);
   checkDeletable(ctx, d, d.rec.snapshots[k]!);
-  await d.gate.exclusively(async () => {
+  await d.changing(true, async () => {
     await ctx.drain(); // table iteration below reads LevelDB: staged changes must be in it
     await deleteSnapshotHeld(ctx, d, d.rec.snapshots[k]!);
   });
@@ -143,32 +149,40 @@ export interface RollbackOptions {
 }
 
 export async function rollback(ctx: Context, d: DiskState, name: string, opts: RollbackOptions = {}): Promise<void> {
-  const k = d.snapIndex(name);
+  d.snapIndex(name); // NOT_FOUND before waiting
   if (d.isOpen()) throw busy(`disk ${d.rec.name} is open`);
-  const target = d.rec.snapshots[k]!;
-  await d.gate.exclusively(async () => {
+  await d.changing(true, async () => {
+    const target = d.rec.snapshots[d.snapIndex(name)]!;
     const destroy = opts.destroyNewer ? d.rec.snapshots.slice(d.rec.snapshots.indexOf(target) + 1) : [];
     for (const s of destroy) checkDeletable(ctx, d, s); // before anything changes
     await dropClaim(ctx, d);
     await ctx.drain();
     try {
-      await rollbackHeld(ctx, d, target, destroy);
+      await rollbackHeld(ctx, d, target, destroy, true);
     } finally {
       d.changed();
     }
   });
+  // A small move is finished before the command returns (its space is free when `status` is next read).
+  if (d.rec.reverting !== undefined && (d.held.get(d.rec.reverting) ?? 0) <= REVERT_BATCH) await d.settled();
 }
 
 /**
  * Rollback with the disk's gate held, the claim dropped and the pipeline drained (also the first step of
  * an incremental restore with `force`, disk/landing.ts): delete `destroy` (snapshots newer than the target,
- * newest first), then make the disk hold `target`.
+ * newest first), then make the disk hold `target`. `background`: a rollback to the latest snapshot returns
+ * once the disk reads as the target and leaves the move of the entries to startRevert (else it is done here).
  */
-export async function rollbackHeld(ctx: Context, d: DiskState, target: SnapshotRecord, destroy: SnapshotRecord[]): Promise<void> {
+export async function rollbackHeld(ctx: Context, d: DiskState, target: SnapshotRecord, destroy: SnapshotRecord[], background = false): Promise<void> {
   for (const s of destroy) checkDeletable(ctx, d, s);
   for (const s of [...destroy].reverse()) await deleteSnapshotHeld(ctx, d, s);
-  if (d.latest() === target) await revertToLatest(ctx, d, target);
-  else await rollbackByCopy(ctx, d, target);
+  if (d.latest() !== target) return rollbackByCopy(ctx, d, target);
+  // The disk now reads as the target and holds exactly it (disk/identity.ts): one small batch.
+  const rec: DiskRecord = { ...claimed(recordAt(d, target), target.uid), reverting: target.id };
+  await ctx.commit([ctx.recordOp(rec)], true);
+  d.rec = rec;
+  if (background) startRevert(ctx, d);
+  else while (!(await moveBack(ctx, d))) { /* batch after batch, the gate held by the caller */ }
 }
 
 /** The disk's record once it holds snapshot `s` again: its size and backing limit. */
@@ -195,41 +209,93 @@ async function sharedEpoch(d: DiskState, lbn: number): Promise<number> {
   return epoch;
 }
 
-/** Metadata-only rollback to the latest snapshot L (see the header). */
-async function revertToLatest(ctx: Context, d: DiskState, L: SnapshotRecord): Promise<void> {
+/** Entries a rollback moves back per batch (its gate held meanwhile: reads wait for one batch at most). */
+export const REVERT_BATCH = 4096;
+
+/**
+ * Move the next REVERT_BATCH entries of the latest snapshot L's table (`rec.reverting`) back into the live
+ * table, freeing the live blocks that replaced them (the live disk's alone: one owner per pbn), in one
+ * batch; the batch that moves the last ones also ends `reverting`. True when done. Each batch leaves the
+ * live disk reading as L (moved: the live entry is L's; not yet moved: L's table comes first in the chain),
+ * so a crash between batches loses nothing and the move resumes at the next open. The caller holds the
+ * disk's gate exclusively.
+ */
+async function moveBack(ctx: Context, d: DiskState): Promise<boolean> {
+  const L = d.latest();
+  if (d.rec.reverting === undefined) return true;
+  if (!L || L.id !== d.rec.reverting) throw new VdiskError('CORRUPT', `disk ${d.rec.name}: rollback to snapshot id ${d.rec.reverting}, which is not its latest snapshot`);
   const own = d.snapTable(L.id);
+  const run: [number, Entry][] = [];
+  for await (const r of own.runs(REVERT_BATCH)) {
+    run.push(...r); // a LevelDB read may return fewer than asked for: fewer than a batch means the end only here
+    if (run.length >= REVERT_BATCH) break;
+  }
   const ops: BatchOp[] = [];
   const frees: number[] = [];
   const back: [number, Entry | undefined][] = [];
   let allocDelta = 0;
-  for await (const run of own.runs()) {
-    for (const [lbn, e] of run) {
-      // The live entry that replaced L's is the live disk's alone (one owner per pbn): free it.
-      let cur = d.live.lookup(lbn);
-      if (cur instanceof Promise) cur = await cur;
-      if (cur?.kind === 'data') {
-        frees.push(cur.pbn);
-        allocDelta--;
-      }
-      let next: Entry | undefined;
-      if (e.kind !== 'inherit') {
-        const epoch = await sharedEpoch(d, lbn);
-        next = e.kind === 'data' ? { kind: 'data', pbn: e.pbn, epoch } : { kind: 'zero', epoch };
-        if (next.kind === 'data') allocDelta++;
-      }
-      ops.push(next ? d.live.putOp(lbn, next) : d.live.delOp(lbn), own.delOp(lbn));
-      back.push([lbn, next]);
+  let heldDelta = 0;
+  for (const [lbn, e] of run) {
+    let cur = d.live.lookup(lbn);
+    if (cur instanceof Promise) cur = await cur;
+    if (cur?.kind === 'data') {
+      frees.push(cur.pbn);
+      allocDelta--;
     }
+    let next: Entry | undefined;
+    if (e.kind !== 'inherit') {
+      const epoch = await sharedEpoch(d, lbn);
+      next = e.kind === 'data' ? { kind: 'data', pbn: e.pbn, epoch } : { kind: 'zero', epoch };
+      if (next.kind === 'data') {
+        allocDelta++;
+        heldDelta--;
+      }
+    }
+    ops.push(next ? d.live.putOp(lbn, next) : d.live.delOp(lbn), own.delOp(lbn));
+    back.push([lbn, next]);
   }
-  const rec = claimed(recordAt(d, L), L.uid); // the disk holds exactly L (disk/identity.ts)
-  ops.push(ctx.recordOp(rec));
+  const done = run.length < REVERT_BATCH;
+  let rec = d.rec;
+  if (done) {
+    rec = { ...d.rec };
+    delete rec.reverting;
+    ops.push(ctx.recordOp(rec));
+  }
   await ctx.commit(ops, true);
   d.rec = rec;
-  own.forget();
-  for (const [lbn, e] of back) d.live.committed(lbn, e);
+  for (const [lbn, e] of back) {
+    d.live.committed(lbn, e);
+    own.committed(lbn, undefined);
+  }
   for (const pbn of frees) ctx.pool.free(d.blockSize, pbn);
   d.allocated += allocDelta;
-  d.held.set(L.id, 0);
+  d.held.set(L.id, Math.max(0, (d.held.get(L.id) ?? 0) + heldDelta));
+  if (done) {
+    own.forget();
+    d.held.set(L.id, 0);
+  }
+  return done;
+}
+
+/**
+ * Finish a rollback in the background (rec.reverting): batch after batch, each under the disk's gate, until
+ * done or until close sets `revertStop`. Started by rollback and, for a rollback a crash or a close
+ * interrupted, when the store opens. A failure makes the store read-only (ctx.failure) like a failed commit.
+ */
+export function startRevert(ctx: Context, d: DiskState): void {
+  if (d.revert || d.rec.reverting === undefined) return;
+  const job = (async () => {
+    while (!d.revertStop && !ctx.failure) {
+      if (await d.gate.exclusively(() => moveBack(ctx, d))) return;
+      await new Promise<void>((r) => setImmediate(r)); // let waiting readers in between batches
+    }
+  })().catch((e: unknown) => {
+    log.error({ disk: d.rec.name, err: e }, 'rollback could not finish; the store is read-only until remounted');
+    ctx.failure ??= e instanceof Error ? e : new Error(String(e));
+  }).finally(() => {
+    d.revert = null;
+  });
+  d.revert = job;
 }
 
 /** Rollback to an older snapshot that keeps the newer ones: the changed blocks are copied (see the header). */

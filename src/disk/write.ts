@@ -26,7 +26,7 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
   if (src.length === 0) return 0;
   if (ctx.failure) throw new VdiskError('IO', `store failed earlier and is read-only until remounted: ${ctx.failure.message}`);
   const pieces = splitRange(offset, src.length, disk.blockSize);
-  await disk.gate.run(async () => {
+  await disk.changing(false, async () => {
     // Checked again inside the gate: a shrink may have finished while this write waited for it.
     if (offset + src.length > disk.rec.size) throw invalid(`write past the end of disk ${disk.rec.name}`);
     await dropClaim(ctx, disk);
@@ -79,7 +79,7 @@ function mergeNow(ctx: Context, disk: DiskState, cur: Entry | null, offsetInBloc
  */
 export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src: Buffer, later: (work: () => void) => void = (w) => w()): number | undefined {
   // A disk that holds a restored image takes the async path, which ends that claim durably first.
-  if (disk.gate.closed || ctx.failure || ctx.backlog > MAX_BACKLOG || claimStands(disk)) return undefined;
+  if (disk.gate.closed || disk.rec.reverting !== undefined || ctx.failure || ctx.backlog > MAX_BACKLOG || claimStands(disk)) return undefined;
   if (!Number.isSafeInteger(offset) || offset < 0 || src.length === 0 || offset + src.length > disk.rec.size) return undefined;
   const store = ctx.pool.storeNow(disk.blockSize);
   if (!store?.stageBehind || !store.behindRoom?.(src.length)) return undefined;

@@ -9,7 +9,7 @@
 import { Level } from 'level';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FORMAT_KEY, SEQ_KEY, STORE_MAGIC, STORE_VERSION, STORE_VERSION_LEVELDB } from './keys.js';
+import { FORMAT_KEY, SEQ_KEY, STORE_MAGIC, STORE_UPGRADES, STORE_VERSION, STORE_VERSION_LEVELDB } from './keys.js';
 import { BLOCK_STORE_KINDS, type BlockStoreKind, type FormatRecord, type SeqRecord } from './records.js';
 import { VdiskError, corrupt, invalid } from '../errors.js';
 
@@ -54,7 +54,7 @@ export function blockStoreMismatch(dir: string, recorded: BlockStoreKind, wanted
  * Open (or initialise) the store's database. `blockStore` is the bottom the caller asks for: a new store
  * is created with it (default `file`), an existing one must have been created with it.
  */
-export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind } = {}): Promise<OpenedDb> {
+export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; upgrade?: boolean } = {}): Promise<OpenedDb> {
   await mkdir(dir, { recursive: true });
   const db: Db = new Level<string, string>(join(dir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'utf8' });
   try {
@@ -87,18 +87,26 @@ export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind } 
     await db.close();
     throw corrupt(`store ${dir}: unreadable format record`);
   }
-  if (rec.magic !== STORE_MAGIC || (rec.version !== STORE_VERSION && rec.version !== STORE_VERSION_LEVELDB)) {
+  const upgradeTo = STORE_UPGRADES.get(rec.version ?? NaN);
+  if (rec.magic !== STORE_MAGIC || (rec.version !== STORE_VERSION && rec.version !== STORE_VERSION_LEVELDB && upgradeTo === undefined)) {
     await db.close();
-    throw corrupt(`store ${dir}: format ${rec.magic} version ${rec.version} is not supported (this vdiskfs reads versions ${STORE_VERSION} and ${STORE_VERSION_LEVELDB})`);
+    throw corrupt(`store ${dir}: format ${rec.magic} version ${rec.version} is not supported (this vdiskfs reads versions ${[...STORE_UPGRADES.keys(), STORE_VERSION, STORE_VERSION_LEVELDB].sort((a, b) => a - b).join(', ')})`);
   }
+  const version = upgradeTo ?? rec.version!;
   const recorded = rec.blockStore ?? 'file';
-  if (!BLOCK_STORE_KINDS.includes(recorded) || (recorded === 'leveldb') !== (rec.version === STORE_VERSION_LEVELDB)) {
+  if (!BLOCK_STORE_KINDS.includes(recorded) || (recorded === 'leveldb') !== (version === STORE_VERSION_LEVELDB)) {
     await db.close();
     throw corrupt(`store ${dir}: block store '${String(recorded)}' does not match format version ${rec.version}`);
   }
   if (opts.blockStore !== undefined && opts.blockStore !== recorded) {
     await db.close();
     throw blockStoreMismatch(dir, recorded, opts.blockStore);
+  }
+  // An older store is upgraded when it is opened for use (not by `check`, which only looks): nothing in it
+  // changes but the version, which from now on keeps older vdiskfs builds from misreading what this one writes.
+  if (upgradeTo !== undefined && opts.upgrade !== false) {
+    const upgraded: FormatRecord = { ...(rec as FormatRecord), version: upgradeTo, blockStore: recorded };
+    await db.put(FORMAT_KEY, JSON.stringify(upgraded), { sync: true });
   }
   return { db, blockStore: recorded };
 }

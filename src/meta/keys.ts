@@ -10,11 +10,18 @@ export const SEQ_KEY = 'meta!seq';
 export const SYNC_KEY = 'meta!sync';
 export const STORE_MAGIC = 'vdiskfs-store';
 /**
- * Format versions: 1 keeps block data in pool files; 2 keeps it in LevelDB (`b!` keys). A `leveldb` store is
- * version 2 so that a vdiskfs that knows only version 1 refuses it instead of reading every block as zeros.
+ * Format versions (KEYSPACE.md, Changelog): 1 keeps block data in pool files; 2 keeps it in LevelDB (`b!`
+ * keys), so that a vdiskfs that knows only version 1 refuses it instead of reading every block as zeros.
+ * 3 (`file`) and 4 (`leveldb`) may hold a disk record with `reverting` (a rollback still moving entries
+ * back), which an older vdiskfs would misread: versions 1 and 2 are read and upgraded to 3 and 4 at open.
  */
-export const STORE_VERSION = 1;
-export const STORE_VERSION_LEVELDB = 2;
+export const STORE_VERSION = 3;
+export const STORE_VERSION_LEVELDB = 4;
+/** Older versions this vdiskfs opens, and what each is upgraded to. */
+export const STORE_UPGRADES: ReadonlyMap<number, number> = new Map([
+  [1, STORE_VERSION],
+  [2, STORE_VERSION_LEVELDB],
+]);
 
 const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
 

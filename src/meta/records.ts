@@ -47,6 +47,12 @@ export interface DiskRecord {
    * incremental images apply only onto the snapshot they were taken from.
    */
   contentUid?: string | null;
+  /**
+   * Id of the latest snapshot while a rollback to it is still moving its table's entries back into the
+   * live table (format version 3/4, snapshots.ts): meanwhile the live disk reads as that snapshot (resolve.ts
+   * chainTables) and nothing else changes the disk. Absent otherwise.
+   */
+  reverting?: number;
 }
 
 export interface SeqRecord {
