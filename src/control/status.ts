@@ -13,6 +13,8 @@ export interface DiskStatus {
   created: string;
   clonedFrom?: string;
   restoredFrom?: string;
+  /** A rollback to this snapshot is still moving its entries back (the disk already reads as it). */
+  rollingBackTo?: string;
   snapshots: SnapshotStatus[];
 }
 export interface StoreStatus {
@@ -37,6 +39,7 @@ export function storeStatus(reg: Registry): StoreStatus {
       created: new Date(rec.created).toISOString(),
       ...(clonedFrom ? { clonedFrom } : {}),
       ...(rec.contentUid ? { restoredFrom: rec.contentUid } : {}),
+      ...(rec.reverting !== undefined ? { rollingBackTo: rec.snapshots.find((s) => s.id === rec.reverting)?.name ?? String(rec.reverting) } : {}),
       snapshots: disk.snapshots().map((v) => {
         const s = v.snapshot()!;
         return { name: s.name, id: s.uid, created: new Date(s.created).toISOString(), size: s.size, heldBytes: v.heldBytes() };
@@ -54,7 +57,7 @@ export function storeStatus(reg: Registry): StoreStatus {
 export function renderStatus(st: StoreStatus): string {
   const rows: string[][] = [['DISK', 'SIZE', 'BLOCK', 'ALLOCATED', 'SNAPSHOTS', 'NOTE']];
   for (const d of st.disks) {
-    const note = d.clonedFrom ? `clone of ${d.clonedFrom}` : d.restoredFrom ? `holds image ${d.restoredFrom}` : '';
+    const note = [d.clonedFrom ? `clone of ${d.clonedFrom}` : d.restoredFrom ? `holds image ${d.restoredFrom}` : '', d.rollingBackTo ? `rolling back to @${d.rollingBackTo}` : ''].filter(Boolean).join('; ');
     rows.push([d.name, formatSize(d.size), formatSize(d.blockSize), formatSize(d.allocatedBytes), String(d.snapshots.length), note]);
     for (const s of d.snapshots) rows.push([`  @${s.name}`, formatSize(s.size), '', formatSize(s.heldBytes), s.created, s.id]);
   }

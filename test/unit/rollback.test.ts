@@ -9,6 +9,7 @@ import { Registry } from '../../src/disk/registry.js';
 import { readView, writeDisk } from '../../src/disk/io.js';
 import { createSnapshot, REVERT_BATCH, rollback } from '../../src/disk/snapshots.js';
 import { checkStore } from '../../src/check/check.js';
+import { renderStatus, storeStatus } from '../../src/control/status.js';
 import { FORMAT_KEY } from '../../src/meta/keys.js';
 import { randomBytes } from 'node:crypto';
 import { cleanupDirs, tempDir } from './helpers.js';
@@ -57,11 +58,14 @@ describe('rollback to the latest snapshot moves entries back in the background',
     expect(d.rec.reverting).toBe(d.rec.snapshots[0]!.id);
     expect(d.revert).not.toBeNull();
     expect(d.rec.size).toBe(N * BS);
+    expect(storeStatus(reg).disks[0]).toMatchObject({ name: 'd', rollingBackTo: 's' });
+    expect(renderStatus(storeStatus(reg))).toMatch(/rolling back to @s/);
     expect((await readAll(reg, 'd')).equals(a)).toBe(true);
     // A write waits for the move, then lands on the rolled-back content.
     await writeDisk(reg.ctx, d, BS, Buffer.alloc(100, 7));
     expect(d.rec.reverting).toBeUndefined();
     expect(d.revert).toBeNull();
+    expect(storeStatus(reg).disks[0]!.rollingBackTo).toBeUndefined();
     const want = Buffer.from(a);
     want.fill(7, BS, BS + 100);
     expect((await readAll(reg, 'd')).equals(want)).toBe(true);
