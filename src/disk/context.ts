@@ -10,6 +10,9 @@ import type { DiskRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import type { Pool } from '../store/pool.js';
 import { KeyedLock, Gate } from '../util/lock.js';
 import { notFound, VdiskError } from '../errors.js';
+import { logger } from '../log.js';
+
+const log = logger('context');
 
 /**
  * Modification times, in milliseconds. `now()` never goes back; `tick()` is also strictly later than
@@ -128,6 +131,9 @@ export class DiskState {
 }
 
 const GROUP_DELAY_MS = 2;
+/** Freed blocks held for punching after which the next batch is written with sync, so they come free. */
+const PUNCH_BACKLOG = 4096;
+const PUNCH_DELAY_MS = 200;
 export const MAX_BACKLOG = 20_000;
 
 export class Context {
@@ -139,7 +145,33 @@ export class Context {
   constructor(
     readonly db: Db,
     readonly pool: Pool,
-  ) {}
+  ) {
+    pool.onHeld = () => this.schedulePunch();
+  }
+
+  private punchTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
+
+  /**
+   * Freed blocks wait for a durable batch before their space is punched (store/pool.ts): unless one comes
+   * by itself (an fsync, a control command), a synced empty batch follows PUNCH_DELAY_MS after the first
+   * such free. It costs no LevelDB write when everything is durable already.
+   */
+  private schedulePunch(): void {
+    if (this.punchTimer || this.stopped) return;
+    this.punchTimer = setTimeout(() => {
+      this.punchTimer = null;
+      if (!this.stopped && !this.failure) this.commit([], true).catch(() => undefined);
+    }, PUNCH_DELAY_MS);
+    this.punchTimer.unref();
+  }
+
+  /** No more background batches (close). */
+  stop(): void {
+    this.stopped = true;
+    if (this.punchTimer) clearTimeout(this.punchTimer);
+    this.punchTimer = null;
+  }
 
   disk(name: string): DiskState {
     const d = this.disks.get(name);
@@ -264,7 +296,9 @@ export class Context {
         const settle = (): void => {
           this.backlog -= ops.length;
         };
-        const sync = group.some((g) => g.sync);
+        // Freed blocks waiting for a durable batch: past PUNCH_BACKLOG this batch is made one (store/pool.ts).
+        const sync = group.some((g) => g.sync) || this.pool.punchBacklog() > PUNCH_BACKLOG;
+        const punchable = sync ? this.pool.takePunchable() : null;
         try {
           const ready = group.flatMap((g) => (g.ready ? [g.ready] : []));
           if (ready.length) await Promise.all(ready);
@@ -273,8 +307,10 @@ export class Context {
           // LevelDB's log is written in order: a synced batch makes every batch before it durable too.
           this.unsynced = sync ? false : this.unsynced || ops.length > 0;
           settle();
+          if (punchable) this.pool.reclaim(punchable).catch((e: unknown) => log.error({ err: e }, 'giving freed blocks back failed'));
           for (const g of group) g.resolve();
         } catch (e) {
+          if (punchable) this.pool.returnPunchable(punchable);
           settle();
           this.failure = e as Error;
           for (const g of group) g.reject(e);

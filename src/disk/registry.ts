@@ -64,8 +64,12 @@ export class Registry {
       // Block values whose discard was lost (a crash after the batch that freed them, a failed delete).
       // The allocators now hold every referenced pbn, and nothing writes before open returns.
       if (blockStore === 'leveldb' && opts.purge !== false) await sweepBlocks(db, (bs, pbn) => pool.isUsed(bs, pbn));
-      // A rollback a crash or a close interrupted goes on moving entries back (check only looks).
-      if (opts.purge !== false) for (const d of ctx.disks.values()) startRevert(ctx, d);
+      if (opts.purge !== false) {
+        // A rollback a crash or a close interrupted goes on moving entries back (check only looks).
+        for (const d of ctx.disks.values()) startRevert(ctx, d);
+        // Free space inside the pool files goes back to the host filesystem, in the background.
+        pool.punchFree().catch(() => undefined);
+      }
       return reg;
     } catch (e) {
       await db.close();
@@ -82,6 +86,7 @@ export class Registry {
       for (const d of this.ctx.disks.values()) d.revertStop = true; // a rollback's move resumes at the next open
       for (const d of this.ctx.disks.values()) await d.settled();
       await this.ctx.drain();
+      this.ctx.stop();
       await this.ctx.pool.sync();
     } finally {
       try {

@@ -85,6 +85,13 @@ export interface BlockStore {
    */
   trim?(blocks: number): Promise<void>;
   /**
+   * Give the space of these runs ([first pbn, count]) of free blocks back to the host filesystem (punch
+   * holes, store/punch.ts); they read as zeros afterwards. The pool keeps the pbns from being allocated until
+   * this resolves, and calls it only once the batch that freed them is durable. Rejects when the filesystem
+   * cannot punch (the pool then stops asking).
+   */
+  punch?(runs: [number, number][]): Promise<void>;
+  /**
    * A completed write has reached the device (O_DIRECT), not only the page cache: then the device flush of
    * any other file (LevelDB's log) also makes it durable, and the registry may flush both side by side.
    */

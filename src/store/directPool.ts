@@ -20,6 +20,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, fdatasyncSync } from 'node:fs';
 import type { RunStore } from './blockStore.js';
+import { punchRuns } from './punch.js';
 import { trimFile } from './poolFile.js';
 import { PbnChains } from './chains.js';
 import { SECTOR, aligned, alignedArena, ceilTo, floorTo, ioAll, readAllSync, writeAllSync } from './directIo.js';
@@ -224,5 +225,11 @@ export class DirectPoolFileStore implements RunStore {
   async trim(blocks: number): Promise<void> {
     await this.inflight.drain();
     await trimFile(this.fh, blocks * this.blockSize);
+  }
+
+  /** After every write in flight (an earlier write must not land in a punched hole). */
+  async punch(runs: [number, number][]): Promise<void> {
+    await this.inflight.drain();
+    await punchRuns(this.path, this.blockSize, runs);
   }
 }

@@ -67,6 +67,7 @@ export class FaultyStore implements BlockStore {
   readonly behindRoom?: (bytes: number) => boolean;
   readonly syncNow?: () => boolean;
   readonly trim?: (blocks: number) => Promise<void>;
+  readonly punch?: (runs: [number, number][]) => Promise<void>;
 
   constructor(
     private inner: BlockStore,
@@ -85,6 +86,13 @@ export class FaultyStore implements BlockStore {
     if (s.behindRoom) this.behindRoom = (bytes) => this.failed === null && s.behindRoom!(bytes);
     if (s.syncNow) this.syncNow = () => this.flushNow();
     if (s.trim) this.trim = (blocks) => this.trimTo(blocks);
+    if (s.punch) {
+      this.punch = async (runs) => {
+        await this.drainHeld();
+        this.unsynced = this.unsynced.filter((w) => !runs.some(([p, n]) => w.pbn >= p && w.pbn < p + n));
+        await s.punch!(runs);
+      };
+    }
   }
 
   get blockSize(): number {

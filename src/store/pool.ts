@@ -11,8 +11,12 @@ import type { BlockStore, BlockStoreFactory } from './blockStore.js';
 import { noSpace } from '../errors.js';
 import { formatSize } from '../util/size.js';
 import { logger } from '../log.js';
+import { pbnRuns } from './punch.js';
 
 const log = logger('pool');
+
+/** Runs of freed blocks punched before their pbns go back to the allocator. */
+const PUNCH_SLICE = 256;
 
 export type StoreWrapper = (inner: BlockStore) => BlockStore;
 
@@ -22,6 +26,16 @@ export class Pool {
   private opening = new Map<number, Promise<BlockStore>>();
   /** pbns freed while their block size's store was still opening: discarded before anyone gets the store. */
   private discardsAtOpen = new Map<number, number[]>();
+  /**
+   * Freed pbns of stores that punch holes (store/punch.ts), not yet given back to the allocator: they wait
+   * for a durable batch after the one that freed them (takePunchable, at the start of a synced batch), then
+   * for their punch (reclaim). Counted as free in usedBytes.
+   */
+  private toPunch = new Map<number, number[]>();
+  /** Blocks held for punching, per block size (freed, not yet back in the allocator). */
+  private held = new Map<number, number>();
+  private punching: Promise<void> = Promise.resolve();
+  private punchFailed = false;
 
   constructor(
     private openBottom: BlockStoreFactory,
@@ -70,11 +84,17 @@ export class Pool {
   usedBytes(): number {
     let total = 0;
     for (const a of this.allocators.values()) total += a.used * a.blockSize;
+    for (const [bs, n] of this.held) total -= n * bs;
     return total;
   }
 
+  /** Blocks in use (referenced, or reserved for a write in flight). */
   usedBlocks(blockSize: number): number {
-    return this.allocators.get(blockSize)?.used ?? 0;
+    return (this.allocators.get(blockSize)?.used ?? 0) - (this.held.get(blockSize) ?? 0);
+  }
+
+  private hold(blockSize: number, n: number): void {
+    this.held.set(blockSize, (this.held.get(blockSize) ?? 0) + n);
   }
 
   /** Reserve a physical block, or fail with NO_SPACE when the pool is full. */
@@ -98,14 +118,113 @@ export class Pool {
    * unreferenced data that the store's open-time sweep removes.
    */
   free(blockSize: number, pbn: number): void {
-    this.allocator(blockSize).free(pbn);
     const s = this.stores.get(blockSize);
+    if (s?.punch && !this.punchFailed) return this.holdForPunch(blockSize, [pbn]);
+    this.allocator(blockSize).free(pbn);
     if (s) return this.discard(s, pbn);
     let list = this.discardsAtOpen.get(blockSize);
     if (!list) this.discardsAtOpen.set(blockSize, (list = []));
     list.push(pbn);
     void this.store(blockSize).catch(() => undefined);
   }
+
+  private holdForPunch(blockSize: number, pbns: number[]): void {
+    let list = this.toPunch.get(blockSize);
+    if (!list) this.toPunch.set(blockSize, (list = []));
+    for (const pbn of pbns) list.push(pbn);
+    this.hold(blockSize, pbns.length);
+    this.onHeld?.();
+  }
+
+  /** Called when freed blocks start waiting for a durable batch (Context schedules one). */
+  onHeld: (() => void) | undefined;
+
+  /** Freed blocks waiting for their punch (Context forces a synced batch past a limit). */
+  punchBacklog(): number {
+    let n = 0;
+    for (const v of this.held.values()) n += v;
+    return n;
+  }
+
+  /**
+   * The freed pbns whose freeing batch is durable once the synced batch about to be written is: Context
+   * takes them when it starts such a batch and passes them to reclaim() once it is written (or gives them
+   * back with returnPunchable if it failed).
+   */
+  takePunchable(): Map<number, number[]> | null {
+    if (this.toPunch.size === 0) return null;
+    const taken = this.toPunch;
+    this.toPunch = new Map();
+    return taken;
+  }
+
+  returnPunchable(taken: Map<number, number[]>): void {
+    for (const [bs, pbns] of taken) {
+      let list = this.toPunch.get(bs);
+      if (!list) this.toPunch.set(bs, (list = []));
+      list.push(...pbns);
+    }
+  }
+
+  /**
+   * Punch the taken pbns' space out of the pool files, then give them back to the allocator, a slice of runs
+   * at a time (one at a time for the whole pool). A filesystem that cannot punch turns punching off (logged
+   * once); the blocks are freed all the same.
+   */
+  reclaim(taken: Map<number, number[]>): Promise<void> {
+    return this.chainPunch(() => this.punchAndFree(taken));
+  }
+
+  private chainPunch(job: () => Promise<void>): Promise<void> {
+    const next = this.punching.then(job);
+    this.punching = next.catch(() => undefined);
+    return next;
+  }
+
+  private async punchAndFree(taken: Map<number, number[]>): Promise<void> {
+    for (const [bs, pbns] of taken) {
+      const s = this.stores.get(bs);
+      const runs = pbnRuns(pbns);
+      for (let i = 0; i < runs.length; i += PUNCH_SLICE) {
+        const slice = runs.slice(i, i + PUNCH_SLICE);
+        if (s?.punch && !this.punchFailed && !this.closing) {
+          try {
+            await s.punch(slice);
+          } catch (e) {
+            this.punchFailed = true;
+            log.warn({ err: e, blockSize: bs }, 'punching freed pool-file space failed: freed space stays in the pool files (reused by later writes)');
+          }
+        }
+        const a = this.allocator(bs);
+        let n = 0;
+        for (const [first, count] of slice) for (let pbn = first; pbn < first + count; pbn++, n++) a.free(pbn);
+        this.hold(bs, -n);
+      }
+    }
+  }
+
+  /**
+   * At open: punch every free block below each pool file's high-water mark (space freed before punching
+   * existed, or whose punch a crash lost), in the background. Nothing references them, so no batch needs to
+   * wait; they are held (not allocatable) until their slice is punched. Returns when it is done.
+   */
+  punchFree(): Promise<void> {
+    return this.chainPunch(async () => {
+      const taken = new Map<number, number[]>();
+      for (const [bs, a] of this.allocators) {
+        const s = await this.store(bs);
+        if (!s.punch || this.closing) continue;
+        const free: number[] = [];
+        for (let pbn = 0; pbn < a.highWater; pbn++) if (!a.isUsed(pbn)) free.push(pbn);
+        for (const pbn of free) a.mark(pbn);
+        this.hold(bs, free.length);
+        if (free.length) taken.set(bs, free);
+      }
+      await this.punchAndFree(taken);
+    });
+  }
+
+  private closing = false;
 
   private discard(s: BlockStore, pbn: number): void {
     s.discard?.(pbn).catch((e: unknown) => log.warn({ err: e, pbn, blockSize: s.blockSize }, 'discarding a freed block failed; the open-time sweep will remove it'));
@@ -130,6 +249,14 @@ export class Pool {
   /** Close every store; a clean close gives back the space past the last block in use (trim). */
   async close(): Promise<void> {
     await Promise.allSettled([...this.opening.values()]);
+    this.closing = true; // a punch in progress finishes its slice; the rest is freed without punching
+    await this.punching;
+    // Held blocks whose punch never became due are simply free (they stay inside the file: trim below).
+    for (const [bs, pbns] of this.toPunch) {
+      for (const pbn of pbns) this.allocator(bs).free(pbn);
+      this.hold(bs, -pbns.length);
+    }
+    this.toPunch.clear();
     await Promise.all(
       [...this.stores.values()].map(async (s) => {
         try {

@@ -25,6 +25,7 @@
  *   write cache lost data) and ends write-behind;
  * - at most BEHIND_LIMIT bytes are in flight; past that the fast path declines and writes wait.
  */
+import { punchRuns } from './punch.js';
 import { open, type FileHandle } from 'node:fs/promises';
 import { readSync, writeSync, write as writeCb } from 'node:fs';
 import type { BlockStore } from './blockStore.js';
@@ -198,6 +199,12 @@ export class PoolFileStore implements BlockStore {
   async trim(blocks: number): Promise<void> {
     await this.inflight.drain();
     await trimFile(this.fh, blocks * this.blockSize);
+  }
+
+  /** After every write in flight (an earlier write must not land in a punched hole). */
+  async punch(runs: [number, number][]): Promise<void> {
+    await this.inflight.drain();
+    await punchRuns(this.path, this.blockSize, runs);
   }
 }
 

@@ -335,4 +335,9 @@ export class WriteBehindStore implements BlockStore {
     await this.drainWrites();
     await this.inner.trim?.(blocks);
   }
+
+  async punch(runs: [number, number][]): Promise<void> {
+    await this.drainWrites();
+    await this.inner.punch?.(runs);
+  }
 }

@@ -153,3 +153,51 @@ describe('pool', () => {
     expect((await m.status()).pool.usedBytes).toBe(POOL);
   });
 });
+
+describe('freed space goes back to the host filesystem', () => {
+  /** Poll `du` of the pool file until it is at most `max` bytes (punching runs in the background). */
+  async function duAtMost(file: string, max: number): Promise<number> {
+    let du = await duBytes(file);
+    for (let i = 0; i < 100 && du > max; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      du = await duBytes(file);
+    }
+    return du;
+  }
+
+  it('deleting a disk punches its blocks out of the pool file; an old store’s free space is punched at mount', async () => {
+    const m = await VdiskMount.create();
+    const pool = join(m.store, 'pool-65536.dat');
+    await m.ctlOk('create big 64M');
+    await m.ctlOk('create keep 8M');
+    const big = randomBuffer(91, 64 * M);
+    const keep = randomBuffer(92, 8 * M);
+    await writeAt(m.disk('big'), 0, big, true);
+    await writeAt(m.disk('keep'), 0, keep, true); // after big in the pool file: the file cannot just shrink
+    await m.ctlOk('snapshot keep s');
+    const full = await duBytes(pool);
+    expect(full).toBeGreaterThanOrEqual(72 * M);
+    await m.ctlOk('delete big');
+    const after = await duAtMost(pool, 16 * M);
+    expect(after, `du of the pool file after deleting 64 MiB: ${after}`).toBeLessThanOrEqual(16 * M);
+    expect(sha256(await readRange(m.disk('keep'), 0, 8 * M))).toBe(sha256(keep));
+    // New writes reuse the punched space (the file does not grow).
+    const size = (await sh(`stat -c %s ${pool}`)).stdout.trim();
+    await m.ctlOk('create again 32M');
+    const again = randomBuffer(93, 32 * M);
+    await writeAt(m.disk('again'), 0, again, true);
+    expect((await sh(`stat -c %s ${pool}`)).stdout.trim()).toBe(size);
+    await m.unmount();
+    // A store whose free space still holds data (written before punching existed): the mount punches it.
+    await sh(`dd if=/dev/urandom of=${pool} bs=1M seek=40 count=24 conv=notrunc status=none`);
+    expect(await duBytes(pool)).toBeGreaterThanOrEqual(64 * M); // again (32) + the free area (24) + keep (8)
+    await m.mount();
+    const reopened = await duAtMost(pool, 48 * M);
+    expect(reopened, `du after the mount: ${reopened}`).toBeLessThanOrEqual(48 * M);
+    expect(sha256(await readRange(m.disk('keep'), 0, 8 * M))).toBe(sha256(keep));
+    expect(sha256(await readRange(m.disk('again'), 0, 32 * M))).toBe(sha256(again));
+    await m.unmount();
+    const c = await sh(`node ${join(process.cwd(), 'dist/cli/main.js')} check --store ${m.store}`);
+    expect(c.code, c.stdout + c.stderr).toBe(0);
+  });
+});
