@@ -2,7 +2,8 @@
  * `vdiskfs check`: verify a store that is not mounted (qemu-img check / thin_check habits).
  * Errors: table entries that cannot be decoded, physical blocks referenced twice, disk records that
  * contradict each other (unknown backing, epochs out of order), and (LevelDB bottom) referenced blocks
- * without a value. Warnings: entries past the end of their pool file (they read as zeros; after a power
+ * without a value, and referenced blocks past the end of a pool file (or in a missing one) below the length
+ * recorded as synced (meta!pool!). Warnings: such blocks past that length (they read as zeros; after a power
  * cut, data written since the last fsync). Leaks: keys of tables whose disk or snapshot is gone (their
  * blocks are already free by construction; the keys only waste space), pool-file space past the highest
  * referenced block, and (LevelDB bottom) block values no table references.
@@ -17,6 +18,8 @@ import { Registry } from '../disk/registry.js';
 import { purgeOrphans } from '../disk/scan.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
 import type { BlockStoreKind } from '../meta/records.js';
+import type { Context } from '../disk/context.js';
+import type { Table } from '../meta/table.js';
 
 export interface CheckReport {
   disks: number;
@@ -32,6 +35,39 @@ export interface CheckReport {
   poolBytes: number;
   usedBytes: number;
   blockStore: BlockStoreKind;
+}
+
+/** Referenced blocks of `bs` bytes past `size` bytes of their pool file, by pbn, each with its owner's name. */
+async function blocksPastEnd(ctx: Context, bs: number, size: number): Promise<Map<number, string>> {
+  const out = new Map<number, string>();
+  for (const d of ctx.disks.values()) {
+    if (d.blockSize !== bs) continue;
+    const tables: [Table, string][] = [[d.live, d.rec.name], ...d.rec.snapshots.map((s): [Table, string] => [d.snapTable(s.id), `${d.rec.name}@${s.name}`])];
+    for (const [t, name] of tables) {
+      for await (const [, e] of t.entries()) if (e.kind === 'data' && (e.pbn + 1) * bs > size) out.set(e.pbn, name);
+    }
+  }
+  return out;
+}
+
+/**
+ * Blocks referenced past the end of a pool file read as zeros. Below the length known synced (meta!pool!,
+ * written after an fsync's pool flush) they were durable once: the file was cut or removed, an error. Past
+ * it, they are data written since the last fsync whose table entries reached the disk before the data did
+ * (a power cut): allowed, a warning.
+ */
+function pastEnd(r: CheckReport, blocks: Map<number, string>, bs: number, size: number, synced: number): void {
+  const file = `pool-${bs}.dat`;
+  const lost = new Map<string, number>();
+  let unsynced = 0;
+  for (const [pbn, owner] of blocks) {
+    if ((pbn + 1) * bs <= synced) lost.set(owner, (lost.get(owner) ?? 0) + 1);
+    else unsynced++;
+  }
+  const what = size < 0 ? `${file} is missing` : `${file} is ${size} bytes`;
+  const n = [...lost.values()].reduce((a, b) => a + b, 0);
+  if (n) r.errors.push(`${what}, shorter than the ${synced} bytes known synced: ${n} referenced block(s) lost, read as zeros (${[...lost].map(([o, c]) => `${o}: ${c}`).join(', ')})`);
+  if (unsynced) r.warnings.push(`${what}: ${unsynced} referenced block(s) past its end written since its last fsync read as zeros (lost by a power cut?)`);
 }
 
 export async function checkStore(dir: string, opts: { repair?: boolean } = {}): Promise<CheckReport> {
@@ -82,12 +118,10 @@ export async function checkStore(dir: string, opts: { repair?: boolean } = {}): 
     // Every referenced block must lie inside its pool file; space past the highest one is reclaimable.
     for (const bs of reg.blockStore === 'file' ? sizes : []) {
       const file = join(dir, `pool-${bs}.dat`);
-      const size = await stat(file).then((s) => s.size, () => 0);
-      r.poolBytes += size;
+      const size = await stat(file).then((s) => s.size, () => -1);
+      r.poolBytes += Math.max(0, size);
       const hw = ctx.pool.allocator(bs).highWater;
-      // Blocks past the end of the pool file read as zeros. After a power cut that is data written since
-      // the last fsync whose table entries reached the disk before the data did: allowed, so a warning.
-      if (hw * bs > size) r.warnings.push(`pool-${bs}.dat is ${size} bytes but blocks up to ${hw - 1} are referenced: ${Math.ceil((hw * bs - size) / bs)} block(s) past its end read as zeros (lost since the last fsync?)`);
+      if (hw * bs > size) pastEnd(r, await blocksPastEnd(ctx, bs, Math.max(0, size)), bs, size, ctx.syncedLength.get(bs) ?? 0);
       else if (size > hw * bs) {
         r.leaks.push(`pool-${bs}.dat: ${size - hw * bs} bytes past the last referenced block`);
         if (opts.repair) {

@@ -149,6 +149,11 @@ export class Context {
     pool.onHeld = () => this.schedulePunch();
   }
 
+  /** Pool-file lengths known synced (block size -> bytes), as recorded under meta!pool! (durable.ts). */
+  readonly syncedLength = new Map<number, number>();
+  /** meta!pool! puts waiting for the next synced batch that writes something (durable.ts recordSynced). */
+  readonly syncedMarks = new Map<string, string>();
+
   private punchTimer: NodeJS.Timeout | null = null;
   private stopped = false;
 
@@ -293,8 +298,10 @@ export class Context {
           n += item.ops.length;
         }
         const ops = group.flatMap((g) => g.ops);
+        const marks = [...this.syncedMarks];
+        const queued = ops.length; // what commit() added to the backlog (marks added below are not)
         const settle = (): void => {
-          this.backlog -= ops.length;
+          this.backlog -= queued;
         };
         // Freed blocks waiting for a durable batch: past PUNCH_BACKLOG this batch is made one (store/pool.ts).
         const sync = group.some((g) => g.sync) || this.pool.punchBacklog() > PUNCH_BACKLOG;
@@ -302,6 +309,10 @@ export class Context {
         try {
           const ready = group.flatMap((g) => (g.ready ? [g.ready] : []));
           if (ready.length) await Promise.all(ready);
+          if (sync && marks.length) {
+            for (const [key, value] of marks) ops.push({ type: 'put', key, value });
+            for (const [key, value] of marks) if (this.syncedMarks.get(key) === value) this.syncedMarks.delete(key);
+          }
           if (ops.length) await this.db.batch(ops, { sync });
           else if (sync && this.unsynced) await this.db.put(SYNC_KEY, new Date().toISOString(), { sync: true });
           // LevelDB's log is written in order: a synced batch makes every batch before it durable too.

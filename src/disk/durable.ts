@@ -9,16 +9,45 @@
  */
 import { VdiskError } from '../errors.js';
 import type { Context } from './context.js';
+import { poolSyncedKey } from '../meta/keys.js';
 
 export async function flushStore(ctx: Context): Promise<void> {
   await ctx.drain();
   checkFailure(ctx);
+  const lengths = await ctx.pool.lengths(); // all of it is durable once the pool's flush below is done
   if (ctx.pool.writesThrough()) {
     await Promise.all([ctx.pool.sync(), ctx.commit([], true)]);
   } else {
     await ctx.pool.sync();
     await ctx.commit([], true);
   }
+  recordSynced(ctx, lengths);
+}
+
+/**
+ * Record pool-file lengths that are now synced (meta!pool!, see keys.ts) where they grew. They ride with the
+ * next synced batch (Context.syncedMarks), so an fsync's fast path is not slowed by a batch of their own;
+ * a mark that lags is safe: it only ever understates.
+ */
+function recordSynced(ctx: Context, lengths: Map<number, number>): void {
+  for (const [bs, len] of lengths) {
+    if (len <= (ctx.syncedLength.get(bs) ?? 0)) continue;
+    ctx.syncedLength.set(bs, len);
+    ctx.syncedMarks.set(poolSyncedKey(bs), String(len));
+  }
+}
+
+/**
+ * At a clean close, once the pool is flushed and before close() cuts the pool files to their blocks in use
+ * (`ends`: block size -> bytes): those lengths are the synced ones, recorded durably (lower than before after
+ * deletes, so that `check` never takes later unsynced growth for lost data; higher after writes).
+ */
+export async function recordClosed(ctx: Context, ends: Map<number, number>): Promise<void> {
+  for (const [bs, end] of ends) {
+    ctx.syncedLength.set(bs, end);
+    ctx.syncedMarks.set(poolSyncedKey(bs), String(end));
+  }
+  await ctx.commit([], true); // writes the marks (Context.pump), with any still waiting from recordSynced
 }
 
 /**

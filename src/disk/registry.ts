@@ -5,7 +5,7 @@
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
 import { openDb } from '../meta/db.js';
-import { DISK_PREFIX, HISTORY_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
+import { DISK_PREFIX, HISTORY_PREFIX, POOL_SYNCED_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
 import type { BlockStoreKind, DiskRecord, HistoryRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
 import { bottomFactory } from '../store/bottoms.js';
@@ -19,7 +19,7 @@ import { blocksFor } from '../util/range.js';
 import { busy, exists } from '../errors.js';
 import { writeExclusive } from './write.js';
 import { Transaction } from './commit.js';
-import { flushStore, flushStoreNow } from './durable.js';
+import { flushStore, flushStoreNow, recordClosed } from './durable.js';
 import { Disk, View } from './view.js';
 import { Landing } from './landing.js';
 import { clonesOf, createSnapshot, deleteSnapshot, rollback, cloneSnapshot, startRevert, type RollbackOptions } from './snapshots.js';
@@ -54,12 +54,16 @@ export class Registry {
       const pool = new Pool(bottomFactory(blockStore, opts.dir, db), opts.poolSize ?? Infinity, opts.wrap);
       const ctx = new Context(db, pool);
       ctx.seq = JSON.parse((await db.getMany([SEQ_KEY]))[0]!) as SeqRecord;
+      for await (const [key, value] of db.iterator({ gte: POOL_SYNCED_PREFIX, lt: POOL_SYNCED_PREFIX + '~' })) {
+        ctx.syncedLength.set(parseInt(key.slice(POOL_SYNCED_PREFIX.length), 16), Number(value));
+      }
       for await (const [, value] of db.iterator({ gte: DISK_PREFIX, lt: DISK_PREFIX + '~' })) {
         const rec = JSON.parse(value) as DiskRecord;
         ctx.disks.set(rec.name, new DiskState(rec, ctx));
       }
       const scan = await scanTables(ctx);
       const reg = new Registry(ctx, opts.dir, scan, blockStore);
+      reg.inspecting = opts.purge === false;
       if (scan.orphanTables.size && opts.purge !== false) await purgeOrphans(ctx, scan.orphanTables);
       // Block values whose discard was lost (a crash after the batch that freed them, a failed delete).
       // The allocators now hold every referenced pbn, and nothing writes before open returns.
@@ -82,15 +86,23 @@ export class Registry {
    * store can be opened again; the first error is thrown.
    */
   async close(): Promise<void> {
+    let trim = false;
     try {
       for (const d of this.ctx.disks.values()) d.revertStop = true; // a rollback's move resumes at the next open
       for (const d of this.ctx.disks.values()) await d.settled();
       await this.ctx.drain();
       this.ctx.stop();
       await this.ctx.pool.sync();
+      await this.ctx.pool.settle();
+      // The synced lengths are recorded first (durably), then close() cuts the files there; if they cannot
+      // be, the files keep their length (check would otherwise take later unsynced growth for lost data).
+      if (this.inspecting) return;
+      const lengths = await this.ctx.pool.lengths(); // flushed above: all of it is durable
+      const ends = new Map([...this.ctx.pool.usedEnds()].map(([bs, end]) => [bs, Math.min(end, lengths.get(bs) ?? end)]));
+      trim = await recordClosed(this.ctx, ends).then(() => true, () => false);
     } finally {
       try {
-        await this.ctx.pool.close();
+        await this.ctx.pool.close({ trim });
       } finally {
         await this.ctx.db.close();
       }
@@ -141,6 +153,9 @@ export class Registry {
   has(name: string): boolean {
     return this.ctx.disks.has(name);
   }
+
+  /** Opened by `check` (purge: false): close records nothing and leaves the pool files' length alone. */
+  private inspecting = false;
 
   private control: Promise<unknown> = Promise.resolve();
 

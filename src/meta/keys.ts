@@ -8,6 +8,13 @@ export const FORMAT_KEY = 'meta!format';
 export const SEQ_KEY = 'meta!seq';
 /** Written with sync:true to make everything before it durable. */
 export const SYNC_KEY = 'meta!sync';
+/**
+ * meta!pool!<blockSize:8>: the length of that pool file known to be synced (a decimal string), written after
+ * an fsync's pool flush, lowered before a close truncates the file. `check` counts referenced blocks past the
+ * file's end but below it as lost (an error); past it, as data a power cut took before its sync (a warning).
+ */
+export const POOL_SYNCED_PREFIX = 'meta!pool!';
+export const poolSyncedKey = (blockSize: number): string => `${POOL_SYNCED_PREFIX}${hex(blockSize, 8)}`;
 export const STORE_MAGIC = 'vdiskfs-store';
 /**
  * Format versions (KEYSPACE.md, Changelog): 1 keeps block data in pool files; 2 keeps it in LevelDB (`b!`

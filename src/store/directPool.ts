@@ -227,6 +227,10 @@ export class DirectPoolFileStore implements RunStore {
     await trimFile(this.fh, blocks * this.blockSize);
   }
 
+  async length(): Promise<number> {
+    return (await this.fh.stat()).size;
+  }
+
   /** After every write in flight (an earlier write must not land in a punched hole). */
   async punch(runs: [number, number][]): Promise<void> {
     await this.inflight.drain();

@@ -136,6 +136,13 @@ export class Pool {
     this.onHeld?.();
   }
 
+  /** The lengths of the open stores' files (block size -> bytes), for stores that have files. */
+  async lengths(): Promise<Map<number, number>> {
+    const out = new Map<number, number>();
+    for (const [bs, s] of this.stores) if (s.length) out.set(bs, await s.length());
+    return out;
+  }
+
   /** Called when freed blocks start waiting for a durable batch (Context schedules one). */
   onHeld: (() => void) | undefined;
 
@@ -247,20 +254,35 @@ export class Pool {
   }
 
   /** Close every store; a clean close gives back the space past the last block in use (trim). */
-  async close(): Promise<void> {
+  /**
+   * First step of a close: no more punching (one in progress finishes its slice; the rest is freed without
+   * punching), and held blocks are free. Then usedEnds() says where close() will cut the files.
+   */
+  async settle(): Promise<void> {
     await Promise.allSettled([...this.opening.values()]);
-    this.closing = true; // a punch in progress finishes its slice; the rest is freed without punching
+    this.closing = true;
     await this.punching;
-    // Held blocks whose punch never became due are simply free (they stay inside the file: trim below).
     for (const [bs, pbns] of this.toPunch) {
       for (const pbn of pbns) this.allocator(bs).free(pbn);
       this.hold(bs, -pbns.length);
     }
     this.toPunch.clear();
+  }
+
+  /** Bytes each open store keeps at close (block size -> bytes): its blocks up to the last one in use. */
+  usedEnds(): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const bs of this.stores.keys()) out.set(bs, this.allocator(bs).usedEnd() * bs);
+    return out;
+  }
+
+  /** `trim`: give back the space past the last block in use (a clean close). */
+  async close(opts: { trim?: boolean } = {}): Promise<void> {
+    await this.settle();
     await Promise.all(
       [...this.stores.values()].map(async (s) => {
         try {
-          await s.trim?.(this.allocator(s.blockSize).usedEnd());
+          if (opts.trim !== false) await s.trim?.(this.allocator(s.blockSize).usedEnd());
         } catch (e) {
           log.warn({ err: e, blockSize: s.blockSize }, 'giving back pool-file space at close failed; `vdiskfs check --repair` does it');
         }

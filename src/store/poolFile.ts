@@ -201,6 +201,10 @@ export class PoolFileStore implements BlockStore {
     await trimFile(this.fh, blocks * this.blockSize);
   }
 
+  async length(): Promise<number> {
+    return (await this.fh.stat()).size;
+  }
+
   /** After every write in flight (an earlier write must not land in a punched hole). */
   async punch(runs: [number, number][]): Promise<void> {
     await this.inflight.drain();

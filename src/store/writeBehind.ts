@@ -336,6 +336,10 @@ export class WriteBehindStore implements BlockStore {
     await this.inner.trim?.(blocks);
   }
 
+  length(): Promise<number> {
+    return this.inner.length ? this.inner.length() : Promise.resolve(0);
+  }
+
   async punch(runs: [number, number][]): Promise<void> {
     await this.drainWrites();
     await this.inner.punch?.(runs);
