@@ -16,7 +16,12 @@
  *            (and read back) during the load, peak RSS (VmHWM) of the daemon; all data verified after a
  *            remount.
  *
- * Environment: TORTURE_ROUNDS (20), TORTURE_SECONDS (60), TORTURE_QUICK=1 (about a minute in all),
+ *   fsx      scripts/fsx.mjs (fsx's operation mix, xfstests generic/127's parameters: -l 262144 -o 65536,
+ *            100,000 operations) on a 4 KiB-block and a 64 KiB-block disk, every read checked against a
+ *            shadow copy; the region's hash checked again after a remount.
+ *
+ * Environment: TORTURE_ROUNDS (100), TORTURE_SECONDS (60), TORTURE_QUICK=1 (a few minutes in all),
+ * TORTURE_FSX_OPS (100000; quick 5000),
  * TORTURE_SEED (random; printed), TORTURE_FIO_SIZE (256M per job; quick 16M), TORTURE_ONLY=crash,random,...
  * TORTURE_KEEP=1 keeps the temp dir. Output: a summary table on stdout and in
  * /tmp/vdiskfs-torture-summary.md. Exit 0 only if nothing failed and no acknowledged byte was lost.
@@ -41,11 +46,12 @@ const K = 1024;
 const M = 1024 * K;
 
 const QUICK = process.env.TORTURE_QUICK === '1';
-const ROUNDS = Number(process.env.TORTURE_ROUNDS ?? (QUICK ? 3 : 20));
+const ROUNDS = Number(process.env.TORTURE_ROUNDS ?? (QUICK ? 3 : 100));
 const SECONDS = Number(process.env.TORTURE_SECONDS ?? (QUICK ? 6 : 60));
 const SEED = Number(process.env.TORTURE_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const FIO_SIZE = process.env.TORTURE_FIO_SIZE ?? (QUICK ? "8M" : "256M");
-const ONLY = new Set((process.env.TORTURE_ONLY ?? 'crash,random,fio,damage,load').split(',').filter(Boolean));
+const ONLY = new Set((process.env.TORTURE_ONLY ?? 'crash,random,fio,fsx,damage,load').split(',').filter(Boolean));
+const FSX_OPS = Number(process.env.TORTURE_FSX_OPS ?? (QUICK ? 5000 : 100_000));
 const KEEP = process.env.TORTURE_KEEP === '1';
 const SUMMARY = '/tmp/vdiskfs-torture-summary.md';
 
@@ -755,6 +761,47 @@ async function fioPhase() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Phase: fsx (scripts/fsx.mjs)
+
+async function fsxPhase() {
+  const st = newStats('fsx');
+  const m = new Mount('fsx');
+  await m.mount();
+  const runs = [
+    { disk: 'x4', create: 'create x4 1M block-size=4K', seed: 191110531 },
+    { disk: 'x64', create: 'create x64 1M', seed: SEED },
+  ];
+  const finals = new Map();
+  for (const r of runs) {
+    await m.ctlOk(r.create);
+    const out = await run(process.execPath, [join(REPO, 'scripts/fsx.mjs'), m.disk(r.disk), '-N', String(FSX_OPS), '-S', String(r.seed)]);
+    st.operations += FSX_OPS;
+    st.checks++;
+    if (out.code !== 0) {
+      st.errors++;
+      throw new Error(`fsx on ${r.disk} failed:\n${out.stdout}${out.stderr}`);
+    }
+    finals.set(r.disk, /^final (\w+)$/m.exec(out.stdout)[1]);
+    log(`fsx ${r.disk}: ${out.stdout.split('\n')[0]}`);
+    st.notes.push(`${r.disk}: ${out.stdout.split('\n')[0].replace(/^fsx: /, '')}`);
+  }
+  await m.stop();
+  await m.check(st);
+  await m.mount();
+  for (const [disk, sha] of finals) {
+    const got = createHash('sha256').update(await pread(m.disk(disk), 0, 262144)).digest('hex');
+    st.checks++;
+    if (got !== sha) {
+      st.errors++;
+      st.bytesLost += 262144;
+      throw new Error(`fsx region of ${disk} differs after a remount`);
+    }
+  }
+  await m.stop();
+  await m.check(st);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Phase 4: damaged backup images
 
 const u64 = (b, o) => Number(b.readBigUInt64BE(o));
@@ -1129,7 +1176,7 @@ async function main() {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build`);
   root = await mkdtemp(join(tmpdir(), 'vdiskfs-torture-'));
   log(`torture: seed ${SEED} (TORTURE_SEED=${SEED} repeats it), ${QUICK ? 'quick, ' : ''}rounds ${ROUNDS}, load ${SECONDS} s, fio ${FIO_SIZE}, dir ${root}`);
-  const phases = { crash: crashPhase, random: randomPhase, fio: fioPhase, damage: damagePhase, load: loadPhase };
+  const phases = { crash: crashPhase, random: randomPhase, fio: fioPhase, fsx: fsxPhase, damage: damagePhase, load: loadPhase };
   const started = Date.now();
   let failed = false;
   for (const [name, fn] of Object.entries(phases)) {
