@@ -92,11 +92,12 @@ export interface BlockStore {
    */
   punch?(runs: [number, number][]): Promise<void>;
   /**
-   * The length of the store's file now (pool files): what the next sync() makes durable at least. The disk
+   * The store's file now (pool files): its length, what the next sync() makes durable at least (the disk
    * layer records it after a sync as the file's synced length, so `check` can tell blocks lost from a file
-   * that was cut (an error) from data a power cut took before it was synced (allowed).
+   * that was cut, an error, from data a power cut took before it was synced, allowed); and the space it
+   * takes on the host filesystem (st_blocks), which tells whether punching its free blocks is worth it.
    */
-  length?(): Promise<number>;
+  fileStat?(): Promise<{ length: number; allocated: number }>;
   /**
    * A completed write has reached the device (O_DIRECT), not only the page cache: then the device flush of
    * any other file (LevelDB's log) also makes it durable, and the registry may flush both side by side.

@@ -227,8 +227,9 @@ export class DirectPoolFileStore implements RunStore {
     await trimFile(this.fh, blocks * this.blockSize);
   }
 
-  async length(): Promise<number> {
-    return (await this.fh.stat()).size;
+  async fileStat(): Promise<{ length: number; allocated: number }> {
+    const st = await this.fh.stat();
+    return { length: st.size, allocated: st.blocks * 512 };
   }
 
   /** After every write in flight (an earlier write must not land in a punched hole). */

@@ -68,7 +68,7 @@ export class FaultyStore implements BlockStore {
   readonly syncNow?: () => boolean;
   readonly trim?: (blocks: number) => Promise<void>;
   readonly punch?: (runs: [number, number][]) => Promise<void>;
-  readonly length?: () => Promise<number>;
+  readonly fileStat?: () => Promise<{ length: number; allocated: number }>;
 
   constructor(
     private inner: BlockStore,
@@ -87,7 +87,7 @@ export class FaultyStore implements BlockStore {
     if (s.behindRoom) this.behindRoom = (bytes) => this.failed === null && s.behindRoom!(bytes);
     if (s.syncNow) this.syncNow = () => this.flushNow();
     if (s.trim) this.trim = (blocks) => this.trimTo(blocks);
-    if (s.length) this.length = () => s.length!();
+    if (s.fileStat) this.fileStat = () => s.fileStat!();
     if (s.punch) {
       this.punch = async (runs) => {
         await this.drainHeld();

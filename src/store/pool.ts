@@ -17,6 +17,8 @@ const log = logger('pool');
 
 /** Runs of freed blocks punched before their pbns go back to the allocator. */
 const PUNCH_SLICE = 256;
+/** A pool file taking this much more space than its blocks in use gets its free blocks punched at open. */
+const PUNCH_AT_OPEN_SLACK = 16 * 1024 * 1024;
 
 export type StoreWrapper = (inner: BlockStore) => BlockStore;
 
@@ -139,7 +141,7 @@ export class Pool {
   /** The lengths of the open stores' files (block size -> bytes), for stores that have files. */
   async lengths(): Promise<Map<number, number>> {
     const out = new Map<number, number>();
-    for (const [bs, s] of this.stores) if (s.length) out.set(bs, await s.length());
+    for (const [bs, s] of this.stores) if (s.fileStat) out.set(bs, (await s.fileStat()).length);
     return out;
   }
 
@@ -149,7 +151,7 @@ export class Pool {
   /** Freed blocks waiting for their punch (Context forces a synced batch past a limit). */
   punchBacklog(): number {
     let n = 0;
-    for (const v of this.held.values()) n += v;
+    for (const list of this.toPunch.values()) n += list.length;
     return n;
   }
 
@@ -211,23 +213,30 @@ export class Pool {
   }
 
   /**
-   * At open: punch every free block below each pool file's high-water mark (space freed before punching
-   * existed, or whose punch a crash lost), in the background. Nothing references them, so no batch needs to
-   * wait; they are held (not allocatable) until their slice is punched. Returns when it is done.
+   * At open: punch the free blocks below each pool file's high-water mark (space freed before punching
+   * existed, or whose punch a crash or a close cut short), in the background, when the file takes notably
+   * more space than its blocks in use (st_blocks; punching holes again costs a process per range). Nothing
+   * references them, so no batch needs to wait; each slice of runs is held (not allocatable) only while it
+   * is punched, and blocks a write took meanwhile are left out. Returns when it is done.
    */
   punchFree(): Promise<void> {
     return this.chainPunch(async () => {
-      const taken = new Map<number, number[]>();
       for (const [bs, a] of this.allocators) {
         const s = await this.store(bs);
-        if (!s.punch || this.closing) continue;
+        if (!s.punch || !s.fileStat || this.closing) continue;
+        const { allocated } = await s.fileStat();
+        if (allocated <= a.used * bs + Math.max(PUNCH_AT_OPEN_SLACK, a.used * bs * 0.05)) continue;
         const free: number[] = [];
         for (let pbn = 0; pbn < a.highWater; pbn++) if (!a.isUsed(pbn)) free.push(pbn);
-        for (const pbn of free) a.mark(pbn);
-        this.hold(bs, free.length);
-        if (free.length) taken.set(bs, free);
+        const runs = pbnRuns(free);
+        for (let i = 0; i < runs.length && !this.closing && !this.punchFailed; i += PUNCH_SLICE) {
+          const held: number[] = [];
+          for (const [first, count] of runs.slice(i, i + PUNCH_SLICE)) for (let pbn = first; pbn < first + count; pbn++) if (!a.isUsed(pbn)) held.push(pbn);
+          for (const pbn of held) a.mark(pbn);
+          this.hold(bs, held.length);
+          await this.punchAndFree(new Map([[bs, held]]));
+        }
       }
-      await this.punchAndFree(taken);
     });
   }
 

@@ -59,7 +59,7 @@ export class ReadaheadStore implements BlockStore {
   readonly discard?: (pbn: number) => Promise<void>;
   readonly trim?: (blocks: number) => Promise<void>;
   readonly punch?: (runs: [number, number][]) => Promise<void>;
-  readonly length?: () => Promise<number>;
+  readonly fileStat?: () => Promise<{ length: number; allocated: number }>;
 
   /** The inner store with readahead over it, or the store itself when it has no readRun and readSync. */
   static async over(inner: BlockStore): Promise<BlockStore> {
@@ -90,7 +90,7 @@ export class ReadaheadStore implements BlockStore {
     if (s.copyBehind) this.copyBehind = (from, to) => this.issue(to, bs * to, bs, () => s.copyBehind!(from, to));
     if (s.discard) this.discard = (pbn) => this.issue(pbn, pbn * bs, bs, () => s.discard!(pbn));
     if (s.trim) this.trim = (blocks) => (this.drop(blocks * bs, Infinity), s.trim!(blocks));
-    if (s.length) this.length = () => s.length!();
+    if (s.fileStat) this.fileStat = () => s.fileStat!();
     if (s.punch) this.punch = (runs) => (runs.forEach(([pbn, n]) => this.drop(pbn * bs, n * bs)), s.punch!(runs));
   }
 

@@ -336,8 +336,8 @@ export class WriteBehindStore implements BlockStore {
     await this.inner.trim?.(blocks);
   }
 
-  length(): Promise<number> {
-    return this.inner.length ? this.inner.length() : Promise.resolve(0);
+  fileStat(): Promise<{ length: number; allocated: number }> {
+    return this.inner.fileStat ? this.inner.fileStat() : Promise.resolve({ length: 0, allocated: 0 });
   }
 
   async punch(runs: [number, number][]): Promise<void> {
