@@ -6,14 +6,17 @@
 #
 #   scripts/setup.sh            # everything needed to mount and to run `npm test`
 #   scripts/setup.sh --bench    # additionally qemu-utils / qemu-storage-daemon and postgresql for `npm run bench`
+#   scripts/setup.sh --ceph     # additionally Ceph (ceph-mon ceph-osd ceph-common librados-dev) for scripts/ceph-local.sh
 #
 # Env: SETUP_VERBOSE=1 shows the output of apt-get and npm; SETUP_FORCE_APT=1 runs the apt step anyway.
 set -euo pipefail
 
 WANT_BENCH=0
+WANT_CEPH=0
 for arg in "$@"; do
   case "$arg" in
     --bench) WANT_BENCH=1 ;;
+    --ceph) WANT_CEPH=1 ;;
     -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
@@ -76,6 +79,13 @@ if [[ "${SETUP_FORCE_APT:-0}" == 1 ]] || ! command -v fusermount3 >/dev/null 2>&
 fi
 command -v fusermount3 >/dev/null 2>&1 || die "fusermount3 still missing after install"
 have_libfuse3_dev || die "libfuse3 development files (pkg-config fuse3) still missing after install"
+
+if [[ $WANT_CEPH -eq 1 ]]; then
+  # A local cluster for the rados work (scripts/ceph-local.sh); the daemons are not enabled as services.
+  if ! command -v ceph-mon >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1 || ! command -v rados >/dev/null 2>&1 || [[ ! -e /usr/include/rados/librados.h ]]; then
+    apt_install ceph-mon ceph-osd ceph-common librados-dev || die "Ceph packages not installable (Debian 12 ships Ceph 16.2)"
+  fi
+fi
 
 if [[ $WANT_BENCH -eq 1 ]]; then
   if ! command -v qemu-img >/dev/null 2>&1; then apt_install qemu-utils || log "qemu-utils not installable; skipping"; fi
