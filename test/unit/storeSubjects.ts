@@ -4,6 +4,7 @@
  * machine cannot open (O_DIRECT on tmpfs) is listed with `skip` so the report says so.
  */
 import { mkdir } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { BlockStore, RunStore } from '../../src/store/blockStore.js';
 import { DirectPoolFileStore } from '../../src/store/directPool.js';
@@ -14,6 +15,12 @@ import { ReadaheadStore } from '../../src/store/readahead.js';
 import { WriteBehindStore } from '../../src/store/writeBehind.js';
 import { directStack } from '../../src/store/bottoms.js';
 import { openDb } from '../../src/meta/db.js';
+import { RadosBlockStore } from '../../src/store/radosBlocks.js';
+
+/** Set by `npm run test:ceph` (scripts/test-ceph.sh): a local cluster's ceph.conf and pool. */
+const CEPH_CONF = process.env.VDISKFS_TEST_CEPH_CONF;
+const CEPH_POOL = process.env.VDISKFS_TEST_CEPH_POOL ?? 'vdiskfs';
+const RUN = `${process.pid}-${Date.now().toString(36)}`;
 
 export const OPTIONAL = ['readParallel', 'readRun', 'allocAligned', 'readSync', 'writeSync', 'stageBehind', 'copyBehind', 'copyRoom', 'busy', 'behindRoom', 'syncNow', 'discard', 'trim'] as const;
 
@@ -45,6 +52,14 @@ const bottoms: Record<string, Open> = {
   },
   'PoolFileStore (page cache)': async (dir, bs) => {
     const store = await PoolFileStore.open(join(dir, 'pool.dat'), bs);
+    return { store, close: () => store.close() };
+  },
+  // Only under `npm run test:ceph`; listed as skipped otherwise. Each instance has its own object names.
+  'RadosBlockStore (Ceph, npm run test:ceph)': async (dir, bs) => {
+    if (!CEPH_CONF) return null;
+    // Object names from the test's directory: a reopen of the same directory finds the same objects.
+    const prefix = `t${RUN}-${createHash('sha256').update(dir).digest('hex').slice(0, 16)}`;
+    const store = await RadosBlockStore.open({ conf: CEPH_CONF, pool: CEPH_POOL, prefix }, bs);
     return { store, close: () => store.close() };
   },
   LevelBlockStore: async (dir, bs) => {

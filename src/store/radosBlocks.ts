@@ -1,0 +1,96 @@
+/**
+ * Block data as RADOS objects in a Ceph pool (issue 20, first step: the bottom store alone, run by the store
+ * conformance suite under `npm run test:ceph`; not yet a `--block-store` of a vdiskfs store).
+ *
+ * One object per physical block, named `<prefix>.<blockSize:8 hex>.<pbn:12 hex>`: a block is the unit the
+ * tables address and copy-on-write moves, so one object per block keeps every write a single-object write
+ * (atomic in RADOS) and a discard a single remove; 64 KiB objects are well inside what RADOS handles
+ * efficiently. A block never written (no object) reads as zeros. A write is acknowledged by librados once
+ * every replica has it, so sync() only waits for writes in flight. Per-pbn order (chains.ts): a write,
+ * read or discard of a pbn runs after every earlier one of the same pbn, as with the pool files.
+ * The librados calls go through native/rados (an N-API addon on Node's thread pool), built at install time
+ * only where librados-dev is present; without it, opening says how to get it.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { BlockStore } from './blockStore.js';
+import { PbnChains } from './chains.js';
+import { VdiskError } from '../errors.js';
+
+interface RadosNative {
+  connect(conf: string, pool: string): Promise<unknown>;
+  read(h: unknown, obj: string, buf: Buffer, off: number): Promise<number>;
+  write(h: unknown, obj: string, buf: Buffer, off: number): Promise<void>;
+  writeFull(h: unknown, obj: string, buf: Buffer): Promise<void>;
+  remove(h: unknown, obj: string): Promise<void>;
+  close(h: unknown): Promise<void>;
+}
+
+const ADDON = join(dirname(fileURLToPath(import.meta.url)), '../../native/rados/build/Release/vdiskfs_rados.node');
+
+let native: RadosNative | undefined;
+
+/** The addon, or INVALID saying how to build it. */
+export function radosNative(): RadosNative {
+  if (native) return native;
+  try {
+    native = createRequire(import.meta.url)(ADDON) as RadosNative;
+    return native;
+  } catch (e) {
+    throw new VdiskError('INVALID', `rados block store not available: its addon (native/rados) is not built; it needs librados-dev: run scripts/setup.sh --ceph, then npm ci (or npm run build:rados) (${(e as Error).message.split('\n')[0]})`);
+  }
+}
+
+const hex = (n: number, w: number): string => n.toString(16).padStart(w, '0');
+
+export class RadosBlockStore implements BlockStore {
+  private chains = new PbnChains();
+
+  private constructor(
+    private rados: RadosNative,
+    private handle: unknown,
+    readonly blockSize: number,
+    private prefix: string,
+  ) {}
+
+  static async open(opts: { conf: string; pool: string; prefix: string }, blockSize: number): Promise<RadosBlockStore> {
+    const r = radosNative();
+    let h: unknown;
+    try {
+      h = await r.connect(opts.conf, opts.pool);
+    } catch (e) {
+      throw new VdiskError('IO', `cannot connect to Ceph pool ${opts.pool} with ${opts.conf}: ${(e as Error).message}`, { cause: e });
+    }
+    return new RadosBlockStore(r, h, blockSize, opts.prefix);
+  }
+
+  private name(pbn: number): string {
+    return `${this.prefix}.${hex(this.blockSize, 8)}.${hex(pbn, 12)}`;
+  }
+
+  async read(pbn: number, dst: Buffer, offsetInBlock = 0): Promise<void> {
+    await this.chains.settled(pbn);
+    const n = await this.rados.read(this.handle, this.name(pbn), dst, offsetInBlock);
+    if (n < dst.length) dst.fill(0, n); // past the object's end (or no object): zeros
+  }
+
+  write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
+    return this.chains.after(pbn, 1, () =>
+      offsetInBlock === 0 && data.length === this.blockSize ? this.rados.writeFull(this.handle, this.name(pbn), data) : this.rados.write(this.handle, this.name(pbn), data, offsetInBlock),
+    );
+  }
+
+  discard(pbn: number): Promise<void> {
+    return this.chains.after(pbn, 1, () => this.rados.remove(this.handle, this.name(pbn)));
+  }
+
+  async sync(): Promise<void> {
+    await this.chains.drain();
+  }
+
+  async close(): Promise<void> {
+    await this.chains.drain();
+    await this.rados.close(this.handle);
+  }
+}
