@@ -20,18 +20,14 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, fdatasyncSync } from 'node:fs';
 import type { RunStore } from './blockStore.js';
-import { punchRuns } from './punch.js';
-import { trimFile } from './poolFile.js';
-import { PbnChains } from './chains.js';
+import { PoolFile } from './poolFile.js';
 import { SECTOR, aligned, alignedArena, ceilTo, floorTo, ioAll, readAllSync, writeAllSync } from './directIo.js';
 
 const PARALLEL_SLOTS = 4;
 
-export class DirectPoolFileStore implements RunStore {
+export class DirectPoolFileStore extends PoolFile implements RunStore {
   readonly writesThrough = true;
   readonly sector = SECTOR;
-  /** Writes in flight, per pbn in issue order. */
-  private inflight = new PbnChains();
   private bounce: Buffer;
   private slots: Buffer[];
   private slotWaiters: ((b: Buffer) => void)[] = [];
@@ -39,12 +35,8 @@ export class DirectPoolFileStore implements RunStore {
   private lent = new WeakMap<ArrayBufferLike, number>();
   private arenas = 0;
 
-  private constructor(
-    readonly blockSize: number,
-    private fh: FileHandle,
-    readonly path: string,
-    arena: Buffer,
-  ) {
+  private constructor(blockSize: number, fh: FileHandle, path: string, arena: Buffer) {
+    super(blockSize, fh, path);
     let at = 0;
     const take = (n: number): Buffer => arena.subarray(at, (at += n));
     this.bounce = take(blockSize + 2 * SECTOR);
@@ -222,19 +214,4 @@ export class DirectPoolFileStore implements RunStore {
     await this.fh.close();
   }
 
-  async trim(blocks: number): Promise<void> {
-    await this.inflight.drain();
-    await trimFile(this.fh, blocks * this.blockSize);
-  }
-
-  async fileStat(): Promise<{ length: number; allocated: number }> {
-    const st = await this.fh.stat();
-    return { length: st.size, allocated: st.blocks * 512 };
-  }
-
-  /** After every write in flight (an earlier write must not land in a punched hole). */
-  async punch(runs: [number, number][]): Promise<void> {
-    await this.inflight.drain();
-    await punchRuns(this.path, this.blockSize, runs);
-  }
 }

@@ -34,24 +34,51 @@ import { PbnChains } from './chains.js';
 const READAHEAD = 4 * 1024 * 1024;
 const BEHIND_LIMIT = 8 * 1024 * 1024;
 
-export class PoolFileStore implements BlockStore {
+/**
+ * What both pool-file stores (this one and directPool.ts) share: the file, its path, the per-pbn order of
+ * its writes in flight, and the file's space on the host filesystem (cut the tail, stat, punch holes).
+ */
+export abstract class PoolFile {
+  /** Writes in flight, per pbn in issue order. */
+  protected inflight = new PbnChains();
+
+  protected constructor(
+    readonly blockSize: number,
+    protected fh: FileHandle,
+    readonly path: string,
+  ) {}
+
+  async trim(blocks: number): Promise<void> {
+    await this.inflight.drain();
+    await trimFile(this.fh, blocks * this.blockSize);
+  }
+
+  async fileStat(): Promise<{ length: number; allocated: number }> {
+    const st = await this.fh.stat();
+    return { length: st.size, allocated: st.blocks * 512 };
+  }
+
+  /** After every write in flight (an earlier write must not land in a punched hole). */
+  async punch(runs: [number, number][]): Promise<void> {
+    await this.inflight.drain();
+    await punchRuns(this.path, this.blockSize, runs);
+  }
+}
+
+export class PoolFileStore extends PoolFile implements BlockStore {
   /** Next byte a sequential reader would ask for, and how far the readahead has been issued. */
   private nextSeq = -1;
   private aheadTo = 0;
   private aheadBusy = false;
   private scratch: Buffer | null = null;
-  /** Writes in flight, per pbn in issue order. */
-  private inflight = new PbnChains();
   private behindBytes = 0;
   private spare: Buffer[] = [];
   /** The first write-behind failure: every later sync() reports it. */
   private failed: Error | null = null;
 
-  private constructor(
-    readonly blockSize: number,
-    private fh: FileHandle,
-    readonly path: string,
-  ) {}
+  private constructor(blockSize: number, fh: FileHandle, path: string) {
+    super(blockSize, fh, path);
+  }
 
   static async open(path: string, blockSize: number): Promise<PoolFileStore> {
     const fh = await open(path, 'a+').then(async (h) => {
@@ -196,21 +223,6 @@ export class PoolFileStore implements BlockStore {
     await this.fh.close();
   }
 
-  async trim(blocks: number): Promise<void> {
-    await this.inflight.drain();
-    await trimFile(this.fh, blocks * this.blockSize);
-  }
-
-  async fileStat(): Promise<{ length: number; allocated: number }> {
-    const st = await this.fh.stat();
-    return { length: st.size, allocated: st.blocks * 512 };
-  }
-
-  /** After every write in flight (an earlier write must not land in a punched hole). */
-  async punch(runs: [number, number][]): Promise<void> {
-    await this.inflight.drain();
-    await punchRuns(this.path, this.blockSize, runs);
-  }
 }
 
 /** Truncate a pool file to `bytes` if it is longer (never extends it). */
