@@ -151,7 +151,7 @@ export class Context {
 
   /** Pool-file lengths known synced (block size -> bytes), as recorded under meta!pool! (durable.ts). */
   readonly syncedLength = new Map<number, number>();
-  /** meta!pool! puts waiting for the next synced batch that writes something (durable.ts recordSynced). */
+  /** meta!pool! puts waiting for the next synced batch (durable.ts recordSynced). */
   readonly syncedMarks = new Map<string, string>();
 
   private punchTimer: NodeJS.Timeout | null = null;
@@ -298,7 +298,6 @@ export class Context {
           n += item.ops.length;
         }
         const ops = group.flatMap((g) => g.ops);
-        const marks = [...this.syncedMarks];
         const queued = ops.length; // what commit() added to the backlog (marks added below are not)
         const settle = (): void => {
           this.backlog -= queued;
@@ -309,9 +308,9 @@ export class Context {
         try {
           const ready = group.flatMap((g) => (g.ready ? [g.ready] : []));
           if (ready.length) await Promise.all(ready);
-          if (sync && marks.length) {
-            for (const [key, value] of marks) ops.push({ type: 'put', key, value });
-            for (const [key, value] of marks) if (this.syncedMarks.get(key) === value) this.syncedMarks.delete(key);
+          if (sync && this.syncedMarks.size) {
+            for (const [key, value] of this.syncedMarks) ops.push({ type: 'put', key, value });
+            this.syncedMarks.clear();
           }
           if (ops.length) await this.db.batch(ops, { sync });
           else if (sync && this.unsynced) await this.db.put(SYNC_KEY, new Date().toISOString(), { sync: true });

@@ -49,7 +49,8 @@ export class Registry {
   ) {}
 
   static async open(opts: OpenOptions): Promise<Registry> {
-    const { db, blockStore } = await openDb(opts.dir, { ...(opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {}), upgrade: opts.purge !== false });
+    const inspecting = opts.purge === false; // `check`: the store as it was left (no purge, upgrade or resumed work)
+    const { db, blockStore } = await openDb(opts.dir, { ...(opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {}), upgrade: !inspecting });
     try {
       const pool = new Pool(bottomFactory(blockStore, opts.dir, db), opts.poolSize ?? Infinity, opts.wrap);
       const ctx = new Context(db, pool);
@@ -63,12 +64,12 @@ export class Registry {
       }
       const scan = await scanTables(ctx);
       const reg = new Registry(ctx, opts.dir, scan, blockStore);
-      reg.inspecting = opts.purge === false;
-      if (scan.orphanTables.size && opts.purge !== false) await purgeOrphans(ctx, scan.orphanTables);
+      reg.inspecting = inspecting;
+      if (scan.orphanTables.size && !inspecting) await purgeOrphans(ctx, scan.orphanTables);
       // Block values whose discard was lost (a crash after the batch that freed them, a failed delete).
       // The allocators now hold every referenced pbn, and nothing writes before open returns.
-      if (blockStore === 'leveldb' && opts.purge !== false) await sweepBlocks(db, (bs, pbn) => pool.isUsed(bs, pbn));
-      if (opts.purge !== false) {
+      if (blockStore === 'leveldb' && !inspecting) await sweepBlocks(db, (bs, pbn) => pool.isUsed(bs, pbn));
+      if (!inspecting) {
         // A rollback a crash or a close interrupted goes on moving entries back (check only looks).
         for (const d of ctx.disks.values()) startRevert(ctx, d);
         // Free space inside the pool files goes back to the host filesystem, in the background.

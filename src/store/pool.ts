@@ -121,7 +121,11 @@ export class Pool {
    */
   free(blockSize: number, pbn: number): void {
     const s = this.stores.get(blockSize);
-    if (s?.punch && !this.punchFailed) return this.holdForPunch(blockSize, [pbn]);
+    if (s?.punch && !this.punchFailed) {
+      this.queueForPunch(blockSize, [pbn]);
+      this.hold(blockSize, 1);
+      return this.onHeld?.();
+    }
     this.allocator(blockSize).free(pbn);
     if (s) return this.discard(s, pbn);
     let list = this.discardsAtOpen.get(blockSize);
@@ -130,12 +134,10 @@ export class Pool {
     void this.store(blockSize).catch(() => undefined);
   }
 
-  private holdForPunch(blockSize: number, pbns: number[]): void {
+  private queueForPunch(blockSize: number, pbns: number[]): void {
     let list = this.toPunch.get(blockSize);
     if (!list) this.toPunch.set(blockSize, (list = []));
     for (const pbn of pbns) list.push(pbn);
-    this.hold(blockSize, pbns.length);
-    this.onHeld?.();
   }
 
   /** The lengths of the open stores' files (block size -> bytes), for stores that have files. */
@@ -168,11 +170,7 @@ export class Pool {
   }
 
   returnPunchable(taken: Map<number, number[]>): void {
-    for (const [bs, pbns] of taken) {
-      let list = this.toPunch.get(bs);
-      if (!list) this.toPunch.set(bs, (list = []));
-      list.push(...pbns);
-    }
+    for (const [bs, pbns] of taken) this.queueForPunch(bs, pbns);
   }
 
   /**

@@ -45,6 +45,26 @@ describe('check and pool files that lost data', () => {
     expect(r2.errors).toHaveLength(1);
   });
 
+  it('without a clean close, the length fsyncs recorded is what tells a cut file from unsynced data', async () => {
+    const dir = await tempDir();
+    const reg = await Registry.open({ dir });
+    await reg.create('d', 64 * BS, BS);
+    await writeDisk(reg.ctx, reg.disk('d'), 0, fill(20, 1));
+    // The length a flush made durable is written with the next synced batch: it may lag, never lead.
+    await reg.sync();
+    expect((await reg.ctx.db.getMany([`meta!pool!${BS.toString(16).padStart(8, '0')}`]))[0]).toBeUndefined();
+    await reg.sync();
+    const mark = (await reg.ctx.db.getMany([`meta!pool!${BS.toString(16).padStart(8, '0')}`]))[0];
+    expect(Number(mark)).toBe(20 * BS);
+    // The daemon dies (no clean close: nothing recorded, nothing cut), then the file is cut.
+    await reg.ctx.pool.settle();
+    await reg.ctx.pool.close({ trim: false });
+    await reg.ctx.db.close();
+    await truncate(join(dir, `pool-${BS}.dat`), 12 * BS);
+    const r = await checkStore(dir);
+    expect(r.errors.join('\n')).toMatch(/shorter than the 81920 bytes known synced: 8 referenced block\(s\) lost, read as zeros \(d: 8\)/);
+  });
+
   it('a missing pool file is an error; blocks written after the last sync past the end are only a warning', async () => {
     const dir = await store();
     const pool = join(dir, `pool-${BS}.dat`);
