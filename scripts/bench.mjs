@@ -15,8 +15,9 @@
 //
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
-//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
-//                                          (snapshot,backup,sparse,fig6,database,images,replicate); keys match exactly (vdiskfs is not vdiskfs-leveldb)
+//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
+//                                          (snapshot,backup,sparse,fig6,database,images,replicate,scrub); keys match exactly (vdiskfs is not vdiskfs-leveldb)
+//                                          vdiskfs-nosums: vdiskfs with VDISKFS_CHECKSUMS=off, printed as the checksums' cost
 //   BENCH_SUSTAINED_GIB=8                  size of the sustained write
 //   BENCH_ROUNDS=3                         rounds (medians are reported; 1 with BENCH_QUICK)
 //   BENCH_DIR=/path                        where the temp dir goes (default: os.tmpdir())
@@ -42,6 +43,7 @@
 //             the store (rand 4K IOPS, seq read), and `vdiskfs merge` against reading its inputs
 //   replicate scripts/bench/replicate.mjs: `vdiskfs replicate` between two mounted stores (full, then deltas
 //             with 1% and 10% changed: seconds and bytes), rollback time against the data changed
+//   scrub     scripts/bench/scrub.mjs: `scrub` of 1 GiB of data against the disk's own O_DIRECT read
 //
 // Extending: push to FIGURES (one column each; run() returns a number or null when it does not apply to
 // the target), to TARGETS, or to SECTIONS ({ key, title, run(ctx, res) } filling res.tables/figures/notes/
@@ -62,6 +64,7 @@ import { fig6Section } from './bench/fig6.mjs'
 import { databaseSection } from './bench/database.mjs'
 import { imagesSection } from './bench/images.mjs'
 import { replicateSection } from './bench/replicate.mjs'
+import { scrubSection } from './bench/scrub.mjs'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const env = process.env
@@ -81,7 +84,7 @@ export const config = (() => {
     rounds: Math.max(1, Number(env.BENCH_ROUNDS || (quick ? 1 : 3))),
     fioRuntime: quick ? 3 : 15,
     fioSize: quick ? '64M' : '1G',
-    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images,replicate').split(',').map((s) => s.trim()).filter(Boolean),
+    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images,replicate,scrub').split(',').map((s) => s.trim()).filter(Boolean),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
     keep: env.BENCH_KEEP === '1',
@@ -143,6 +146,12 @@ export const TARGETS = [
     key: 'vdiskfs',
     label: 'vdiskfs',
     setup: vdiskfsSetup({ mnt: 'mnt-vdiskfs', store: 'store' })
+  },
+  {
+    // The cost of block checksums (issue 17): the same build with them off, side by side.
+    key: 'vdiskfs-nosums',
+    label: 'vdiskfs, checksums off',
+    setup: vdiskfsSetup({ mnt: 'mnt-vdiskfs-nosums', store: 'store-nosums', env: { VDISKFS_CHECKSUMS: 'off' } })
   },
   {
     key: 'vdiskfs-pagecache',
@@ -270,7 +279,7 @@ export const FIGURES = [
 // ---- sections --------------------------------------------------------------------------------
 // Run after the targets, in order; each prints its own markdown tables.
 
-export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection, replicateSection]
+export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection, replicateSection, scrubSection]
 
 // ---- driver ----------------------------------------------------------------------------------
 
@@ -415,6 +424,15 @@ function printResults (results) {
     const rows = measured.filter((r) => r.figures.seqReadMBps != null).map((r) => [r.label, fmt(r.figures.seqReadMBps), `${fmt(r.figures.seqReadMBps / disk, 2)}×`])
     console.log(`\n### Cold read against the disk itself (the plain file read with O_DIRECT: ${fmt(disk)} MB/s)\n`)
     console.log(markdownTable(['target', 'seq read, cold MB/s', '× disk'], rows))
+  }
+  const on = results.find((r) => r.key === 'vdiskfs' && !r.skipped)
+  const off = results.find((r) => r.key === 'vdiskfs-nosums' && !r.skipped)
+  if (on && off) {
+    const keys = ['seqWriteMBps', 'seqReadMBps', 'sustainedWriteMBps', 'randReadIops', 'randWriteIops']
+    const figs = FIGURES.filter((f) => keys.includes(f.key))
+    const row = figs.map((f) => (on.figures[f.key] == null || !off.figures[f.key] ? '–' : `${fmt(on.figures[f.key] / off.figures[f.key], 2)}×`))
+    console.log('\n### The cost of block checksums: vdiskfs with checksums / without (same run)\n')
+    console.log(markdownTable(['', ...figs.map((f) => f.header)], [['with / without', ...row]]))
   }
   for (const r of results) if (r.skipped) console.log(`\n- ${r.label}: skipped (${r.skipped})`)
   for (const r of results) for (const e of r.errors) console.log(`\n- ${r.label}: ERROR ${e}`)

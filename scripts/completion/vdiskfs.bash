@@ -26,7 +26,7 @@ _vdiskfs() {
   local cur prev cmd i
   cur=${COMP_WORDS[COMP_CWORD]}
   prev=${COMP_WORDS[COMP_CWORD - 1]}
-  local commands="mount unmount umount create delete resize snapshot delete-snapshot rollback clone attach detach list status backup restore replicate verify inspect merge check help"
+  local commands="mount unmount umount create delete resize snapshot delete-snapshot rollback clone attach detach repair list status backup restore replicate verify inspect merge check help"
   # The subcommand and the positional arguments before the cursor (options and their values skipped).
   local args=()
   for ((i = 1; i < COMP_CWORD; i++)); do
@@ -71,7 +71,7 @@ _vdiskfs() {
       verify) opts="--json --against --store -p -q --help" ;;
       merge) opts="-o --output --json -p -q --help" ;;
       inspect) opts="--json --verify --rows --help" ;;
-      check) opts+=" --repair" ;;
+      check) opts+=" --repair --verify-data" ;;
       unmount | umount | help) opts="--help" ;;
     esac
     mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
@@ -89,6 +89,10 @@ _vdiskfs() {
     restore | verify | inspect) ((n == 1)) && mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
     merge) mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
     attach) ((n >= 2)) && mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
+    repair)
+      if ((n == 1)); then mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names disks)" -- "$cur")
+      else mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+      fi ;;
     help) mapfile -t COMPREPLY < <(compgen -W "$commands" -- "$cur") ;;
   esac
 }

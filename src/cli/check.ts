@@ -1,5 +1,5 @@
 /**
- * `vdiskfs check [--repair] [--json]`, with qemu-img check's exit codes: 0 clean, 1 the check could not be
+ * `vdiskfs check [--repair] [--verify-data] [--json]`, with qemu-img check's exit codes: 0 clean, 1 the check could not be
  * completed (no store, the store is mounted, unreadable), 2 errors (corruption), 3 leaks only.
  */
 import type { Command } from 'commander';
@@ -14,11 +14,12 @@ export function registerCheckCommand(program: Command): void {
     .description('check a store that is not mounted (exit 0 clean, 1 check not completed, 2 errors, 3 leaks only)')
     .option('--store <dir>', 'store directory')
     .option('--repair', 'free leaked space and purge orphaned keys')
+    .option('--verify-data', 'also read every referenced block and check it against its checksum')
     .option('--json', 'machine-readable report (with "result" and "exitCode")')
-    .action(async (o: { store?: string; repair?: boolean; json?: boolean }) => {
+    .action(async (o: { store?: string; repair?: boolean; json?: boolean; verifyData?: boolean }) => {
       let r;
       try {
-        r = await checkStore(storeDir(o.store), { repair: !!o.repair });
+        r = await checkStore(storeDir(o.store), { repair: !!o.repair, verifyData: !!o.verifyData });
       } catch (e) {
         if (o.json) process.stdout.write(JSON.stringify({ result: 'not completed', exitCode: CHECK_EXIT.NOT_COMPLETED, code: errorCode(e), error: errorMessage(e) }, null, 2) + '\n');
         process.stderr.write(`vdiskfs: check not completed: ${errorMessage(e)}\n`);

@@ -33,6 +33,17 @@ function control(program: Command, name: string, args: string, desc: string, toL
   }
 }
 
+/** A control command that names a target and files: the files' absolute paths go into the line (the daemon has another cwd). */
+function withFiles(program: Command, name: string, desc: string, target: string, files: string, filesDesc: string): void {
+  storeOpt(program.command(name).description(desc).argument(target).argument(files, filesDesc))
+    .option('--json', 'machine-readable result')
+    .action(async (first: string, paths: string[], o: { store?: string }, cmd: Command) => {
+      const line = `${name} ${first} ${paths.map((p) => resolve(p)).join(' ')}`;
+      const message = await runControl(storeDir(o.store), line);
+      summary(outputOf(cmd), message, { command: line, message });
+    });
+}
+
 const readStatusJson = async (vdisk: string): Promise<StoreStatus> => JSON.parse(await readFile(join(vdisk, 'status.json'), 'utf8')) as StoreStatus;
 
 export function registerStoreCommands(program: Command): void {
@@ -44,20 +55,9 @@ export function registerStoreCommands(program: Command): void {
   control(program, 'rollback', '<disk> <snap>', 'make the disk exactly the snapshot again', (d, s) => `rollback ${d} ${s}`);
   control(program, 'clone', '<disk> <snap> <newdisk>', 'create a writable disk from a snapshot', (d, s, n) => `clone ${d} ${s} ${n}`);
 
-  storeOpt(
-    program
-      .command('attach')
-      .description('show a backup image (and deltas after it) read-only at .vdisk/attached/<name> of the mount, without restoring')
-      .argument('<name>')
-      .argument('<images...>', 'the full image, then each delta in order'),
-  )
-    .option('--json', 'machine-readable result')
-    .action(async (name: string, images: string[], o: { store?: string }, cmd: Command) => {
-      const line = `attach ${name} ${images.map((i) => resolve(i)).join(' ')}`;
-      const message = await runControl(storeDir(o.store), line);
-      summary(outputOf(cmd), message, { command: line, message });
-    });
+  withFiles(program, 'attach', 'show a backup image (and deltas after it) read-only at .vdisk/attached/<name> of the mount, without restoring', '<name>', '<images...>', 'the full image, then each delta in order');
   control(program, 'detach', '<name>', 'end an attachment', (n) => `detach ${n}`);
+  withFiles(program, 'repair', "rewrite a disk's damaged blocks from an image (chain) or a raw copy; only bytes matching the stored checksums are taken", '<disk>', '<files...>', 'a full image and its deltas in order, or one raw copy of the disk');
 
   storeOpt(program.command('list').description('list disks and snapshots')).option('--json', 'machine-readable').action(async (o: { store?: string; json?: boolean }) => {
     const st = await query(storeDir(o.store), (reg) => storeStatus(reg), readStatusJson);

@@ -7,6 +7,7 @@ import type { Registry } from '../disk/registry.js';
 import { invalid, errorMessage, errorCode } from '../errors.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { attachmentsOf } from './attachments.js';
+import { repairFrom } from './repair.js';
 
 export type Command =
   | { op: 'create'; disk: string; size: number; blockSize?: number }
@@ -17,7 +18,10 @@ export type Command =
   | { op: 'rollback'; disk: string; snap: string; destroyNewer: boolean }
   | { op: 'clone'; disk: string; snap: string; target: string }
   | { op: 'attach'; name: string; images: string[] }
-  | { op: 'detach'; name: string };
+  | { op: 'detach'; name: string }
+  | { op: 'scrub'; disks: string[]; rate: number }
+  | { op: 'scrub-stop' }
+  | { op: 'repair'; disk: string; files: string[] };
 
 export const USAGE = [
   'create <disk> <size> [block-size=<size>]',
@@ -29,6 +33,8 @@ export const USAGE = [
   'clone <disk> <snap> <newdisk>',
   'attach <name> <image> [<delta>...]',
   'detach <name>',
+  'scrub <disk>...|all [rate=<size>] | scrub stop',
+  'repair <disk> <image-or-copy> [<delta>...]',
 ];
 
 const MAX_LINE = 4096;
@@ -88,6 +94,23 @@ export function parseCommand(line: string): Command {
     case 'detach':
       want(1, USAGE[8]!);
       return { op, name: args[0]! };
+    case 'scrub': {
+      if (args.length === 1 && args[0] === 'stop') return { op: 'scrub-stop' };
+      let rate = 0;
+      const disks: string[] = [];
+      for (const a of args) {
+        if (a.startsWith('rate=')) {
+          rate = parseSize(a.slice(5).replace(/\/s$/, ''));
+          if (rate <= 0) throw invalid(`scrub rate must be positive (usage: ${USAGE[9]})`);
+        } else if (a.includes('=')) throw invalid(`unknown option '${a.slice(0, 40)}' (usage: ${USAGE[9]})`);
+        else disks.push(a);
+      }
+      if (disks.length === 0 || (disks.includes('all') && disks.length > 1)) throw invalid(`usage: ${USAGE[9]}`);
+      return { op, disks: disks[0] === 'all' ? [] : disks, rate };
+    }
+    case 'repair':
+      if (args.length < 2) throw invalid(`usage: ${USAGE[10]}`);
+      return { op, disk: args[0]!, files: args.slice(1) };
     case undefined:
       throw invalid('empty command');
     default:
@@ -136,6 +159,19 @@ export async function execute(reg: Registry, cmd: Command): Promise<string> {
     case 'detach':
       await attachmentsOf(reg).detach(cmd.name);
       return `detached ${cmd.name}`;
+    case 'scrub': {
+      const job = reg.startScrub(cmd.disks, cmd.rate);
+      return `scrub of ${job.what} started${cmd.rate ? ` at ${formatSize(cmd.rate)}/s at most` : ''} (progress in .vdisk/status)`;
+    }
+    case 'repair':
+      return repairFrom(reg, cmd.disk, cmd.files);
+    case 'scrub-stop': {
+      const job = reg.scrubJob;
+      if (!job || job.finished) return 'no scrub is running';
+      job.stop();
+      await job.done;
+      return job.summary();
+    }
   }
 }
 

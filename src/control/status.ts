@@ -21,6 +21,18 @@ export interface StoreStatus {
   /** blockStore: where block data lives (`file`: pool files, `leveldb`: values in the store's LevelDB). */
   pool: { capacity: number | null; usedBytes: number; freeBytes: number | null; blockStore: BlockStoreKind };
   disks: DiskStatus[];
+  /**
+   * Block checksums (disk/sums.ts): `damaged`: blocks whose checksum did not match since the store was
+   * opened (reads got EIO), the latest of them in `recent`; `unverified`: live blocks written in place
+   * and not sealed again yet; `scrub`: the scrub running or last run.
+   */
+  checksums: {
+    enabled: boolean;
+    damaged: number;
+    recent: { where: string; time: string }[];
+    unverified: number;
+    scrub?: { what: string; started: string; finished: string | null; blocks: number; total: number; verified: number; sealed: number; damaged: { view: string; offset: number }[]; summary: string };
+  };
   /** The daemon's log file (JSON lines), STORE/vdiskfs.log. */
   log: string;
 }
@@ -47,7 +59,19 @@ export function storeStatus(reg: Registry): StoreStatus {
     };
   });
   const { usedBytes: used, capacity: cap } = reg.poolUsage();
+  const integ = reg.ctx.integrity;
+  const job = reg.scrubJob;
+  const checksums: StoreStatus['checksums'] = {
+    enabled: integ.enabled,
+    damaged: integ.errors,
+    recent: [...integ.recent],
+    unverified: reg.names().reduce((n, name) => n + reg.disk(name).dirty.size, 0),
+    ...(job
+      ? { scrub: { what: job.what, started: job.started, finished: job.finished, blocks: job.blocks, total: job.total, verified: job.report.verified, sealed: job.report.sealed, damaged: job.report.damaged.map((d) => ({ view: d.view, offset: d.offset })), summary: job.summary() } }
+      : {}),
+  };
   return {
+    checksums,
     pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null, blockStore: reg.blockStore },
     disks,
     log: logPath(reg.dir),
@@ -66,6 +90,13 @@ export function renderStatus(st: StoreStatus): string {
   const p = st.pool;
   lines.push('');
   lines.push(`pool: ${formatSize(p.usedBytes)} used` + (p.capacity !== null ? ` of ${formatSize(p.capacity)} (${formatSize(p.freeBytes ?? 0)} free)` : ' (no size limit)') + `, block data in ${p.blockStore === 'leveldb' ? 'LevelDB' : 'pool files'}`);
+  const c = st.checksums;
+  lines.push(
+    c.enabled
+      ? `checksums: ${c.damaged} damaged block(s) read since mount${c.recent.length ? ` (latest: ${c.recent[c.recent.length - 1]!.where})` : ''}, ${c.unverified} written in place and not sealed yet`
+      : 'checksums: off (VDISKFS_CHECKSUMS=off)',
+  );
+  if (c.scrub) lines.push(c.scrub.summary);
   lines.push(`log: ${st.log}`);
   return lines.join('\n') + '\n';
 }

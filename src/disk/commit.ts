@@ -12,7 +12,8 @@
  * commits; a failed batch unstages everything, the record included.
  */
 import { MAX_BACKLOG, type Context, type DiskState } from './context.js';
-import type { Entry } from '../meta/keys.js';
+import type { DataEntry, Entry } from '../meta/keys.js';
+import type { Table } from '../meta/table.js';
 import type { BatchOp } from '../meta/table.js';
 import type { DiskRecord, SnapshotRecord } from '../meta/records.js';
 import { alreadyZero, needsPreserve, zeroEntry, type Change } from './plan.js';
@@ -133,4 +134,20 @@ export class Transaction {
       },
     );
   }
+}
+
+/**
+ * An entry change that keeps the same physical block and only changes its checksums (sums.ts): a block
+ * going dirty before a write in place (`sync`: durable before the pool write is issued), a seal, a scrub.
+ * Nothing is freed or moved; the caller holds the block's lock, and `cur` is the table's entry now.
+ */
+export async function restamp(ctx: Context, table: Table, lbn: number, next: DataEntry, sync: boolean): Promise<void> {
+  table.staged(lbn, next);
+  try {
+    await ctx.commit([table.putOp(lbn, next)], sync, sync);
+  } catch (e) {
+    table.unstage(lbn, next);
+    throw e;
+  }
+  table.committed(lbn, next);
 }

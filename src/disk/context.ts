@@ -11,6 +11,7 @@ import type { Pool } from '../store/pool.js';
 import { KeyedLock, Gate } from '../util/lock.js';
 import { notFound, VdiskError } from '../errors.js';
 import { logger } from '../log.js';
+import { Integrity } from './sums.js';
 
 const log = logger('context');
 
@@ -52,6 +53,8 @@ export class DiskState {
   revert: Promise<void> | null = null;
   /** Set by close: the revert job stops after its current batch (it resumes when the store is opened again). */
   revertStop = false;
+  /** Live blocks written in place since they lost their checksums (lbn -> time of the last write): the sealer's work (sums.ts). */
+  readonly dirty = new Map<number, number>();
   /** The batch ending the disk's claim to hold a restored image, while it is in flight (identity.ts). */
   claimDrop: Promise<void> | null = null;
   /**
@@ -140,6 +143,8 @@ export class Context {
   readonly disks = new Map<string, DiskState>();
   readonly cache = new EntryCache();
   readonly clock = new ChangeClock();
+  /** Block checksums: generations, counts of damaged blocks (sums.ts). */
+  readonly integrity = new Integrity();
   seq!: SeqRecord;
 
   constructor(

@@ -9,21 +9,36 @@
  */
 import { VdiskError } from '../errors.js';
 import type { Context } from './context.js';
-import { poolSyncedKey } from '../meta/keys.js';
+import { GEN_KEY, poolSyncedKey } from '../meta/keys.js';
 
 export async function flushStore(ctx: Context): Promise<void> {
   // The pool files' lengths, read before the flush below starts (all of it is durable once it is done), and
   // side by side with the drain, so that the file stat adds no wait of its own when the drain has work.
   const lengthsRead = ctx.pool.lengths().catch(() => null);
+  // Checksums staged before this point settle with this flush (sums.ts); those staged from now on get the
+  // next generation. The settled mark rides the synced batch below, after the pool flush (or, writing
+  // through, after the pool writes completed, like every batch's data).
+  const integ = ctx.integrity;
+  const settling = integ.used ? integ.gen : undefined;
+  if (settling !== undefined) {
+    integ.gen++;
+    integ.used = false;
+  }
   await ctx.drain();
   checkFailure(ctx);
   const lengths = await lengthsRead;
+  const marked = (): void => {
+    if (settling !== undefined) ctx.syncedMarks.set(GEN_KEY, JSON.stringify({ ...integ.record(false), settled: Math.max(integ.settled, settling) }));
+  };
   if (ctx.pool.writesThrough()) {
+    marked();
     await Promise.all([ctx.pool.sync(), ctx.commit([], true)]);
   } else {
     await ctx.pool.sync();
+    marked();
     await ctx.commit([], true);
   }
+  if (settling !== undefined) integ.settled = Math.max(integ.settled, settling);
   if (lengths) recordSynced(ctx, lengths);
 }
 
@@ -50,7 +65,11 @@ export async function recordClosed(ctx: Context, ends: Map<number, number>): Pro
     ctx.syncedLength.set(bs, end);
     ctx.syncedMarks.set(poolSyncedKey(bs), String(end));
   }
-  await ctx.commit([], true); // writes the marks (Context.pump), with any still waiting from recordSynced
+  // The pool is flushed: every checksum staged so far is settled, and the session ends cleanly (sums.ts).
+  const integ = ctx.integrity;
+  ctx.syncedMarks.set(GEN_KEY, JSON.stringify({ ...integ.record(true), settled: integ.gen }));
+  await ctx.commit([], true);
+  integ.settled = integ.gen; // writes the marks (Context.pump), with any still waiting from recordSynced
 }
 
 /**

@@ -15,6 +15,7 @@ import { claimed, dropClaim } from './identity.js';
 import { collectView } from './viewScan.js';
 import { Transaction } from './commit.js';
 import { Disk } from './view.js';
+import { sealedEntry, sumsIfOn } from './sums.js';
 
 /** Block writes kept in flight at most when the store cannot stage them (page-cache pool files). */
 const MAX_WRITES_IN_FLIGHT = 32;
@@ -35,15 +36,17 @@ export interface IntoPlan {
   rollbackTo?: string;
 }
 
-/** The (lbn, pbn) pairs sorted by lbn. */
-export function byLbn(lbns: number[], pbns: number[]): [number[], number[]] {
+/** The lbns sorted, and each of `cols` (parallel to lbns) in the same order. */
+export function byLbn<T extends unknown[][]>(lbns: number[], ...cols: T): [number[], ...T] {
   const idx = lbns.map((_, i) => i).sort((a, b) => lbns[a]! - lbns[b]!);
-  return [idx.map((i) => lbns[i]!), idx.map((i) => pbns[i]!)];
+  return [idx.map((i) => lbns[i]!), ...(cols.map((c) => idx.map((i) => c[i])) as T)];
 }
 
 export class Landing {
   lbns: number[] = [];
   pbns: number[] = [];
+  /** Each landed block's checksums (sums.ts), computed as it streams in. */
+  sums: (string | undefined)[] = [];
   private committed = false;
   // Block writes in flight (with O_DIRECT pool files each unstaged one is a disk round trip); every one has
   // settled before the commit, and the first failure fails the landing. A store that stages writes
@@ -68,6 +71,7 @@ export class Landing {
     const pbn = this.ctx.pool.allocate(bs);
     this.pbns.push(pbn);
     this.lbns.push(lbn);
+    this.sums.push(sumsIfOn(this.ctx, data));
     const st = this.store;
     if (st.stageBehind && st.behindRoom) {
       if (st.behindRoom(bs)) return this.track(st.stageBehind(pbn, data)());
@@ -90,7 +94,7 @@ export class Landing {
 
   /** Order the blocks by lbn (images of version 2 list them in their source's physical order). */
   sortByLbn(): void {
-    [this.lbns, this.pbns] = byLbn(this.lbns, this.pbns);
+    [this.lbns, this.pbns, this.sums] = byLbn(this.lbns, this.pbns, this.sums);
   }
 
   /** A new disk `name` whose content is exactly the landed blocks (settled before). */
@@ -102,7 +106,7 @@ export class Landing {
     d.rec = claimed(rec, c.snapshot.uid);
     const ops: BatchOp[] = [ctx.recordOp(d.rec), ctx.seqOp()];
     // Written in the snapshot's epoch: the disk and its received snapshot share every block.
-    for (let i = 0; i < this.lbns.length; i++) ops.push(d.live.putOp(this.lbns[i]!, { kind: 'data', pbn: this.pbns[i]!, epoch: snap.epoch }));
+    for (let i = 0; i < this.lbns.length; i++) ops.push(d.live.putOp(this.lbns[i]!, sealedEntry(ctx, this.pbns[i]!, snap.epoch, this.sums[i])));
     await ctx.commit(ops, true);
     this.committed = true;
     d.allocated = this.lbns.length;
@@ -142,7 +146,7 @@ export class Landing {
         const epoch = d.rec.epoch;
         const hasBacking = d.rec.backing !== undefined;
         const tx = new Transaction(ctx, d);
-        for (let i = 0; i < this.lbns.length; i++) await tx.set(this.lbns[i]!, { kind: 'data', pbn: this.pbns[i]!, epoch });
+        for (let i = 0; i < this.lbns.length; i++) await tx.set(this.lbns[i]!, sealedEntry(ctx, this.pbns[i]!, epoch, this.sums[i]));
         for (const lbn of zeroSet) await tx.zero(lbn, hasBacking && lbn < newBlocks);
         let rec: DiskRecord = { ...d.rec, size: c.size };
         if (rec.backing) rec.backing = { ...rec.backing, limitBlocks: Math.min(rec.backing.limitBlocks, newBlocks) };

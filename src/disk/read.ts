@@ -3,7 +3,8 @@
  * and lock their blocks, so a block freed by a concurrent write is never read.
  */
 import type { Context, DiskState } from './context.js';
-import { resolve, readResolved, chainEntryNow } from './resolve.js';
+import { resolve, readResolved, chainEntryNow, readEntryNow } from './resolve.js';
+import type { DataEntry } from '../meta/keys.js';
 import { splitRange } from '../util/range.js';
 import { invalid } from '../errors.js';
 
@@ -50,22 +51,23 @@ export function readViewNow(ctx: Context, disk: DiskState, snapIndex: number, of
   if (offset >= size) return 0;
   const length = Math.min(dst.length, size - offset);
   const pieces = splitRange(offset, length, disk.blockSize);
-  const pbns: number[] = [];
+  const entries: (DataEntry | null)[] = [];
   for (const p of pieces) {
     if (disk.lock.isLocked(p.lbn)) return undefined;
     const e = chainEntryNow(disk, snapIndex, p.lbn);
     if (e === undefined) return undefined;
-    if (e?.kind === 'data') pbns.push(e.pbn);
-    else if (e?.kind === 'zero' || !disk.rec.backing) pbns.push(-1);
+    if (e?.kind === 'data') entries.push(e);
+    else if (e?.kind === 'zero' || !disk.rec.backing) entries.push(null);
     else return undefined; // read through to the backing snapshot
   }
   const store = ctx.pool.storeNow(disk.blockSize);
-  if (pbns.some((pbn) => pbn >= 0 && (!store?.readSync || store.busy?.(pbn)))) return undefined;
-  pieces.forEach((p, i) => {
+  if (entries.some((e) => e && (!store?.readSync || store.busy?.(e.pbn)))) return undefined;
+  for (let i = 0; i < pieces.length; i++) {
+    const p = pieces[i]!;
     const part = dst.subarray(p.bufOffset, p.bufOffset + p.length);
-    const pbn = pbns[i]!;
-    if (pbn < 0) part.fill(0);
-    else store!.readSync!(pbn, part, p.offsetInBlock);
-  });
+    const e = entries[i]!;
+    if (!e) part.fill(0);
+    else if (!readEntryNow(ctx, store!, e, disk.blockSize, part, p.offsetInBlock)) return undefined; // damaged: the async path reports it
+  }
   return length;
 }

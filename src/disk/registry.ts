@@ -5,7 +5,7 @@
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
 import { openDb } from '../meta/db.js';
-import { DISK_PREFIX, HISTORY_PREFIX, POOL_SYNCED_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
+import { DISK_PREFIX, GEN_KEY, HISTORY_PREFIX, POOL_SYNCED_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
 import type { BlockStoreKind, DiskRecord, HistoryRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
 import { bottomFactory } from '../store/bottoms.js';
@@ -25,6 +25,8 @@ import { Landing } from './landing.js';
 import { clonesOf, createSnapshot, deleteSnapshot, rollback, cloneSnapshot, startRevert, type RollbackOptions } from './snapshots.js';
 import { collectView } from './viewScan.js';
 import { dropClaim } from './identity.js';
+import type { GenRecord } from './sums.js';
+import { repairDisk, ScrubJob, scrubDisks, sealDue, startSealer, type RepairReport, type RepairSource } from './scrub.js';
 
 export interface OpenOptions {
   dir: string;
@@ -54,7 +56,11 @@ export class Registry {
     try {
       const pool = new Pool(bottomFactory(blockStore, opts.dir, db), opts.poolSize ?? Infinity, opts.wrap);
       const ctx = new Context(db, pool);
-      ctx.seq = JSON.parse((await db.getMany([SEQ_KEY]))[0]!) as SeqRecord;
+      const [seq, gen] = await db.getMany([SEQ_KEY, GEN_KEY]);
+      ctx.seq = JSON.parse(seq!) as SeqRecord;
+      ctx.integrity.load(gen === undefined ? undefined : (JSON.parse(gen) as GenRecord));
+      // The new session, durably, before anything is written in its generations (sums.ts).
+      if (!inspecting) await db.put(GEN_KEY, JSON.stringify(ctx.integrity.record(false)), { sync: true });
       for await (const [key, value] of db.iterator({ gte: POOL_SYNCED_PREFIX, lt: POOL_SYNCED_PREFIX + '~' })) {
         ctx.syncedLength.set(parseInt(key.slice(POOL_SYNCED_PREFIX.length), 16), Number(value));
       }
@@ -74,6 +80,8 @@ export class Registry {
         for (const d of ctx.disks.values()) startRevert(ctx, d);
         // Free space inside the pool files goes back to the host filesystem, in the background.
         pool.punchFree().catch(() => undefined);
+        // Live blocks written in place get checksums again once idle (scrub.ts).
+        reg.stopSealer = startSealer(ctx);
       }
       return reg;
     } catch (e) {
@@ -91,6 +99,11 @@ export class Registry {
     try {
       for (const d of this.ctx.disks.values()) d.revertStop = true; // a rollback's move resumes at the next open
       for (const d of this.ctx.disks.values()) await d.settled();
+      this.stopSealer();
+      this.scrubJob?.stop();
+      await this.scrubJob?.done;
+      // Blocks written in place since their last seal get their checksums now (each is read once).
+      if (!this.inspecting && !this.ctx.failure) await sealDue(this.ctx, true).catch(() => undefined);
       await this.ctx.drain();
       this.ctx.stop();
       await this.ctx.pool.sync();
@@ -108,6 +121,16 @@ export class Registry {
         await this.ctx.db.close();
       }
     }
+  }
+
+  /**
+   * Rewrite the damaged blocks of disk `name` (live and snapshots) from `sources`, each accepted only when
+   * its bytes match the block's checksums (scrub.ts repairDisk); durable when this returns.
+   */
+  async repair(name: string, sources: RepairSource[]): Promise<RepairReport> {
+    const r = await repairDisk(this.ctx, this.ctx.disk(name), sources);
+    if (r.repaired.length) await flushStore(this.ctx);
+    return r;
   }
 
   /** Make every acknowledged write durable (durable.ts). */
@@ -157,6 +180,29 @@ export class Registry {
 
   /** Opened by `check` (purge: false): close records nothing and leaves the pool files' length alone. */
   private inspecting = false;
+  private stopSealer: () => void = () => undefined;
+
+  /** The scrub running or last run (one at a time; `scrub` control command). */
+  scrubJob: ScrubJob | undefined;
+
+  /**
+   * Start a scrub of `names` (every disk when empty) in the background: every referenced block read and
+   * checked against its checksums, unverified blocks sealed, at most `rate` bytes/s (0: no limit). Progress
+   * and the result are in `scrubJob` (status); the result also goes to the history. BUSY while one runs.
+   */
+  startScrub(names: string[], rate = 0): ScrubJob {
+    if (this.scrubJob && !this.scrubJob.finished) throw busy(`a scrub of ${this.scrubJob.what} is running (scrub stop ends it)`);
+    const disks = (names.length ? names : this.names()).map((n) => this.ctx.disk(n));
+    const job = new ScrubJob(names.length ? names.join(', ') : 'all disks');
+    job.done = scrubDisks(this.ctx, disks, { seal: true, rate, progress: (r, done, total) => job.update(r, done, total), stopped: () => job.stopping })
+      .then(
+        (r) => job.finish(r, null),
+        (e: unknown) => job.finish(null, e),
+      )
+      .then(() => this.recordHistory(`scrub ${job.what}`, job.error ? 'error' : 'ok', job.summary()).catch(() => undefined));
+    this.scrubJob = job;
+    return job;
+  }
 
   private control: Promise<unknown> = Promise.resolve();
 

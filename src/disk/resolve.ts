@@ -6,10 +6,13 @@
  * (always in the order clone -> origin, so no cycle).
  */
 import type { Context, DiskState } from './context.js';
-import type { Entry } from '../meta/keys.js';
+import type { DataEntry, Entry } from '../meta/keys.js';
 import type { Table } from '../meta/table.js';
+import type { BlockStore } from '../store/blockStore.js';
+import { covering } from './sums.js';
 
-export type Resolved = { kind: 'data'; pbn: number; blockSize: number; owner: DiskState } | { kind: 'zero' };
+/** Where a block's content is: data (its entry, with its checksums, in disk `owner` at `lbn`), or zeros. */
+export type Resolved = { kind: 'data'; pbn: number; blockSize: number; owner: DiskState; entry: DataEntry; lbn: number } | { kind: 'zero' };
 
 export const ZERO: Resolved = { kind: 'zero' };
 
@@ -56,7 +59,7 @@ export function backingLimit(disk: DiskState, snapIndex: number): number {
 
 export async function resolve(ctx: Context, disk: DiskState, snapIndex: number, lbn: number): Promise<Resolved> {
   const e = await chainEntry(disk, snapIndex, lbn);
-  if (e?.kind === 'data') return { kind: 'data', pbn: e.pbn, blockSize: disk.blockSize, owner: disk };
+  if (e?.kind === 'data') return { kind: 'data', pbn: e.pbn, blockSize: disk.blockSize, owner: disk, entry: e, lbn };
   if (e?.kind === 'zero') return ZERO;
   const b = disk.rec.backing;
   if (!b || lbn >= backingLimit(disk, snapIndex)) return ZERO;
@@ -71,12 +74,50 @@ export async function resolve(ctx: Context, disk: DiskState, snapIndex: number, 
   }
 }
 
-/** Read the resolved block (or a part of it) into dst. */
+/**
+ * Read the resolved block (or a part of it) into dst, verified against its checksums (sums.ts): a damaged
+ * block throws CORRUPT and dst is not to be used. Unaligned parts are read as whole sectors.
+ */
 export async function readResolved(ctx: Context, r: Resolved, dst: Buffer, offsetInBlock: number): Promise<void> {
   if (r.kind === 'zero') {
     dst.fill(0);
     return;
   }
   const store = await ctx.pool.store(r.blockSize);
-  await store.read(r.pbn, dst, offsetInBlock);
+  const e = r.entry;
+  const integ = ctx.integrity;
+  if (e.sums === undefined || !integ.enabled) return store.read(r.pbn, dst, offsetInBlock);
+  const where = (): string => `disk ${r.owner.rec.name}, block ${r.lbn} (byte ${r.lbn * r.blockSize})`;
+  const { start, end } = covering(offsetInBlock, dst.length, r.blockSize);
+  if (start === offsetInBlock && end === offsetInBlock + dst.length) {
+    await store.read(r.pbn, dst, offsetInBlock);
+    integ.verify(e, dst, offsetInBlock, where);
+    return;
+  }
+  const whole = Buffer.allocUnsafe(end - start);
+  await store.read(r.pbn, whole, start);
+  integ.verify(e, whole, start, where);
+  whole.copy(dst, 0, offsetInBlock - start, offsetInBlock - start + dst.length);
+}
+
+/**
+ * readResolved's synchronous twin for the fast paths: part of e's block into dst from a store that reads
+ * synchronously; false when a checksum does not match (the caller takes the async path, which reports it).
+ */
+export function readEntryNow(ctx: Context, store: BlockStore, e: DataEntry, bs: number, dst: Buffer, offsetInBlock: number): boolean {
+  const integ = ctx.integrity;
+  if (e.sums === undefined || !integ.enabled) {
+    store.readSync!(e.pbn, dst, offsetInBlock);
+    return true;
+  }
+  const { start, end } = covering(offsetInBlock, dst.length, bs);
+  if (start === offsetInBlock && end === offsetInBlock + dst.length) {
+    store.readSync!(e.pbn, dst, offsetInBlock);
+    return integ.probe(e, dst, offsetInBlock);
+  }
+  const whole = Buffer.allocUnsafe(end - start);
+  store.readSync!(e.pbn, whole, start);
+  if (!integ.probe(e, whole, start)) return false;
+  whole.copy(dst, 0, offsetInBlock - start, offsetInBlock - start + dst.length);
+  return true;
 }

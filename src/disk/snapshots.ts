@@ -30,6 +30,7 @@ import { logger } from '../log.js';
 import type { BatchOp } from '../meta/table.js';
 import type { Entry } from '../meta/keys.js';
 import { resolve, readResolved, chainEntry } from './resolve.js';
+import { sealedEntry, sumsIfOn } from './sums.js';
 import { Transaction } from './commit.js';
 import { blocksFor } from '../util/range.js';
 import { claimed, dropClaim } from './identity.js';
@@ -245,7 +246,7 @@ async function moveBack(ctx: Context, d: DiskState): Promise<boolean> {
     let next: Entry | undefined;
     if (e.kind !== 'inherit') {
       const epoch = await sharedEpoch(d, lbn);
-      next = e.kind === 'data' ? { kind: 'data', pbn: e.pbn, epoch } : { kind: 'zero', epoch };
+      next = e.kind === 'data' ? { ...e, epoch } : { kind: 'zero', epoch }; // the block keeps its checksums
       if (next.kind === 'data') {
         allocDelta++;
         heldDelta--;
@@ -316,7 +317,7 @@ async function rollbackByCopy(ctx: Context, d: DiskState, target: SnapshotRecord
         reserved.push(pbn);
         await readResolved(ctx, r, buf, 0);
         await store.write(pbn, buf);
-        next = { kind: 'data', pbn, epoch: d.rec.epoch };
+        next = sealedEntry(ctx, pbn, d.rec.epoch, sumsIfOn(ctx, buf));
       } else {
         const e = await chainEntry(d, k, lbn);
         next = e?.kind === 'zero' ? { kind: 'zero', epoch: d.rec.epoch } : undefined;

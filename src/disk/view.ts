@@ -9,6 +9,7 @@
  */
 import type { Context, DiskState } from './context.js';
 import type { SnapshotRecord } from '../meta/records.js';
+import type { DataEntry } from '../meta/keys.js';
 import type { BlockStore } from '../store/blockStore.js';
 import { readView, readViewNow } from './read.js';
 import { writeDisk, writeDiskNow } from './write.js';
@@ -84,9 +85,17 @@ export class View {
     return i === undefined ? Promise.resolve(null) : seekView(this.ctx, this.state, i, pos, what);
   }
 
-  /** The view's data blocks in logical order (lbn, pbn), scanned consistently (viewScan.ts). */
-  blocks(): Promise<{ lbns: number[]; pbns: number[] }> {
+  /** The view's data blocks in logical order (lbn, pbn, entry), scanned consistently (viewScan.ts). */
+  blocks(): Promise<{ lbns: number[]; pbns: number[]; entries: DataEntry[] }> {
     return collectView(this.ctx, this.state, this.live());
+  }
+
+  /**
+   * Check a whole block read from `entry`'s pbn (block lbn of this view) against its checksums (sums.ts):
+   * throws CORRUPT naming the view and the offset when it is damaged (image producers, scrub).
+   */
+  verifyBlock(entry: DataEntry, lbn: number, block: Buffer): void {
+    this.ctx.integrity.verify(entry, block, 0, () => `${this.name}, block ${lbn} (byte ${lbn * this.blockSize})`);
   }
 
   /** Where block lbn's content is (data at a pbn, or zeros), the block locked meanwhile. */

@@ -6,13 +6,15 @@
  * disk's exclusive gate after the commit pipeline drained, so they read one consistent state.
  */
 import type { Context, DiskState } from './context.js';
-import { decodeEntry, lbnOfKey, prefixEnd, type Entry } from '../meta/keys.js';
+import { decodeEntry, lbnOfKey, prefixEnd, type DataEntry, type Entry } from '../meta/keys.js';
 import { blocksFor } from '../util/range.js';
 import { backingLimit, chainTables } from './resolve.js';
 
 export interface ViewBlock {
   lbn: number;
   pbn: number;
+  /** The entry (with the block's checksums). */
+  entry: DataEntry;
 }
 
 type Source = AsyncIterator<[number, Entry]>;
@@ -71,7 +73,7 @@ async function* merge(o: ReturnType<typeof openSources>): AsyncGenerator<ViewBlo
       const r = await o.backing!.next();
       bhead = r.done ? null : r.value;
     }
-    if (decided?.kind === 'data') yield { lbn: min, pbn: decided.pbn };
+    if (decided?.kind === 'data') yield { lbn: min, pbn: decided.pbn, entry: decided };
     else if ((!decided || decided.kind === 'inherit') && fromBacking && min < o.limit) yield fromBacking;
   }
   for (const s of o.sources) await s.return?.(undefined);
@@ -96,7 +98,7 @@ function chainDisks(ctx: Context, disk: DiskState): DiskState[] {
  * and its backing chain while it opens its iterators; a caller that holds the disk's gate exclusively
  * already says `gateHeld` (the backing chain's gates are still taken, in the same order).
  */
-export async function collectView(ctx: Context, disk: DiskState, snapIndex: number, gateHeld = false): Promise<{ lbns: number[]; pbns: number[] }> {
+export async function collectView(ctx: Context, disk: DiskState, snapIndex: number, gateHeld = false): Promise<{ lbns: number[]; pbns: number[]; entries: DataEntry[] }> {
   const disks = chainDisks(ctx, disk).slice(gateHeld ? 1 : 0);
   let gen!: AsyncGenerator<ViewBlock>;
   const hold = async (i: number): Promise<void> => {
@@ -110,9 +112,11 @@ export async function collectView(ctx: Context, disk: DiskState, snapIndex: numb
   await hold(0);
   const lbns: number[] = [];
   const pbns: number[] = [];
+  const entries: DataEntry[] = [];
   for await (const b of gen) {
     lbns.push(b.lbn);
     pbns.push(b.pbn);
+    entries.push(b.entry);
   }
-  return { lbns, pbns };
+  return { lbns, pbns, entries };
 }

@@ -10,12 +10,13 @@ import { MAX_BACKLOG, type Context, type DiskState } from './context.js';
 import { resolve, readResolved } from './resolve.js';
 import { splitRange, type Piece } from '../util/range.js';
 import { isZero } from '../util/zero.js';
-import type { Entry } from '../meta/keys.js';
+import { unsealed, type DataEntry, type Entry } from '../meta/keys.js';
 import { invalid, isVdiskError, VdiskError } from '../errors.js';
 import { logger } from '../log.js';
 import { assertUnclaimed, claimStands, dropClaim } from './identity.js';
 import { alreadyZero, needsPreserve, preserveNow, zeroEntry, type Change } from './plan.js';
-import { Transaction } from './commit.js';
+import { restamp, Transaction } from './commit.js';
+import { sealedEntry, spliceSums, sumsIfOn } from './sums.js';
 
 const log = logger('write');
 
@@ -54,8 +55,15 @@ function mergeNow(ctx: Context, disk: DiskState, cur: Entry | null, offsetInBloc
   if (cur?.kind === 'data' && (!store?.readSync || store.busy?.(cur.pbn))) return undefined;
   const block = takeBlockBuffer(bs);
   try {
-    if (cur?.kind === 'data') store!.readSync!(cur.pbn, block, 0);
-    else block.fill(0);
+    if (cur?.kind === 'data') {
+      store!.readSync!(cur.pbn, block, 0);
+      // A damaged block is not merged into a new one (its checksums would launder the damage): the async
+      // path reads it again and fails the write with the error.
+      if (!ctx.integrity.matches(cur, block)) {
+        giveBlockBuffer(block);
+        return undefined;
+      }
+    } else block.fill(0);
   } catch (e) {
     giveBlockBuffer(block);
     throw e;
@@ -87,10 +95,12 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const L = disk.latest();
   const epoch = disk.rec.epoch;
   const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
+  const inPlaceLbns: number[] = [];
+  const unseal: { lbn: number; e: DataEntry }[] = [];
   const changes: Change[] = [];
   const merged: Buffer[] = [];
   /** Changes whose new block is copied behind from the old one (their `block` is this write's part only). */
-  const copies = new Map<Change, { from: number; offsetInBlock: number }>();
+  const copies = new Map<Change, { from: number; offsetInBlock: number; sums: string | undefined }>();
   const giveBack = (): undefined => {
     for (const b of merged) giveBlockBuffer(b);
     return undefined;
@@ -103,15 +113,23 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     if (preserve === undefined) return giveBack();
     const data = src.subarray(p.bufOffset, p.bufOffset + p.length);
     if (isZero(data)) return giveBack();
-    if (cur?.kind === 'data' && !preserve) inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
-    else if (p.whole) changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block: data });
+    if (cur?.kind === 'data' && !preserve) {
+      // A write in place drops the block's checksums first (sums.ts): durably before the pool write when
+      // they are trusted (the async path), else with the next batch, which the next fsync waits for.
+      if (cur.sums !== undefined) {
+        if (ctx.integrity.trusted(cur.gen ?? 0)) return giveBack();
+        unseal.push({ lbn: p.lbn, e: cur });
+      }
+      inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
+      inPlaceLbns.push(p.lbn);
+    } else if (p.whole) changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block: data });
     else if (cur?.kind === 'data' && store.copyBehind && store.copyRoom?.()) {
       // A partial write into a block a snapshot holds: the new block gets the old one's content by a copy
       // behind (the store reads it off this thread, ordered before this write and every later one to the
       // new block), so the answer does not wait for a read of the old block. Copied once; the block's
       // later writes land in place.
       const c: Change = { lbn: p.lbn, cur, next: undefined, preserve, block: data };
-      copies.set(c, { from: cur.pbn, offsetInBlock: p.offsetInBlock });
+      copies.set(c, { from: cur.pbn, offsetInBlock: p.offsetInBlock, sums: ctx.integrity.reliable(cur) ? spliceSums(cur.sums, p.offsetInBlock, data) : undefined });
       changes.push(c);
     } else {
       // A partial write into a block it does not own yet (a snapshot holds it, or none exists): the new
@@ -131,7 +149,10 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     for (const c of changes) {
       const pbn = ctx.pool.allocate(disk.blockSize);
       reserved.push(pbn);
-      c.next = { kind: 'data', pbn, epoch };
+      // Checksums of the new block: of its whole content, or (copied behind) the old block's with this
+      // write's sectors replaced.
+      const cp = copies.get(c);
+      c.next = sealedEntry(ctx, pbn, epoch, cp ? cp.sums : sumsIfOn(ctx, c.block!));
     }
   } catch (e) {
     for (const pbn of reserved) ctx.pool.free(disk.blockSize, pbn);
@@ -153,8 +174,13 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   });
   for (const c of changes) c.block = undefined; // the caller's buffer or a merge buffer: not kept past this call
   giveBack(); // stageBehind copied them
+  if (inPlaceLbns.length) {
+    const now = Date.now();
+    for (const lbn of inPlaceLbns) disk.dirty.set(lbn, now);
+  }
   later(() => {
     try {
+      for (const u of unseal) void restamp(ctx, disk.live, u.lbn, unsealed(u.e), false).catch(() => undefined);
       for (const w of inPlaceWrites) w().catch(() => undefined);
       const written = newWrites.map((w) => w());
       if (changes.length) new Transaction(ctx, disk, changes).stage({ reserved, ...(written.length ? { ready: Promise.all(written) } : {}) }, false).catch(() => undefined);
@@ -209,7 +235,7 @@ async function writePieces(ctx: Context, disk: DiskState, pieces: Piece[], src: 
 /** The body of writePieces; block buffers it takes for merges go into `merged` for reuse. */
 async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: Buffer, merged: Buffer[]): Promise<void> {
   const changes: Change[] = [];
-  const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
+  const inPlace: { pbn: number; data: Buffer; offsetInBlock: number; lbn: number; entry: DataEntry }[] = [];
   const bs = disk.blockSize;
   const L = disk.latest();
   const epoch = disk.rec.epoch;
@@ -223,7 +249,7 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     // Zeros may empty the block (a whole zero block, or the kernel cutting a zero write into pieces that
     // do not follow block boundaries): such writes go through the merge below, which frees an empty block.
     if (ownBlock && !isZero(data)) {
-      inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
+      inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock, lbn: p.lbn, entry: cur });
       continue;
     }
     // Build the whole new block: merge a partial write with the block's current content.
@@ -238,7 +264,7 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     }
     const zero = isZero(block);
     if (ownBlock && !zero) {
-      inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
+      inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock, lbn: p.lbn, entry: cur });
       continue;
     }
     let next: Entry | undefined;
@@ -251,11 +277,23 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     changes.push({ lbn: p.lbn, cur, next, preserve, block: zero ? undefined : block });
   }
 
+  // Blocks written in place lose their checksums first, durably, before any pool write (sums.ts): a
+  // crash between the write and a new checksum must not leave a trusted checksum of the old content.
+  // Untrusted ones (written since the last fsync) go with the next batch: that fsync waits for it.
+  const sealed = inPlace.filter((w) => w.entry.sums !== undefined);
+  const durable = sealed.filter((w) => ctx.integrity.trusted(w.entry.gen ?? 0));
+  for (const w of sealed) if (!durable.includes(w)) void restamp(ctx, disk.live, w.lbn, unsealed(w.entry), false).catch(() => undefined);
+  if (durable.length) await Promise.all(durable.map((w) => restamp(ctx, disk.live, w.lbn, unsealed(w.entry), true)));
+  if (inPlace.length) {
+    const now = Date.now();
+    for (const w of inPlace) disk.dirty.set(w.lbn, now);
+  }
+
   // Reserve every new physical block first: a full pool fails the write before anything changes.
   const needed = changes.filter((c) => c.block !== undefined);
   const reserved = await reserveBlocks(ctx, bs, needed.length);
   needed.forEach((c, i) => {
-    c.next = { kind: 'data', pbn: reserved[i]!, epoch };
+    c.next = sealedEntry(ctx, reserved[i]!, epoch, sumsIfOn(ctx, c.block!));
   });
 
   const store = await ctx.pool.store(bs);

@@ -3,7 +3,7 @@
 // header crc, incompatible features, then every field against the canonical layout; it throws
 // ImageError CORRUPT naming the field. Field offsets here must match FORMAT.md exactly.
 
-import { crc32 } from './crc32.js';
+import { crc32 } from '../util/crc32.js';
 import { corrupt } from './imageError.js';
 import {
   HEADER_LENGTH, MAX_BLOCK_SIZE, MAX_STRING_BYTES, MIN_BLOCK_SIZE, TRAILER_RECORD_LENGTH,

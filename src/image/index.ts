@@ -1,6 +1,6 @@
 // Public API of the compacted-copy image format (spec: FORMAT.md). Re-exports only.
 
-export { crc32, Crc32 } from './crc32.js';
+export { crc32, Crc32 } from '../util/crc32.js';
 export { ImageError, type ImageErrorCode } from './imageError.js';
 export {
   planImage, computeLayout, locate, describeOffset, groupSlots, defaultGroupBlocks,

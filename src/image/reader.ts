@@ -6,7 +6,7 @@
 // the trailer, every group crc and end-of-input (no appended bytes) have checked out.
 // Any defect throws ImageError CORRUPT naming the first bad place (where) and image offset.
 
-import { Crc32, crc32 } from './crc32.js';
+import { Crc32, crc32 } from '../util/crc32.js';
 import { ByteSource, type ImageSource } from './byteSource.js';
 import { checkHeaderPrefix, decodeHeader, decodeTrailer, readU64, type ImageHeader } from './header.js';
 import { corrupt, type ImageError } from './imageError.js';

@@ -10,7 +10,7 @@
 
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { crc32 } from './crc32.js';
+import { crc32 } from '../util/crc32.js';
 import { fileChunks } from './fileSource.js';
 import { checkTrailer, groupMismatch, readImage, type ImageTables } from './reader.js';
 import type { ImageHeader } from './header.js';

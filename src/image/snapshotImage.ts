@@ -10,6 +10,7 @@ import type { View } from '../disk/view.js';
 import { pbnRuns, planImage, type ImagePlan } from './layout.js';
 import { ImageProducer } from './writer.js';
 import { invalid, notFound } from '../errors.js';
+import type { DataEntry } from '../meta/keys.js';
 
 /** The snapshot an image holds, and for a delta the older snapshot of the same disk it applies onto. */
 export interface ImageTarget {
@@ -19,6 +20,8 @@ export interface ImageTarget {
 
 /** Per disk of an open store (its DiskState), by snapshot ids. */
 const planCaches = new WeakMap<object, Map<string, ImagePlan>>();
+/** Each plan's blocks by pbn: lbn and entry (its checksums), for verifying what the producer reads. */
+const planBlocks = new WeakMap<ImagePlan, Map<number, { lbn: number; entry: DataEntry }>>();
 const CACHE_LIMIT = 16;
 
 export function findTarget(reg: Registry, diskName: string, snapName: string, baseName?: string): ImageTarget {
@@ -51,10 +54,12 @@ export async function planFor(t: ImageTarget): Promise<ImagePlan> {
   let dataLbns: number[];
   let sourcePbns: number[];
   const zeroLbns: number[] = [];
+  const blocks = new Map<number, { lbn: number; entry: DataEntry }>();
   if (!base || !t.base) {
     const v = await t.view.blocks();
     dataLbns = v.lbns;
     sourcePbns = v.pbns;
+    v.entries.forEach((entry, i) => blocks.set(entry.pbn, { lbn: v.lbns[i]!, entry }));
   } else {
     dataLbns = [];
     sourcePbns = [];
@@ -66,6 +71,7 @@ export async function planFor(t: ImageTarget): Promise<ImagePlan> {
         if (inBase.kind === 'data' && inBase.pbn === inTarget.pbn) continue;
         dataLbns.push(lbn);
         sourcePbns.push(inTarget.pbn);
+        blocks.set(inTarget.pbn, { lbn, entry: inTarget.entry });
       } else if (inBase.kind === 'data' && lbn * bs < snap.size) zeroLbns.push(lbn);
     }
   }
@@ -84,6 +90,7 @@ export async function planFor(t: ImageTarget): Promise<ImagePlan> {
     ...(base ? { baseSnapId: base.uid, baseSnapName: base.name } : {}),
   });
   planCache.set(key, plan);
+  planBlocks.set(plan, blocks);
   if (planCache.size > CACHE_LIMIT) planCache.delete(planCache.keys().next().value!);
   return plan;
 }
@@ -104,10 +111,16 @@ export async function producerFor(t: ImageTarget): Promise<ImageProducer> {
   const plan = await planFor(t);
   const bs = t.view.blockSize;
   const reader = await t.view.blockReader();
+  const blocks = planBlocks.get(plan);
   return new ImageProducer(plan, {
     readSlots: async (first, count, dst) => {
       await Promise.all(pbnRuns(plan.pbns, first, first + count).map(([s, n]) =>
         reader.readRun(plan.pbns[s]!, n, dst.subarray((s - first) * bs, (s - first + n) * bs))));
+      // A damaged block fails the image (CORRUPT: EIO to a reader of the copy file), never goes into it.
+      for (let s = first; s < first + count; s++) {
+        const b = blocks?.get(plan.pbns[s]!);
+        if (b) t.view.verifyBlock(b.entry, b.lbn, dst.subarray((s - first) * bs, (s - first + 1) * bs));
+      }
     },
     ...(reader.alloc ? { alloc: reader.alloc } : {}),
   });

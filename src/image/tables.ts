@@ -3,7 +3,7 @@
 // Invariants: renderTables(plan, a, b) is byte-identical to the same range of one full rendering;
 // padding between tablesEnd and dataOffset is zero; tablesCrc covers the whole area incl. padding.
 
-import { Crc32 } from './crc32.js';
+import { Crc32 } from '../util/crc32.js';
 import { writeU64 } from './header.js';
 import type { ImagePlan } from './layout.js';
 

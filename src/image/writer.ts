@@ -9,7 +9,7 @@
 // is pinned by a request in progress).
 
 import { Readable } from 'node:stream';
-import { crc32 } from './crc32.js';
+import { crc32 } from '../util/crc32.js';
 import { H, encodeHeader, encodeTrailer } from './header.js';
 import { ImageError } from './imageError.js';
 import { groupSlots, type ImagePlan } from './layout.js';

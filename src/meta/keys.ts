@@ -20,15 +20,25 @@ export const STORE_MAGIC = 'vdiskfs-store';
  * Format versions (KEYSPACE.md, Changelog): 1 keeps block data in pool files; 2 keeps it in LevelDB (`b!`
  * keys), so that a vdiskfs that knows only version 1 refuses it instead of reading every block as zeros.
  * 3 (`file`) and 4 (`leveldb`) may hold a disk record with `reverting` (a rollback still moving entries
- * back), which an older vdiskfs would misread: versions 1 and 2 are read and upgraded to 3 and 4 at open.
+ * back), which an older vdiskfs would misread. 5 (`file`) and 6 (`leveldb`) may hold data entries with
+ * checksums (`;gen;sums`), which an older vdiskfs cannot decode. Older versions are read and upgraded at
+ * open (their entries stay valid: unverified until sealed).
  */
-export const STORE_VERSION = 3;
-export const STORE_VERSION_LEVELDB = 4;
+export const STORE_VERSION = 5;
+export const STORE_VERSION_LEVELDB = 6;
 /** Older versions this vdiskfs opens, and what each is upgraded to. */
 export const STORE_UPGRADES: ReadonlyMap<number, number> = new Map([
   [1, STORE_VERSION],
+  [3, STORE_VERSION],
   [2, STORE_VERSION_LEVELDB],
+  [4, STORE_VERSION_LEVELDB],
 ]);
+/**
+ * meta!gen: JSON {session, settled, unsettled}: the checksum generations (disk/sums.ts). `session` counts
+ * opens; `settled` is the newest generation whose data and checksums an fsync made durable; `unsettled`
+ * lists [from, to] ranges of generations a crash left unsettled (their checksums are not trusted).
+ */
+export const GEN_KEY = 'meta!gen';
 
 const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
 
@@ -75,22 +85,48 @@ export const prefixEnd = (prefix: string): string => prefix + '~';
  * snapshot (clones), or zeros when there is none.
  */
 export type Entry =
-  | { kind: 'data'; pbn: number; epoch: number }
+  | DataEntry
   | { kind: 'zero'; epoch: number }
   | { kind: 'inherit'; epoch: number };
 
+/**
+ * A data entry. `sums` (versions 5/6): the CRC-32 of each 4 KiB sector of the block, base64 of little-endian
+ * 32-bit values, and `gen`, the generation they were written in (disk/sums.ts says when they are trusted).
+ * Without them the block is unverified (written in place since its last seal, or from an older store).
+ */
+export interface DataEntry {
+  kind: 'data';
+  pbn: number;
+  epoch: number;
+  sums?: string;
+  gen?: number;
+}
+
 export function encodeEntry(e: Entry, withEpoch: boolean): string {
   const head = e.kind === 'data' ? String(e.pbn) : e.kind === 'zero' ? 'Z' : 'I';
-  return withEpoch ? `${head}:${e.epoch}` : head;
+  const v = withEpoch ? `${head}:${e.epoch}` : head;
+  return e.kind === 'data' && e.sums !== undefined ? `${v};${e.gen ?? 0};${e.sums}` : v;
 }
 
 export function decodeEntry(v: string): Entry {
-  const colon = v.indexOf(':');
-  const head = colon < 0 ? v : v.slice(0, colon);
-  const epoch = colon < 0 ? 0 : Number(v.slice(colon + 1));
-  if (head === 'Z') return { kind: 'zero', epoch };
-  if (head === 'I') return { kind: 'inherit', epoch };
+  const semi = v.indexOf(';');
+  const main = semi < 0 ? v : v.slice(0, semi);
+  const colon = main.indexOf(':');
+  const head = colon < 0 ? main : main.slice(0, colon);
+  const epoch = colon < 0 ? 0 : Number(main.slice(colon + 1));
+  if (head === 'Z' && semi < 0) return { kind: 'zero', epoch };
+  if (head === 'I' && semi < 0) return { kind: 'inherit', epoch };
   const pbn = Number(head);
   if (!Number.isSafeInteger(pbn) || pbn < 0 || !Number.isSafeInteger(epoch)) throw new Error(`bad table entry '${v}'`);
-  return { kind: 'data', pbn, epoch };
+  if (semi < 0) return { kind: 'data', pbn, epoch };
+  const semi2 = v.indexOf(';', semi + 1);
+  const gen = Number(v.slice(semi + 1, semi2));
+  const sums = v.slice(semi2 + 1);
+  if (semi2 < 0 || !Number.isSafeInteger(gen) || gen < 0 || !/^[A-Za-z0-9+/]+=*$/.test(sums)) throw new Error(`bad table entry '${v}'`);
+  return { kind: 'data', pbn, epoch, sums, gen };
+}
+
+/** The same block without its checksums (unverified): written in place, to be sealed again (disk/sums.ts). */
+export function unsealed(e: DataEntry): DataEntry {
+  return { kind: 'data', pbn: e.pbn, epoch: e.epoch };
 }

@@ -103,7 +103,13 @@ export class Table {
     const found = new Map<number, Entry>();
     const it = this.db.iterator({ gte: k, lt: this.key(lbn + PREFETCH) });
     try {
-      for (const [key, value] of await it.nextv(PREFETCH)) found.set(lbnOfKey(key), decodeEntry(value));
+      // nextv may return fewer entries than asked for (LevelDB's iterator caps a read by bytes): read until
+      // the range is exhausted, or what is missing would be cached as holes.
+      for (;;) {
+        const got = await it.nextv(PREFETCH);
+        if (got.length === 0) break;
+        for (const [key, value] of got) found.set(lbnOfKey(key), decodeEntry(value));
+      }
     } finally {
       await it.close();
     }

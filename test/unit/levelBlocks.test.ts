@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { readdir } from 'node:fs/promises';
 import { openDb, type Db } from '../../src/meta/db.js';
-import { BLOCK_PREFIX, FORMAT_KEY, blockKey, prefixEnd } from '../../src/meta/keys.js';
+import { BLOCK_PREFIX, FORMAT_KEY, STORE_VERSION, STORE_VERSION_LEVELDB, blockKey, prefixEnd } from '../../src/meta/keys.js';
 import { LevelBlockStore, sweepBlocks } from '../../src/store/levelBlocks.js';
 import { Registry } from '../../src/disk/registry.js';
 import { readView, writeDisk } from '../../src/disk/io.js';
@@ -243,7 +243,7 @@ describe('a store with block data in LevelDB', () => {
     await (await Registry.open({ dir, blockStore: 'leveldb' })).close();
     const reg = await Registry.open({ dir, blockStore: 'leveldb' });
     const [format] = await reg.ctx.db.getMany([FORMAT_KEY]);
-    expect(JSON.parse(format!)).toMatchObject({ magic: 'vdiskfs-store', version: 4, blockStore: 'leveldb' });
+    expect(JSON.parse(format!)).toMatchObject({ magic: 'vdiskfs-store', version: STORE_VERSION_LEVELDB, blockStore: 'leveldb' });
     await reg.close();
     const err = await expectCode(Registry.open({ dir, blockStore: 'file' }), 'INVALID');
     expect(err.message).toMatch(/'leveldb'/);
@@ -264,8 +264,8 @@ describe('a store with block data in LevelDB', () => {
     await db.close();
     const reg = await Registry.open({ dir });
     expect(reg.blockStore).toBe('file');
-    // opened for use, it was upgraded to version 3 (KEYSPACE.md Changelog), the field written
-    expect(JSON.parse((await reg.ctx.db.getMany([FORMAT_KEY]))[0]!)).toMatchObject({ magic: 'vdiskfs-store', version: 3, blockStore: 'file' });
+    // opened for use, it was upgraded to the current version (KEYSPACE.md Changelog), the field written
+    expect(JSON.parse((await reg.ctx.db.getMany([FORMAT_KEY]))[0]!)).toMatchObject({ magic: 'vdiskfs-store', version: STORE_VERSION, blockStore: 'file' });
     await reg.close();
     await expectCode(Registry.open({ dir, blockStore: 'leveldb' }), 'INVALID');
     await (await Registry.open({ dir, blockStore: 'file' })).close();

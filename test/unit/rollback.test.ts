@@ -124,10 +124,19 @@ describe('rollback to the latest snapshot moves entries back in the background',
 });
 
 describe('store format versions', () => {
-  it('opens version 1 and 2 stores and upgrades them to 3 and 4; check leaves the version as it is', async () => {
-    for (const [blockStore, old, now] of [['file', 1, 3], ['leveldb', 2, 4]] as const) {
+  // Stores of versions 1-4 have no checksums in their entries: written here with checksums off, as those
+  // builds wrote them. They open, are upgraded to 5 (file) and 6 (leveldb), read back unverified, and take
+  // checksums for what is written after.
+  it.each([
+    ['file', 1, 5],
+    ['file', 3, 5],
+    ['leveldb', 2, 6],
+    ['leveldb', 4, 6],
+  ] as const)('opens a %s store of version %i and upgrades it to %i; check leaves the version as it is', async (blockStore, old, now) => {
+    {
       const dir = await tempDir();
-      const reg = await Registry.open({ dir, blockStore });
+      process.env.VDISKFS_CHECKSUMS = 'off';
+      const reg = await Registry.open({ dir, blockStore }).finally(() => delete process.env.VDISKFS_CHECKSUMS);
       await reg.create('d', 64 * BS, BS);
       await writeDisk(reg.ctx, reg.disk('d'), 0, Buffer.alloc(8 * BS, 3));
       await reg.close();
@@ -146,8 +155,14 @@ describe('store format versions', () => {
       const b = Buffer.alloc(8 * BS);
       await readView(again.ctx, again.disk('d'), -1, 0, b);
       expect(b.equals(Buffer.alloc(8 * BS, 3))).toBe(true);
+      const old0 = await again.disk('d').live.get(0);
+      expect(old0?.kind === 'data' && old0.sums, 'an old entry is unverified').toBeUndefined();
+      await writeDisk(again.ctx, again.disk('d'), 16 * BS, Buffer.alloc(BS, 4));
+      const new16 = await again.disk('d').live.get(16);
+      expect(new16?.kind === 'data' && new16.sums, 'a new block has checksums').toBeTypeOf('string');
       await again.close();
       expect(await setVersion(0)).toBe(now);
+      expect((await checkStore(dir)).errors).toEqual([]);
     }
   });
 });

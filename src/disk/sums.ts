@@ -1,0 +1,189 @@
+/**
+ * Block checksums: the one statement of the rule. Every data entry may carry the CRC-32 of each 4 KiB sector
+ * of its block (`sums`, meta/keys.ts) and the generation they were written in (`gen`). They are computed
+ * where whole sectors pass through the daemon (a new block, a merge, a restore, a seal), travel with the
+ * entry (copy-on-write moves it into a snapshot's table, a rollback moves it back, a clone reads through
+ * to it: shared blocks share checksums) and commit atomically with it.
+ *
+ * When a checksum is trusted. A table entry is written after its data (a new block: the batch waits for
+ * the pool write) or after the data was read back (a seal), so after a process crash the two agree. After
+ * a power cut a batch may survive whose data did not (both unsynced): that entry must not turn its lost data
+ * into an error, since the durability contract lets data written since the last fsync read as old content or
+ * zeros. So checksums are trusted only from the fsync that made their data and their entry durable on:
+ * generations number the intervals between fsyncs (session × 2^32 + n; a session is one open of the
+ * store), `settled` is the newest generation an fsync completed, and the generations a crashed session
+ * had not settled stay untrusted for good (meta!gen `unsettled`). A mismatch of a trusted checksum is EIO
+ * to the reader (never the bytes), a log line and a count in status; an untrusted one reads as is.
+ *
+ * Writes in place. A block the live disk owns is overwritten in place, and data and entry cannot change
+ * in one step; so the first such write to a sealed block drops its checksums first (a synced batch, before
+ * the pool write is issued: dirty), and the block is unverified until it is sealed again: the sealer reads
+ * blocks nobody has written for SEAL_AFTER_MS, computes their checksums and commits them (a generation
+ * that settles at the next fsync). Later writes to a dirty block cost nothing extra, so a database's hot
+ * blocks take the same path as before checksums. `scrub` seals every unverified block it meets.
+ */
+import { crc32 } from '../util/crc32.js';
+import type { DataEntry } from '../meta/keys.js';
+import type { Context } from './context.js';
+import { corrupt } from '../errors.js';
+import { logger } from '../log.js';
+
+const log = logger('sums');
+
+export const SECTOR = 4096;
+const SESSION = 2 ** 32;
+
+/** Checksums of a whole block. */
+export function sumsOf(block: Buffer): string {
+  const n = Math.ceil(block.length / SECTOR);
+  const out = Buffer.allocUnsafe(n * 4);
+  for (let i = 0; i < n; i++) out.writeUInt32LE(crc32(block.subarray(i * SECTOR, (i + 1) * SECTOR)), i * 4);
+  return out.toString('base64');
+}
+
+/**
+ * `sums` with the sectors `data` (written at offsetInBlock) covers replaced; undefined when `data` does not
+ * cover whole sectors (their other bytes are not known here) or there are no sums to start from.
+ */
+export function spliceSums(sums: string | undefined, offsetInBlock: number, data: Buffer): string | undefined {
+  if (sums === undefined || offsetInBlock % SECTOR !== 0 || data.length % SECTOR !== 0) return undefined;
+  const out = Buffer.from(sums, 'base64');
+  const first = offsetInBlock / SECTOR;
+  for (let i = 0; i < data.length / SECTOR; i++) out.writeUInt32LE(crc32(data.subarray(i * SECTOR, (i + 1) * SECTOR)), (first + i) * 4);
+  return out.toString('base64');
+}
+
+/** The checksums of a whole new block, when checksums are on. */
+export function sumsIfOn(ctx: Context, block: Buffer): string | undefined {
+  return ctx.integrity.enabled ? sumsOf(block) : undefined;
+}
+
+/** A data entry for a new block, with its checksums (stamped with the current generation) when it has them. */
+export function sealedEntry(ctx: Context, pbn: number, epoch: number, sums: string | undefined): DataEntry {
+  return sums === undefined ? { kind: 'data', pbn, epoch } : { kind: 'data', pbn, epoch, sums, gen: ctx.integrity.stamp() };
+}
+
+/** The sector-aligned range covering [offsetInBlock, offsetInBlock + length) of a block of `bs` bytes. */
+export function covering(offsetInBlock: number, length: number, bs: number): { start: number; end: number } {
+  const start = Math.floor(offsetInBlock / SECTOR) * SECTOR;
+  const end = Math.min(bs, Math.ceil((offsetInBlock + length) / SECTOR) * SECTOR);
+  return { start, end };
+}
+
+/** What meta!gen holds. */
+export interface GenRecord {
+  session: number;
+  settled: number;
+  unsettled: [number, number][];
+  /** Set by a clean close: every generation of `session` is settled. */
+  closed?: boolean;
+}
+
+/** A damaged block found by a read, a backup, check or scrub. */
+export interface Damage {
+  where: string;
+  time: string;
+}
+
+export class Integrity {
+  /** Checksums are computed and verified (VDISKFS_CHECKSUMS=off turns both off, for the bench's comparison). */
+  readonly enabled = process.env.VDISKFS_CHECKSUMS !== 'off';
+  session = 0;
+  /** The generation new checksums are written in. */
+  gen = 1;
+  settled = 0;
+  unsettled: [number, number][] = [];
+  /** A checksum of the current generation has been staged since it began: the next fsync settles it. */
+  used = false;
+  /** Trusted checksums that did not match, since the store was opened. */
+  errors = 0;
+  /** Untrusted checksums that did not match (data written before a crash, not fsync'd). */
+  unsettledMismatches = 0;
+  readonly recent: Damage[] = [];
+
+  /** Load meta!gen (undefined: a store without checksums yet) and start a new session after it. */
+  load(rec: GenRecord | undefined): void {
+    const prev = rec ?? { session: 0, settled: 0, unsettled: [], closed: true };
+    this.unsettled = [...prev.unsettled];
+    // Generations the previous session used past its last fsync are never trusted (a crash may have kept
+    // their entries but not their data); a clean close settled all of them.
+    if (!prev.closed && prev.settled < (prev.session + 1) * SESSION - 1) this.unsettled.push([prev.settled + 1, (prev.session + 1) * SESSION - 1]);
+    this.session = prev.session + 1;
+    this.settled = prev.settled;
+    this.gen = this.session * SESSION + 1;
+  }
+
+  record(closed: boolean): GenRecord {
+    return { session: this.session, settled: this.settled, unsettled: this.unsettled, ...(closed ? { closed: true } : {}) };
+  }
+
+  /** The generation for checksums staged now. */
+  stamp(): number {
+    this.used = true;
+    return this.gen;
+  }
+
+  trusted(gen: number): boolean {
+    return gen <= this.settled && !this.unsettled.some(([a, b]) => gen >= a && gen <= b);
+  }
+
+  /**
+   * e's checksums describe what its block holds, unless it is damaged: trusted, or written in this
+   * session (no crash since: its data was written before it). Such checksums may be carried to a copy.
+   */
+  reliable(e: DataEntry): boolean {
+    return e.sums !== undefined && (this.trusted(e.gen ?? 0) || (e.gen ?? 0) > this.session * SESSION);
+  }
+
+  /** A whole block read from e's pbn holds no trusted mismatch (no count, no log: a probe). */
+  matches(e: DataEntry, block: Buffer): boolean {
+    return this.probe(e, block, 0);
+  }
+
+  /** verify() without counting or throwing: false for a trusted mismatch (the caller takes a path that reports it). */
+  probe(e: DataEntry, part: Buffer, offsetInBlock: number): boolean {
+    if (e.sums === undefined || !this.enabled) return true;
+    if (mismatch(e.sums, part, offsetInBlock) < 0) return true;
+    if (this.trusted(e.gen ?? 0)) return false;
+    this.unsettledMismatches++;
+    return true;
+  }
+
+  /**
+   * Check `part` (bytes [offsetInBlock, +length) of the block `e` points at, sector-aligned: see covering)
+   * against e's checksums. A trusted mismatch throws CORRUPT (EIO) naming `where()`; nothing is returned
+   * to the reader. Returns false for an untrusted mismatch (the bytes are what the disk holds).
+   */
+  verify(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): boolean {
+    if (e.sums === undefined || !this.enabled) return true;
+    const bad = mismatch(e.sums, part, offsetInBlock);
+    if (bad < 0) return true;
+    if (!this.trusted(e.gen ?? 0)) {
+      this.unsettledMismatches++;
+      return false;
+    }
+    const at = `${where()}, sector at byte ${bad * SECTOR} of its block (pool block ${e.pbn})`;
+    this.damaged(at);
+    throw corrupt(`checksum mismatch: ${at}; the block is damaged and is not returned (vdiskfs scrub lists every such block)`);
+  }
+
+  /** Record a damaged block (a read, a backup, scrub). */
+  damaged(where: string): void {
+    this.errors++;
+    this.recent.push({ where, time: new Date().toISOString() });
+    if (this.recent.length > 20) this.recent.shift();
+    log.error({ where }, 'checksum mismatch: damaged block');
+  }
+}
+
+/** The index of the first sector of `part` (at offsetInBlock, sector-aligned) whose CRC differs, or -1. */
+export function mismatch(sums: string, part: Buffer, offsetInBlock: number): number {
+  const want = Buffer.from(sums, 'base64');
+  const first = offsetInBlock / SECTOR;
+  for (let i = 0; i * SECTOR < part.length; i++) {
+    const s = first + i;
+    if ((s + 1) * 4 > want.length) return s;
+    if (crc32(part.subarray(i * SECTOR, (i + 1) * SECTOR)) !== want.readUInt32LE(s * 4)) return s;
+  }
+  return -1;
+}
