@@ -3,7 +3,7 @@
  * `npm run torture`: long fault and load runs against real mounts of dist/cli/main.js.
  *
  *   crash    SIGKILL the daemon at seeded moments while 3 writers fsync self-checking 4 KiB records;
- *            remount, every acknowledged record must be intact; `check` after every round.
+ *            remount, every acknowledged record must be intact; `check --verify-data` after every round.
  *   random   seeded random operations through the mount (odd offsets/lengths with node and dd, snapshots,
  *            clones, rollbacks, resizes, deletes, clean remounts and SIGKILL remounts after fsync),
  *            every read compared with an in-memory model of each disk and snapshot.
@@ -270,9 +270,9 @@ class Mount {
     return readFile(`/proc/${this.pid}/status`, 'utf8').then((t) => Number(/VmHWM:\s+(\d+) kB/.exec(t)?.[1] ?? 0) * K, () => 0);
   }
 
-  /** `vdiskfs check`; errors throw, leaks are counted and repaired. */
+  /** `vdiskfs check --verify-data` (every block read back against its checksum); errors throw, leaks are counted and repaired. */
   async check(stats) {
-    const r = await cli(['check', '--store', this.store]);
+    const r = await cli(['check', '--verify-data', '--store', this.store]);
     stats.checks++;
     // exit codes as qemu-img check's: 0 clean, 1 not completed, 2 errors, 3 leaks only
     if (![0, 3].includes(r.code) || !/^0 errors/m.test(r.stdout)) {

@@ -23,8 +23,9 @@ export interface StoreStatus {
   disks: DiskStatus[];
   /**
    * Block checksums (disk/sums.ts): `damaged`: blocks whose checksum did not match since the store was
-   * opened (reads got EIO), the latest of them in `recent`; `unverified`: live blocks written in place
-   * and not sealed again yet; `scrub`: the scrub running or last run.
+   * opened (reads got EIO), the latest of them in `recent`; `unverified`: live blocks without trusted
+   * checksums waiting for the sealer (written in place, from an older store, or left by a crash);
+   * `scrub`: the scrub running or last run.
    */
   checksums: {
     enabled: boolean;
@@ -93,7 +94,7 @@ export function renderStatus(st: StoreStatus): string {
   const c = st.checksums;
   lines.push(
     c.enabled
-      ? `checksums: ${c.damaged} damaged block(s) read since mount${c.recent.length ? ` (latest: ${c.recent[c.recent.length - 1]!.where})` : ''}, ${c.unverified} written in place and not sealed yet`
+      ? `checksums: ${c.damaged} damaged block(s) read since mount${c.recent.length ? ` (latest: ${c.recent[c.recent.length - 1]!.where})` : ''}, ${c.unverified} live block(s) waiting to be sealed`
       : 'checksums: off (VDISKFS_CHECKSUMS=off)',
   );
   if (c.scrub) lines.push(c.scrub.summary);

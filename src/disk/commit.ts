@@ -85,6 +85,9 @@ export class Transaction {
   stage(opts: CommitOptions, urgent: boolean): Promise<void> {
     const { ctx, disk, changes } = this;
     const reserved = opts.reserved ?? [];
+    // New checksums take the generation of the moment their batch is queued (sums.ts): an fsync that began
+    // before (and may already have flushed the pool) does not settle them.
+    for (const c of changes) if (c.next?.kind === 'data' && c.next.sums !== undefined) c.next.gen = ctx.integrity.stamp();
     const L = disk.latest();
     const before = disk.rec;
     const record = opts.claim !== undefined ? claimed(opts.record ?? before, opts.claim) : opts.record;
@@ -137,17 +140,23 @@ export class Transaction {
 }
 
 /**
- * An entry change that keeps the same physical block and only changes its checksums (sums.ts): a block
- * going dirty before a write in place (`sync`: durable before the pool write is issued), a seal, a scrub.
- * Nothing is freed or moved; the caller holds the block's lock, and `cur` is the table's entry now.
+ * Entry changes that keep the same physical blocks and only change their checksums (sums.ts): blocks going
+ * dirty before writes in place (`sync`: durable before those writes reach the pool), a seal, a scrub. One
+ * batch; nothing is freed or moved; the caller holds the blocks' locks or stages them in one synchronous step
+ * (the fast path), and each `next` keeps the table's current entry's pbn.
  */
 export async function restamp(ctx: Context, table: Table, lbn: number, next: DataEntry, sync: boolean): Promise<void> {
-  table.staged(lbn, next);
+  return restampAll(ctx, table, [[lbn, next]], sync);
+}
+
+export async function restampAll(ctx: Context, table: Table, changes: [number, DataEntry][], sync: boolean): Promise<void> {
+  for (const [lbn, next] of changes) table.staged(lbn, next);
   try {
-    await ctx.commit([table.putOp(lbn, next)], sync, sync);
+    // sync: writes in place wait for this batch (a barrier in the pipeline, Context.queue)
+    await ctx.commit(changes.map(([lbn, next]) => table.putOp(lbn, next)), sync, sync, undefined, sync);
   } catch (e) {
-    table.unstage(lbn, next);
+    for (const [lbn, next] of changes) table.unstage(lbn, next);
     throw e;
   }
-  table.committed(lbn, next);
+  for (const [lbn, next] of changes) table.committed(lbn, next);
 }

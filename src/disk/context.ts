@@ -230,10 +230,10 @@ export class Context {
    * same key always land in the order they were made. `commit` resolves once the change is in LevelDB.
    * A batch whose blocks are still being written behind (`ready`) waits for them: data before reference.
    */
-  commit(ops: BatchOp[], sync = false, urgent = true, ready?: Promise<unknown>): Promise<void> {
+  commit(ops: BatchOp[], sync = false, urgent = true, ready?: Promise<unknown>, barrier = false): Promise<void> {
     if (ops.length === 0 && !sync) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ops, sync, resolve, reject, ready });
+      this.queue.push({ ops, sync, resolve, reject, ready, barrier });
       this.backlog += ops.length;
       this.kick(urgent);
     });
@@ -288,7 +288,12 @@ export class Context {
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
   /** `ready`: the pool writes the batch's entries point at (written behind); the batch waits for them. */
-  private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void; ready?: Promise<unknown> | undefined }[] = [];
+  /**
+   * `barrier`: pool writes wait for this batch (write-behind `after`: checksums dropped before writes in
+   * place), so no batch queued after it that waits for pool writes (`ready`) may share its group: the group
+   * would wait for writes that wait for the group.
+   */
+  private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void; ready?: Promise<unknown> | undefined; barrier?: boolean }[] = [];
   private pumping = false;
 
   private async pump(): Promise<void> {
@@ -297,8 +302,11 @@ export class Context {
       while (this.queue.length) {
         const group: typeof this.queue = [];
         let n = 0;
+        let barrier = false;
         while (this.queue.length && n < 20_000) {
+          if (barrier && this.queue[0]!.ready) break; // see `queue`: it goes in the next group
           const item = this.queue.shift()!;
+          barrier ||= item.barrier === true;
           group.push(item);
           n += item.ops.length;
         }

@@ -5,7 +5,10 @@
  * `vdiskfs check`.
  */
 import type { Context } from './context.js';
-import { LIVE_TABLES, SNAP_TABLES, decodeEntry, idOfTableKey, prefixEnd } from '../meta/keys.js';
+import { LIVE_TABLES, SNAP_TABLES, decodeEntry, idOfTableKey, lbnOfKey, prefixEnd } from '../meta/keys.js';
+
+/** Live blocks queued for sealing at open, per disk at most (the rest wait for a scrub). */
+const MAX_SEAL_QUEUE = 1_000_000;
 
 export interface ScanReport {
   entries: number;
@@ -50,8 +53,12 @@ export async function scanTables(ctx: Context): Promise<ScanReport> {
       report.dataBlocks++;
       if (!ctx.pool.allocator(owner.bs).mark(e.pbn)) report.doubleRefs.push({ key, pbn: e.pbn });
       const disk = ctx.disks.get(owner.name)!;
-      if (prefix === LIVE_TABLES) disk.allocated++;
-      else disk.held.set(id, (disk.held.get(id) ?? 0) + 1);
+      if (prefix === LIVE_TABLES) {
+        disk.allocated++;
+        // Live blocks without trusted checksums (an older store, a crash before an fsync settled them):
+        // the sealer gives them checksums in the background (scrub.ts); snapshots' blocks wait for a scrub.
+        if (ctx.integrity.needsSeal(e) && disk.dirty.size < MAX_SEAL_QUEUE) disk.dirty.set(lbnOfKey(key), 0);
+      } else disk.held.set(id, (disk.held.get(id) ?? 0) + 1);
     }
   }
   return report;

@@ -16,6 +16,8 @@ const log = logger('scrub');
 
 /** How long a live block written in place stays unverified at least (ms; VDISKFS_SEAL_AFTER_MS). */
 export const SEAL_AFTER_MS = Number(process.env.VDISKFS_SEAL_AFTER_MS ?? 30_000);
+/** Block reads a scrub keeps in flight. */
+const SCRUB_DEPTH = 8;
 /** Blocks sealed per pass of the sealer at most (each one a block read). */
 const SEAL_BATCH = 256;
 
@@ -30,7 +32,7 @@ async function sealLive(ctx: Context, disk: DiskState, lbn: number, since: numbe
     try {
       if (since !== undefined && disk.dirty.get(lbn) !== since) return false; // written again meanwhile
       const cur = await disk.live.get(lbn);
-      if (cur?.kind !== 'data' || cur.sums !== undefined) {
+      if (cur?.kind !== 'data' || !ctx.integrity.needsSeal(cur)) {
         disk.dirty.delete(lbn);
         return false;
       }
@@ -132,28 +134,34 @@ export async function scrubDisks(ctx: Context, disks: DiskState[], opts: ScrubOp
   for (const disk of disks) {
     const bs = disk.blockSize;
     const store = await ctx.pool.store(bs);
-    const block = Buffer.allocUnsafe(bs);
+    const blocks = Array.from({ length: SCRUB_DEPTH }, () => Buffer.allocUnsafe(bs));
     for (const [table, view] of tablesOf(disk)) {
       for await (const run of table.runs(256)) {
-        for (const [lbn, e] of run) {
-          if (e.kind !== 'data') continue;
+        const data = run.filter((x): x is [number, DataEntry] => x[1].kind === 'data');
+        // SCRUB_DEPTH reads in flight, then each block checked in order.
+        for (let i = 0; i < data.length; i += SCRUB_DEPTH) {
           if (opts.stopped?.()) return r;
-          await store.read(e.pbn, block, 0);
-          r.bytes += bs;
-          done++;
-          if (e.sums !== undefined && integ.trusted(e.gen ?? 0)) {
-            r.verified++;
-            const bad = mismatch(e.sums, block, 0) >= 0 ? await confirm(ctx, disk, table, lbn, e, block) : -1;
-            if (bad >= 0) {
-              const d: DamagedBlock = { view, lbn, offset: lbn * bs, pbn: e.pbn, sector: bad * 4096 };
-              r.damaged.push(d);
-              integ.damaged(`${view}, block ${lbn} (byte ${d.offset}), sector at byte ${d.sector} of its block (pool block ${e.pbn})`);
+          const group = data.slice(i, i + SCRUB_DEPTH);
+          await Promise.all(group.map(([, e], j) => store.read(e.pbn, blocks[j]!, 0)));
+          for (let j = 0; j < group.length; j++) {
+            const [lbn, e] = group[j]!;
+            const block = blocks[j]!;
+            r.bytes += bs;
+            done++;
+            if (e.sums !== undefined && integ.trusted(e.gen ?? 0)) {
+              r.verified++;
+              const bad = mismatch(e.sums, block, 0) >= 0 ? await confirm(ctx, disk, table, lbn, e, block) : -1;
+              if (bad >= 0) {
+                const d: DamagedBlock = { view, lbn, offset: lbn * bs, pbn: e.pbn, sector: bad * 4096 };
+                r.damaged.push(d);
+                integ.damaged(`${view}, block ${lbn} (byte ${d.offset}), sector at byte ${d.sector} of its block (pool block ${e.pbn})`);
+              }
+            } else {
+              r.unverified++;
+              if (opts.seal) r.sealed += (await sealEntry(ctx, disk, table, lbn, e)) ? 1 : 0;
             }
-          } else {
-            r.unverified++;
-            if (opts.seal) r.sealed += (await sealEntry(ctx, disk, table, lbn, e)) ? 1 : 0;
+            opts.progress?.(r, done, total);
           }
-          opts.progress?.(r, done, total);
           if (opts.rate) {
             const ahead = (r.bytes / opts.rate) * 1000 - (Date.now() - started);
             if (ahead > 5) await new Promise((res) => setTimeout(res, ahead));
@@ -194,7 +202,7 @@ async function sealEntry(ctx: Context, disk: DiskState, table: Table, lbn: numbe
   if (table === disk.live) return sealLive(ctx, disk, lbn, undefined);
   return disk.changing(false, async () => {
     const cur = await table.get(lbn);
-    if (cur?.kind !== 'data' || cur.pbn !== e.pbn || cur.sums !== undefined) return false;
+    if (cur?.kind !== 'data' || cur.pbn !== e.pbn || !ctx.integrity.needsSeal(cur)) return false;
     const block = Buffer.allocUnsafe(disk.blockSize);
     await (await ctx.pool.store(disk.blockSize)).read(cur.pbn, block, 0);
     await restamp(ctx, table, lbn, { ...cur, sums: sumsOf(block), gen: ctx.integrity.stamp() }, false);

@@ -16,8 +16,10 @@
  * to the reader (never the bytes), a log line and a count in status; an untrusted one reads as is.
  *
  * Writes in place. A block the live disk owns is overwritten in place, and data and entry cannot change
- * in one step; so the first such write to a sealed block drops its checksums first (a synced batch, before
- * the pool write is issued: dirty), and the block is unverified until it is sealed again: the sealer reads
+ * in one step; so the first such write to a sealed block drops its checksums first (dirty): with trusted
+ * checksums in a synced batch that the pool write waits for (write-behind holds it: the writer's answer does
+ * not wait), with untrusted ones in the next batch (the next fsync waits for it). The block is unverified
+ * until it is sealed again: the sealer reads
  * blocks nobody has written for SEAL_AFTER_MS, computes their checksums and commits them (a generation
  * that settles at the next fsync). Later writes to a dirty block cost nothing extra, so a database's hot
  * blocks take the same path as before checksums. `scrub` seals every unverified block it meets.
@@ -123,6 +125,17 @@ export class Integrity {
     return this.gen;
   }
 
+  /**
+   * Dropping e's checksums for a write in place must be durable before the write's data reaches the pool:
+   * they are trusted, or an fsync under way may make them so (any generation before the current one). Those
+   * of the current generation cannot be settled before a batch queued now (an fsync bumps the generation
+   * first, then drains), and those a crash left unsettled never will.
+   */
+  unsealDurably(e: DataEntry): boolean {
+    const g = e.gen ?? 0;
+    return e.sums !== undefined && g < this.gen && !this.unsettled.some(([a, b]) => g >= a && g <= b);
+  }
+
   trusted(gen: number): boolean {
     return gen <= this.settled && !this.unsettled.some(([a, b]) => gen >= a && gen <= b);
   }
@@ -133,6 +146,14 @@ export class Integrity {
    */
   reliable(e: DataEntry): boolean {
     return e.sums !== undefined && (this.trusted(e.gen ?? 0) || (e.gen ?? 0) > this.session * SESSION);
+  }
+
+  /**
+   * e gets checksums from its block as it is now when sealed: it has none, or only ones a crash left
+   * untrusted for good (those of this session settle at the next fsync).
+   */
+  needsSeal(e: DataEntry): boolean {
+    return this.enabled && !this.reliable(e);
   }
 
   /** A whole block read from e's pbn holds no trusted mismatch (no count, no log: a probe). */

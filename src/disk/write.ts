@@ -15,7 +15,7 @@ import { invalid, isVdiskError, VdiskError } from '../errors.js';
 import { logger } from '../log.js';
 import { assertUnclaimed, claimStands, dropClaim } from './identity.js';
 import { alreadyZero, needsPreserve, preserveNow, zeroEntry, type Change } from './plan.js';
-import { restamp, Transaction } from './commit.js';
+import { restamp, restampAll, Transaction } from './commit.js';
 import { sealedEntry, spliceSums, sumsIfOn } from './sums.js';
 
 const log = logger('write');
@@ -97,6 +97,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
   const inPlaceLbns: number[] = [];
   const unseal: { lbn: number; e: DataEntry }[] = [];
+  const durable: { lbn: number; e: DataEntry }[] = [];
   const changes: Change[] = [];
   const merged: Buffer[] = [];
   /** Changes whose new block is copied behind from the old one (their `block` is this write's part only). */
@@ -115,10 +116,11 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     if (isZero(data)) return giveBack();
     if (cur?.kind === 'data' && !preserve) {
       // A write in place drops the block's checksums first (sums.ts): durably before the pool write when
-      // they are trusted (the async path), else with the next batch, which the next fsync waits for.
+      // they are or may become trusted (a synced batch the staged write waits for), else with the next
+      // batch, which the next fsync waits for.
       if (cur.sums !== undefined) {
-        if (ctx.integrity.trusted(cur.gen ?? 0)) return giveBack();
-        unseal.push({ lbn: p.lbn, e: cur });
+        if (ctx.integrity.unsealDurably(cur)) durable.push({ lbn: p.lbn, e: cur });
+        else unseal.push({ lbn: p.lbn, e: cur });
       }
       inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
       inPlaceLbns.push(p.lbn);
@@ -141,6 +143,9 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
       changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block });
     }
   }
+  // Writes in place that wait for a synced batch take a write-behind run of their own (writeBehind.ts
+  // Run.gate): with new blocks besides, the request would need two; the async path takes it.
+  if (durable.length && changes.length) return giveBack();
   // Merged blocks stage more bytes than the request carries: the store must have room for all of them.
   const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + c.block!.length, 0);
   if (staged > src.length && !store.behindRoom(staged)) return giveBack();
@@ -163,7 +168,11 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   // Written behind: in-place writes need nothing more (a failure fails the next fsync); the batch that
   // references new blocks waits for their writes, and if one fails the batch fails and frees them.
   const stageBehind = store.stageBehind.bind(store);
-  const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock));
+  // Trusted checksums dropped now, in one synced batch; the request's writes in place reach the pool after
+  // it (a failed batch fails the store, ctx.failure, and those writes).
+  const gate = durable.length ? restampAll(ctx, disk.live, durable.map((u) => [u.lbn, unsealed(u.e)]), true) : undefined;
+  gate?.catch(() => undefined);
+  const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock, gate));
   const newWrites = changes.map((c) => {
     const pbn = (c.next as { pbn: number }).pbn;
     const cp = copies.get(c);
@@ -174,9 +183,13 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   });
   for (const c of changes) c.block = undefined; // the caller's buffer or a merge buffer: not kept past this call
   giveBack(); // stageBehind copied them
-  if (inPlaceLbns.length) {
+  // Blocks left without checksums (written in place, or copied behind from an unverified block): the
+  // sealer's work once they are idle.
+  const unverified = [...copies].filter(([, cp]) => cp.sums === undefined).map(([c]) => c.lbn);
+  if (inPlaceLbns.length || (unverified.length && ctx.integrity.enabled)) {
     const now = Date.now();
     for (const lbn of inPlaceLbns) disk.dirty.set(lbn, now);
+    for (const lbn of unverified) disk.dirty.set(lbn, now);
   }
   later(() => {
     try {
@@ -279,11 +292,11 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
 
   // Blocks written in place lose their checksums first, durably, before any pool write (sums.ts): a
   // crash between the write and a new checksum must not leave a trusted checksum of the old content.
-  // Untrusted ones (written since the last fsync) go with the next batch: that fsync waits for it.
+  // Those of the current generation go with the next batch: the fsync that settles them waits for it.
   const sealed = inPlace.filter((w) => w.entry.sums !== undefined);
-  const durable = sealed.filter((w) => ctx.integrity.trusted(w.entry.gen ?? 0));
+  const durable = sealed.filter((w) => ctx.integrity.unsealDurably(w.entry));
   for (const w of sealed) if (!durable.includes(w)) void restamp(ctx, disk.live, w.lbn, unsealed(w.entry), false).catch(() => undefined);
-  if (durable.length) await Promise.all(durable.map((w) => restamp(ctx, disk.live, w.lbn, unsealed(w.entry), true)));
+  if (durable.length) await restampAll(ctx, disk.live, durable.map((w) => [w.lbn, unsealed(w.entry)]), true);
   if (inPlace.length) {
     const now = Date.now();
     for (const w of inPlace) disk.dirty.set(w.lbn, now);

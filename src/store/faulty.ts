@@ -52,6 +52,8 @@ export class FaultyStore implements BlockStore {
   private unsynced: Unsynced[] = [];
   /** Per pbn, this layer's operations not yet done with it (delayed mutations, volatile copies): busy. */
   private held = new Map<number, Set<Promise<void>>>();
+  /** Per pbn, the last staged write that waits for an `after` promise (later writes to the pbn follow it). */
+  private gated = new Map<number, Promise<unknown>>();
   /** The first failed write-behind or copy: every later sync reports it. */
   private failed: Error | null = null;
 
@@ -60,7 +62,7 @@ export class FaultyStore implements BlockStore {
   readonly allocAligned?: (bytes: number) => Promise<Buffer>;
   readonly readSync?: (pbn: number, dst: Buffer, offsetInBlock?: number) => void;
   readonly writeSync?: (pbn: number, data: Buffer, offsetInBlock?: number) => void;
-  readonly stageBehind?: (pbn: number, data: Buffer, offsetInBlock?: number) => () => Promise<void>;
+  readonly stageBehind?: (pbn: number, data: Buffer, offsetInBlock?: number, after?: Promise<unknown>) => () => Promise<void>;
   readonly copyBehind?: (from: number, to: number) => Promise<void>;
   readonly copyRoom?: () => boolean;
   readonly busy?: (pbn: number) => boolean;
@@ -80,7 +82,7 @@ export class FaultyStore implements BlockStore {
     if (s.allocAligned) this.allocAligned = (bytes) => s.allocAligned!(bytes);
     if (s.readSync) this.readSync = (pbn, dst, off = 0) => this.readNow(pbn, dst, off);
     if (s.writeSync) this.writeSync = (pbn, data, off = 0) => this.writeNow(pbn, data, off);
-    if (s.stageBehind) this.stageBehind = (pbn, data, off = 0) => this.stage(pbn, data, off);
+    if (s.stageBehind) this.stageBehind = (pbn, data, off = 0, after) => this.stage(pbn, data, off, after);
     if (s.copyBehind) this.copyBehind = (from, to) => this.copy(from, to);
     if (s.copyBehind && s.copyRoom) this.copyRoom = () => this.failed === null && s.copyRoom!();
     if (s.readSync || s.busy) this.busy = (pbn) => this.held.has(pbn) || (s.busy?.(pbn) ?? false);
@@ -155,6 +157,8 @@ export class FaultyStore implements BlockStore {
 
   async write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
     const err = this.next('write', pbn);
+    const prior = this.gated.get(pbn); // a staged write still waiting for its `after` comes first
+    if (prior) await this.hold(pbn, prior.then(() => undefined));
     await this.later(pbn, () => {
       if (err) throw err;
       return this.apply(pbn, data, offsetInBlock, () => this.inner.write(pbn, data, offsetInBlock));
@@ -168,19 +172,32 @@ export class FaultyStore implements BlockStore {
     else this.inner.writeSync!(pbn, data, offsetInBlock);
   }
 
-  private stage(pbn: number, data: Buffer, offsetInBlock: number): () => Promise<void> {
+  private stage(pbn: number, data: Buffer, offsetInBlock: number, after?: Promise<unknown>): () => Promise<void> {
     const err = this.next('stageBehind', pbn);
     if (err) {
       this.failed ??= err;
       return () => Promise.reject(err);
     }
-    if (!this.plan.volatile && !this.plan.delayMs) return this.inner.stageBehind!(pbn, data, offsetInBlock);
+    if (!this.plan.volatile && !this.plan.delayMs) return this.inner.stageBehind!(pbn, data, offsetInBlock, after);
     const copy = Buffer.from(data); // the caller may reuse data once this returns
-    const p = this.later(pbn, () =>
-      this.apply(pbn, copy, offsetInBlock, () =>
-        this.inner.behindRoom?.(copy.length) ? this.inner.stageBehind!(pbn, copy, offsetInBlock)() : this.inner.write(pbn, copy, offsetInBlock),
-      ),
-    );
+    const write = (): Promise<void> =>
+      this.later(pbn, () =>
+        this.apply(pbn, copy, offsetInBlock, () =>
+          this.inner.behindRoom?.(copy.length) ? this.inner.stageBehind!(pbn, copy, offsetInBlock)() : this.inner.write(pbn, copy, offsetInBlock),
+        ),
+      );
+    // A write that waits for `after` (or comes after one that does, on the same pbn: issue order) is held,
+    // the pbn busy, until it is applied.
+    const prior = this.gated.get(pbn);
+    let p: Promise<void>;
+    if (after || prior) {
+      p = this.hold(pbn, Promise.all([prior, after]).then(write));
+      const mine = p.catch(() => undefined);
+      this.gated.set(pbn, mine);
+      void mine.then(() => {
+        if (this.gated.get(pbn) === mine) this.gated.delete(pbn);
+      });
+    } else p = write();
     p.catch(() => undefined); // reported through the function's promise and sync()
     return () => p;
   }

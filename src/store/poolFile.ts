@@ -174,23 +174,25 @@ export class PoolFileStore extends PoolFile implements BlockStore {
   }
 
   /** A private copy of `data` now; the returned function starts its write behind (see BlockStore). */
-  stageBehind(pbn: number, data: Buffer, offsetInBlock = 0): () => Promise<void> {
+  stageBehind(pbn: number, data: Buffer, offsetInBlock = 0, after?: Promise<unknown>): () => Promise<void> {
     const copy = (this.spare.pop() ?? Buffer.allocUnsafe(this.blockSize)).subarray(0, data.length);
     data.copy(copy);
     // Nothing of `data` past this line: the caller may reuse it once this returns.
-    return () => this.writeBehind(pbn, copy, offsetInBlock);
+    return () => this.writeBehind(pbn, copy, offsetInBlock, after);
   }
 
   /**
    * Write `copy` (from stageBehind; the store reclaims it) on the thread pool after every earlier write to
    * pbn. The promise settles when the bytes are in the file (page cache).
    */
-  private writeBehind(pbn: number, copy: Buffer, offsetInBlock: number): Promise<void> {
+  private writeBehind(pbn: number, copy: Buffer, offsetInBlock: number, after?: Promise<unknown>): Promise<void> {
     const length = copy.length;
     const pos = pbn * this.blockSize + offsetInBlock;
     this.behindBytes += length;
-    return this.inflight.after(pbn, 1, () =>
-      new Promise<void>((resolve, reject) => {
+    const gated = after?.then(() => null, (e: unknown) => (e instanceof Error ? e : new Error(String(e))));
+    return this.inflight.after(pbn, 1, async () => {
+      const refused = await gated;
+      return new Promise<void>((resolve, reject) => {
         const step = (done: number): void => {
           if (done >= length) return finish(null);
           try {
@@ -207,9 +209,10 @@ export class PoolFileStore extends PoolFile implements BlockStore {
           this.failed ??= err;
           reject(err);
         };
-        step(0);
-      }),
-    );
+        if (refused) finish(refused);
+        else step(0);
+      });
+    });
   }
 
   async sync(): Promise<void> {

@@ -54,7 +54,7 @@ export class ReadaheadStore implements BlockStore {
   readonly behindRoom?: (bytes: number) => boolean;
   readonly syncNow?: () => boolean;
   readonly writeSync?: (pbn: number, data: Buffer, offsetInBlock?: number) => void;
-  readonly stageBehind?: (pbn: number, data: Buffer, offsetInBlock?: number) => () => Promise<void>;
+  readonly stageBehind?: (pbn: number, data: Buffer, offsetInBlock?: number, after?: Promise<unknown>) => () => Promise<void>;
   readonly copyBehind?: (from: number, to: number) => Promise<void>;
   readonly discard?: (pbn: number) => Promise<void>;
   readonly trim?: (blocks: number) => Promise<void>;
@@ -86,7 +86,7 @@ export class ReadaheadStore implements BlockStore {
     if (s.syncNow) this.syncNow = () => s.syncNow!();
     if (s.writeSync) this.writeSync = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.writeSync!(pbn, data, off));
     // staged at once (the caller checked behindRoom), so busy below from here until written
-    if (s.stageBehind) this.stageBehind = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.stageBehind!(pbn, data, off));
+    if (s.stageBehind) this.stageBehind = (pbn, data, off = 0, after) => (this.drop(pbn * bs + off, data.length), s.stageBehind!(pbn, data, off, after));
     if (s.copyBehind) this.copyBehind = (from, to) => this.issue(to, bs * to, bs, () => s.copyBehind!(from, to));
     if (s.discard) this.discard = (pbn) => this.issue(pbn, pbn * bs, bs, () => s.discard!(pbn));
     if (s.trim) this.trim = (blocks) => (this.drop(blocks * bs, Infinity), s.trim!(blocks));

@@ -41,6 +41,12 @@ interface Run {
   byPbn: Map<number, Stretch[]>;
   /** Writes issued before this run to pbns it touches. */
   deps: Set<Promise<void>>;
+  /**
+   * The `after` of the writes in this run, if any: such a run holds only the writes of the stageBehind calls
+   * that share it (one request's writes in place), so that no other write, whose table batch may wait for it
+   * while that batch is queued before `after`'s own, ever waits for `after`.
+   */
+  gate?: Promise<unknown> | undefined;
   done: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
@@ -127,12 +133,22 @@ export class WriteBehindStore implements BlockStore {
    * returned function gives the promise of the write, which settles when the bytes are in the bottom.
    * The caller checked behindRoom() for the request.
    */
-  stageBehind(pbn: number, data: Buffer, offsetInBlock = 0): () => Promise<void> {
-    const done = this.stage(pbn, data, offsetInBlock);
+  stageBehind(pbn: number, data: Buffer, offsetInBlock = 0, after?: Promise<unknown>): () => Promise<void> {
+    const done = this.stage(pbn, data, offsetInBlock, after);
     return () => done;
   }
 
-  private stage(pbn: number, data: Buffer, offsetInBlock: number): Promise<void> {
+  /** `after` as a run dependency: a rejection fails write-behind (the run and every later one). */
+  private gate(after: Promise<unknown>): Promise<void> {
+    return after.then(
+      () => undefined,
+      (e: unknown) => {
+        this.failed ??= e instanceof Error ? e : new Error(String(e));
+      },
+    );
+  }
+
+  private stage(pbn: number, data: Buffer, offsetInBlock: number, after?: Promise<unknown>): Promise<void> {
     const bs = this.blockSize;
     const pos = pbn * bs + offsetInBlock;
     const len = data.length;
@@ -141,9 +157,17 @@ export class WriteBehindStore implements BlockStore {
       // not whole sectors: the bottom reads, patches and writes them, after the pbn's earlier writes
       if (this.open?.byPbn.has(pbn)) this.submit(this.open);
       const copy = Buffer.from(data);
-      return this.inflight.after(pbn, 1, () => this.guard(() => this.inner.write(pbn, copy, offsetInBlock)));
+      const gated = after ? this.gate(after) : undefined;
+      return this.inflight.after(pbn, 1, async () => {
+        await gated;
+        return this.guard(() => this.inner.write(pbn, copy, offsetInBlock));
+      });
     }
     let run = this.open;
+    if (run && run.gate !== after) {
+      this.submit(run); // a gated run takes only its own request's writes (Run.gate)
+      run = null;
+    }
     if (run) {
       const mine = run.byPbn.get(pbn);
       const hit = mine?.find((s) => pos < s.pos + s.len && s.pos < pos + len);
@@ -156,7 +180,13 @@ export class WriteBehindStore implements BlockStore {
         run = null;
       }
     }
-    run ??= this.newRun();
+    if (!run) {
+      run = this.newRun();
+      if (after) {
+        run.gate = after;
+        run.deps.add(this.gate(after));
+      }
+    }
     const tail = this.inflight.get(pbn);
     if (tail && tail !== run.done) run.deps.add(tail);
     data.copy(run.buf, run.used);

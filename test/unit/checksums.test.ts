@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from '../../src/disk/registry.js';
-import { readView, writeDisk } from '../../src/disk/io.js';
+import { readView, writeDisk, writeDiskNow } from '../../src/disk/io.js';
 import { createSnapshot } from '../../src/disk/snapshots.js';
 import { checkStore } from '../../src/check/check.js';
 import { sealDue } from '../../src/disk/scrub.js';
@@ -230,6 +230,96 @@ describe('block checksums', () => {
       expect((await read(again, 0, 16 * BS)).equals(data)).toBe(true);
     } finally {
       await again.close();
+    }
+  });
+
+  it('after a crash, checksums no fsync settled are not trusted; the sealer gives those blocks new ones', async () => {
+    const { dir, data } = await store();
+    const reg = await Registry.open({ dir });
+    await writeDisk(reg.ctx, reg.disk('d'), 12 * BS, pattern(BS, 8)); // in place, then a seal, never fsync'd
+    await sealDue(reg.ctx, true);
+    expect((await reg.disk('d').live.get(12)) as { sums?: string }).toHaveProperty('sums');
+    // The crash: the batches are in LevelDB's log, nothing is flushed or closed cleanly.
+    await reg.ctx.drain();
+    reg.ctx.stop();
+    await reg.ctx.pool.close({ trim: false });
+    await reg.ctx.db.close();
+    const again = await Registry.open({ dir });
+    try {
+      // As if the seal's batch survived a power cut and the block's data did not: it reads as it is.
+      await damage(again, dir, 'live', 12, 0);
+      const got = await read(again, 12 * BS, BS);
+      expect(got.equals(pattern(BS, 8))).toBe(false);
+      expect(again.ctx.integrity.errors).toBe(0);
+      expect(again.disk('d').dirty.has(12), 'queued for the sealer at open').toBe(true);
+      expect(again.disk('d').dirty.has(11), 'a block with settled checksums is not').toBe(false);
+      expect((await read(again, 11 * BS, BS)).equals(data.subarray(11 * BS, 12 * BS))).toBe(true);
+      expect(await sealDue(again.ctx, true)).toBe(1);
+      await again.sync();
+    } finally {
+      await again.close();
+    }
+    const third = await Registry.open({ dir });
+    try {
+      await damage(third, dir, 'live', 12, 9000);
+      await expect(read(third, 12 * BS, BS)).rejects.toMatchObject({ code: 'CORRUPT' });
+    } finally {
+      await third.close();
+    }
+  });
+
+  it('the fast path takes a write in place into a block with trusted checksums: dropped in a synced batch first', async () => {
+    const { dir, data } = await store();
+    const reg = await Registry.open({ dir });
+    try {
+      const d = reg.disk('d');
+      const warm = Buffer.alloc(BS);
+      await readView(reg.ctx, d, -1, 6 * BS, warm); // entries in memory
+      const e = await d.live.get(6);
+      expect(reg.ctx.integrity.trusted((e as { gen?: number }).gen ?? 0)).toBe(true);
+      const neu = pattern(8 * K, 4);
+      expect(writeDiskNow(reg.ctx, d, 6 * BS + 16 * K, neu)).toBe(8 * K);
+      expect((d.live.peek(6) as { sums?: string }).sums, 'unsealed at once').toBeUndefined();
+      await reg.ctx.drain();
+      const stored = (await reg.ctx.db.getMany([d.live.key(6)]))[0]!;
+      expect(stored).not.toContain(';'); // in LevelDB without checksums
+      const want = Buffer.from(data.subarray(6 * BS, 7 * BS));
+      neu.copy(want, 16 * K);
+      expect((await read(reg, 6 * BS, BS)).equals(want)).toBe(true);
+      expect(d.dirty.has(6)).toBe(true);
+    } finally {
+      await reg.close();
+    }
+  });
+
+  // Regression: a write in place that waits for its synced batch shared a write-behind run with a new
+  // block's write whose batch was queued before that synced one; the group of both waited for the run, which
+  // waited for the group.
+  it('writes in place waiting for their synced batch never hold up the batches queued before it', async () => {
+    const { dir, data } = await store();
+    const reg = await Registry.open({ dir });
+    try {
+      const d = reg.disk('d');
+      const warm = Buffer.alloc(16 * BS);
+      await readView(reg.ctx, d, -1, 0, warm); // entries in memory
+      await reg.create('e', 16 * BS, BS);
+      const e = reg.disk('e');
+      await readView(reg.ctx, e, -1, 0, Buffer.alloc(16 * BS));
+      const fresh = pattern(BS, 5);
+      const inPlace = pattern(4 * K, 6);
+      // One tick: a new block (its batch waits for its write), then a write in place into a trusted block.
+      expect(writeDiskNow(reg.ctx, e, 0, fresh)).toBe(BS);
+      expect(writeDiskNow(reg.ctx, d, 2 * BS, inPlace)).toBe(4 * K);
+      const timeout = new Promise((_, rej) => setTimeout(() => rej(new Error('the pipeline is stuck')), 5000));
+      await Promise.race([reg.sync(), timeout]);
+      const want = Buffer.from(data.subarray(2 * BS, 3 * BS));
+      inPlace.copy(want);
+      expect((await read(reg, 2 * BS, BS)).equals(want)).toBe(true);
+      const got = Buffer.alloc(BS);
+      await readView(reg.ctx, e, -1, 0, got);
+      expect(got.equals(fresh)).toBe(true);
+    } finally {
+      await reg.close();
     }
   });
 });
