@@ -18,6 +18,8 @@ const log = logger('scrub');
 export const SEAL_AFTER_MS = Number(process.env.VDISKFS_SEAL_AFTER_MS ?? 30_000);
 /** Block reads a scrub keeps in flight. */
 const SCRUB_DEPTH = 8;
+/** How long a clean close spends sealing blocks written in place at most (ms). */
+const CLOSE_SEAL_MS = 2000;
 /** Blocks sealed per pass of the sealer at most (each one a block read). */
 const SEAL_BATCH = 256;
 
@@ -48,14 +50,19 @@ async function sealLive(ctx: Context, disk: DiskState, lbn: number, since: numbe
   });
 }
 
-/** One pass of the sealer: blocks not written for SEAL_AFTER_MS (`all`: every dirty block, at close). */
+/**
+ * One pass of the sealer: blocks not written for SEAL_AFTER_MS. `all` (a clean close): every block written
+ * in place since the store was opened, for CLOSE_SEAL_MS at most; blocks queued at open (time 0: an older
+ * store's, a crash's) are left to the sealer of a later mount or a scrub, so a close never reads the store.
+ */
 export async function sealDue(ctx: Context, all = false): Promise<number> {
   if (!ctx.integrity.enabled) return 0;
-  const due = Date.now() - SEAL_AFTER_MS;
+  const now = Date.now();
+  const due = now - SEAL_AFTER_MS;
   let n = 0;
   for (const disk of [...ctx.disks.values()]) {
     for (const [lbn, t] of [...disk.dirty]) {
-      if (!all && (t > due || n >= SEAL_BATCH)) continue;
+      if (all ? t === 0 || Date.now() - now > CLOSE_SEAL_MS : t > due || n >= SEAL_BATCH) continue;
       if (ctx.disks.get(disk.rec.name) !== disk || ctx.failure) return n;
       try {
         if (await sealLive(ctx, disk, lbn, t)) n++;
