@@ -170,7 +170,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const stageBehind = store.stageBehind.bind(store);
   // Trusted checksums dropped now, in one synced batch; the request's writes in place reach the pool after
   // it (a failed batch fails the store, ctx.failure, and those writes).
-  const gate = durable.length ? restampAll(ctx, disk.live, durable.map((u) => [u.lbn, unsealed(u.e)]), true) : undefined;
+  const gate = durable.length ? restampAll(ctx, disk.live, [...durable, ...unsealAhead(ctx, disk, L, durable)].map((u) => [u.lbn, unsealed(u.e)]), true) : undefined;
   gate?.catch(() => undefined);
   const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock, gate));
   const newWrites = changes.map((c) => {
@@ -204,6 +204,35 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     }
   });
   return src.length;
+}
+
+/** Blocks a sequential overwrite unseals ahead of itself at most (with 64 KiB blocks, 16 MiB). */
+const UNSEAL_AHEAD = 256;
+/** A write in place continues a sequential overwrite when the block before it was written this recently. */
+const SEQUENTIAL_MS = 1000;
+
+/**
+ * A sequential overwrite of blocks with trusted checksums would wait for a synced batch at every request:
+ * when the block before this request's first one was just written, the blocks after its last one (in
+ * memory, the live disk's own, trusted) lose their checksums in the same batch, so the next requests
+ * find them unverified and write at once. Blocks unsealed ahead and then not written are sealed again by the
+ * sealer (they are in `dirty`); a random writer never unseals ahead.
+ */
+function unsealAhead(ctx: Context, disk: DiskState, L: ReturnType<DiskState['latest']>, durable: { lbn: number; e: DataEntry }[]): { lbn: number; e: DataEntry }[] {
+  const first = Math.min(...durable.map((u) => u.lbn));
+  const last = Math.max(...durable.map((u) => u.lbn));
+  const now = Date.now();
+  const before = disk.dirty.get(first - 1);
+  if (before === undefined || now - before > SEQUENTIAL_MS) return [];
+  const out: { lbn: number; e: DataEntry }[] = [];
+  const end = Math.min(last + UNSEAL_AHEAD, Math.ceil(disk.rec.size / disk.blockSize) - 1);
+  for (let lbn = last + 1; lbn <= end; lbn++) {
+    const e = disk.live.peek(lbn);
+    if (e?.kind !== 'data' || !ctx.integrity.unsealDurably(e) || preserveNow(disk, L, e, lbn) !== false || disk.lock.isLocked(lbn)) break;
+    out.push({ lbn, e });
+    disk.dirty.set(lbn, now);
+  }
+  return out;
 }
 
 /**

@@ -322,4 +322,30 @@ describe('block checksums', () => {
       await reg.close();
     }
   });
+
+  it('a sequential overwrite of blocks with trusted checksums waits for a synced batch twice, not at every request', async () => {
+    const { dir, data } = await store();
+    const reg = await Registry.open({ dir });
+    try {
+      const d = reg.disk('d');
+      await readView(reg.ctx, d, -1, 0, Buffer.alloc(16 * BS)); // entries in memory
+      const db = reg.ctx.db;
+      const batch = db.batch.bind(db);
+      let synced = 0;
+      (db as { batch: unknown }).batch = (ops: unknown, o?: { sync?: boolean }) => {
+        if (o?.sync) synced++;
+        return (batch as (a: unknown, b: unknown) => Promise<void>)(ops, o);
+      };
+      const neu = pattern(16 * BS, 11);
+      for (let b = 0; b < 16; b++) {
+        expect(writeDiskNow(reg.ctx, d, b * BS, neu.subarray(b * BS, (b + 1) * BS)), `block ${b} by the fast path`).toBe(BS);
+        await reg.ctx.drain();
+      }
+      expect(synced).toBe(2); // block 0's, then block 1's, which unsealed the rest ahead of the writer
+      expect((await read(reg, 0, 16 * BS)).equals(neu)).toBe(true);
+      expect(data.equals(neu)).toBe(false);
+    } finally {
+      await reg.close();
+    }
+  });
 });
