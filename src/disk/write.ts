@@ -323,13 +323,14 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
   // crash between the write and a new checksum must not leave a trusted checksum of the old content.
   // Those of the current generation go with the next batch: the fsync that settles them waits for it.
   const sealed = inPlace.filter((w) => w.entry.sums !== undefined);
-  const durable = sealed.filter((w) => ctx.integrity.unsealDurably(w.entry));
-  for (const w of sealed) if (!durable.includes(w)) void restamp(ctx, disk.live, w.lbn, unsealed(w.entry), false).catch(() => undefined);
-  if (durable.length) await restampAll(ctx, disk.live, durable.map((w) => [w.lbn, unsealed(w.entry)]), true);
+  const durable = sealed.filter((w) => ctx.integrity.unsealDurably(w.entry)).map((w) => ({ lbn: w.lbn, e: w.entry }));
+  for (const w of sealed) if (!durable.some((u) => u.lbn === w.lbn)) void restamp(ctx, disk.live, w.lbn, unsealed(w.entry), false).catch(() => undefined);
+  const ahead = durable.length ? unsealAhead(ctx, disk, L, durable) : [];
   if (inPlace.length) {
     const now = Date.now();
     for (const w of inPlace) disk.dirty.set(w.lbn, now);
   }
+  if (durable.length) await restampAll(ctx, disk.live, [...durable, ...ahead].map((u) => [u.lbn, unsealed(u.e)]), true);
 
   // Reserve every new physical block first: a full pool fails the write before anything changes.
   const needed = changes.filter((c) => c.block !== undefined);
