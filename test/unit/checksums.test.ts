@@ -62,11 +62,20 @@ async function store(): Promise<{ dir: string; data: Buffer }> {
   return { dir, data };
 }
 
+/** store(), opened: fn gets the registry (closed afterwards), the store's directory and the disk's data. */
+async function withOpenStore(fn: (reg: Registry, dir: string, data: Buffer) => Promise<void>): Promise<void> {
+  const { dir, data } = await store();
+  const reg = await Registry.open({ dir });
+  try {
+    await fn(reg, dir, data);
+  } finally {
+    await reg.close();
+  }
+}
+
 describe('block checksums', () => {
   it('a damaged block reads as CORRUPT (EIO), never as data; its other sectors and other blocks read', async () => {
-    const { dir, data } = await store();
-    const reg = await Registry.open({ dir });
-    try {
+    await withOpenStore(async (reg, dir, data) => {
       await damage(reg, dir, 'live', 3, 5000); // sector 1 of block 3
       await expect(read(reg, 3 * BS, BS)).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/checksum mismatch: disk d, block 3 \(byte 196608\), sector at byte 4096/) });
       await expect(read(reg, 3 * BS + 4100, 10)).rejects.toMatchObject({ code: 'CORRUPT' }); // unaligned, inside the sector
@@ -78,9 +87,7 @@ describe('block checksums', () => {
       // Overwriting the whole block replaces the damage.
       await writeDisk(reg.ctx, reg.disk('d'), 3 * BS, pattern(BS, 9));
       expect((await read(reg, 3 * BS, BS)).equals(pattern(BS, 9))).toBe(true);
-    } finally {
-      await reg.close();
-    }
+    });
   });
 
   it('check --verify-data names the damaged block; a plain check does not read data', async () => {
@@ -96,9 +103,7 @@ describe('block checksums', () => {
   });
 
   it('a snapshot shares the checksums of the blocks it holds: its reads and its image fail on damage', async () => {
-    const { dir } = await store();
-    const reg = await Registry.open({ dir });
-    try {
+    await withOpenStore(async (reg, dir, data) => {
       const d = reg.disk('d');
       await createSnapshot(reg.ctx, d, 's');
       await writeDisk(reg.ctx, d, 2 * BS, pattern(BS, 5)); // block 2 moves into s's table with its checksums
@@ -113,9 +118,7 @@ describe('block checksums', () => {
         for (let pos = 0; pos < producer.size; pos += chunk.length) await producer.readInto(pos, chunk);
       };
       await expect(readAll()).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/d@s, block 2/) });
-    } finally {
-      await reg.close();
-    }
+    });
   });
 
   it('a write in place drops the checksums (durably first), the sealer gives them back, and they hold', async () => {
@@ -152,9 +155,7 @@ describe('block checksums', () => {
   });
 
   it('scrub reads every block, seals the unverified ones and reports the damaged ones in status and history', async () => {
-    const { dir } = await store();
-    const reg = await Registry.open({ dir });
-    try {
+    await withOpenStore(async (reg, dir, data) => {
       const d = reg.disk('d');
       await createSnapshot(reg.ctx, d, 's');
       await writeDisk(reg.ctx, d, 0, pattern(BS, 4)); // block 0: a new block; the old one is s's
@@ -170,9 +171,7 @@ describe('block checksums', () => {
       const e0 = await d.live.get(0);
       expect((e0 as { sums?: string }).sums).toBeTypeOf('string');
       expect(await runLine(reg, 'scrub stop')).toBe('no scrub is running');
-    } finally {
-      await reg.close();
-    }
+    });
   });
 
   // Regression: entries with checksums are ~130 bytes, and LevelDB's iterator returns fewer entries per read
@@ -269,9 +268,7 @@ describe('block checksums', () => {
   });
 
   it('the fast path takes a write in place into a block with trusted checksums: dropped in a synced batch first', async () => {
-    const { dir, data } = await store();
-    const reg = await Registry.open({ dir });
-    try {
+    await withOpenStore(async (reg, dir, data) => {
       const d = reg.disk('d');
       const warm = Buffer.alloc(BS);
       await readView(reg.ctx, d, -1, 6 * BS, warm); // entries in memory
@@ -287,18 +284,14 @@ describe('block checksums', () => {
       neu.copy(want, 16 * K);
       expect((await read(reg, 6 * BS, BS)).equals(want)).toBe(true);
       expect(d.dirty.has(6)).toBe(true);
-    } finally {
-      await reg.close();
-    }
+    });
   });
 
   // Regression: a write in place that waits for its synced batch shared a write-behind run with a new
   // block's write whose batch was queued before that synced one; the group of both waited for the run, which
   // waited for the group.
   it('writes in place waiting for their synced batch never hold up the batches queued before it', async () => {
-    const { dir, data } = await store();
-    const reg = await Registry.open({ dir });
-    try {
+    await withOpenStore(async (reg, dir, data) => {
       const d = reg.disk('d');
       const warm = Buffer.alloc(16 * BS);
       await readView(reg.ctx, d, -1, 0, warm); // entries in memory
@@ -318,15 +311,11 @@ describe('block checksums', () => {
       const got = Buffer.alloc(BS);
       await readView(reg.ctx, e, -1, 0, got);
       expect(got.equals(fresh)).toBe(true);
-    } finally {
-      await reg.close();
-    }
+    });
   });
 
   it('a sequential overwrite of blocks with trusted checksums waits for a synced batch twice, not at every request', async () => {
-    const { dir, data } = await store();
-    const reg = await Registry.open({ dir });
-    try {
+    await withOpenStore(async (reg, dir, data) => {
       const d = reg.disk('d');
       await readView(reg.ctx, d, -1, 0, Buffer.alloc(16 * BS)); // entries in memory
       const db = reg.ctx.db;
@@ -344,8 +333,6 @@ describe('block checksums', () => {
       expect(synced).toBe(2); // block 0's, then block 1's, which unsealed the rest ahead of the writer
       expect((await read(reg, 0, 16 * BS)).equals(neu)).toBe(true);
       expect(data.equals(neu)).toBe(false);
-    } finally {
-      await reg.close();
-    }
+    });
   });
 });
