@@ -12,9 +12,20 @@ import { decodeEntry, encodeEntry, lbnOfKey, prefixEnd, tableKey, type Entry } f
 
 const PREFETCH = 256;
 
+/** What an entry costs the cache, roughly (bytes): its key and object, and its checksums' string. */
+const entryCost = (v: Entry | null): number => 96 + (v?.kind === 'data' ? (v.sums?.length ?? 0) : 0);
+
 export class EntryCache {
   private map = new Map<string, Entry | null>();
-  constructor(private limit = 100_000) {}
+  private bytes = 0;
+  /**
+   * At most `limit` entries and `maxBytes` (entries of 1 MiB blocks carry 1.4 KB of checksums each: by
+   * count alone 100,000 of them would hold 140 MB).
+   */
+  constructor(
+    private limit = 100_000,
+    private maxBytes = 32 * 1024 * 1024,
+  ) {}
 
   get(key: string): Entry | null | undefined {
     const v = this.map.get(key);
@@ -26,20 +37,25 @@ export class EntryCache {
   }
 
   set(key: string, v: Entry | null): void {
-    this.map.delete(key);
+    this.delete(key);
     this.map.set(key, v);
-    if (this.map.size > this.limit) {
+    this.bytes += entryCost(v);
+    while (this.map.size > this.limit || this.bytes > this.maxBytes) {
       const first = this.map.keys().next();
-      if (!first.done) this.map.delete(first.value);
+      if (first.done) break;
+      this.delete(first.value);
     }
   }
 
   delete(key: string): void {
+    const old = this.map.get(key);
+    if (old === undefined) return;
     this.map.delete(key);
+    this.bytes -= entryCost(old);
   }
 
   clearPrefix(prefix: string): void {
-    for (const k of this.map.keys()) if (k.startsWith(prefix)) this.map.delete(k);
+    for (const k of [...this.map.keys()]) if (k.startsWith(prefix)) this.delete(k);
   }
 }
 

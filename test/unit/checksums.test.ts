@@ -13,6 +13,7 @@ import { sealDue } from '../../src/disk/scrub.js';
 import { producerFor } from '../../src/image/snapshotImage.js';
 import { storeStatus } from '../../src/control/status.js';
 import { runLine } from '../../src/control/commands.js';
+import { EntryCache } from '../../src/meta/table.js';
 import { cleanupDirs, tempDir } from './helpers.js';
 
 afterAll(cleanupDirs);
@@ -334,5 +335,17 @@ describe('block checksums', () => {
       expect((await read(reg, 0, 16 * BS)).equals(neu)).toBe(true);
       expect(data.equals(neu)).toBe(false);
     });
+  });
+
+  it('the entry cache bounds its bytes as well as its count (entries of 1 MiB blocks carry 1.4 KB of checksums)', () => {
+    const cache = new EntryCache(1000, 20_000);
+    const sums = 'A'.repeat(1364) + '==';
+    for (let i = 0; i < 100; i++) cache.set(`t!${i}`, { kind: 'data', pbn: i, epoch: 1, sums, gen: 1 });
+    const kept = Array.from({ length: 100 }, (_, i) => cache.get(`t!${i}`)).filter((e) => e !== undefined).length;
+    expect(kept).toBeGreaterThan(5);
+    expect(kept).toBeLessThanOrEqual(13); // 20,000 bytes / ~1,460 per entry
+    expect(cache.get('t!99')).toMatchObject({ pbn: 99 }); // the newest are kept
+    for (let i = 0; i < 100; i++) cache.set(`u!${i}`, null); // small entries: the count bounds them
+    expect(Array.from({ length: 100 }, (_, i) => cache.get(`u!${i}`)).filter((e) => e !== undefined).length).toBe(100);
   });
 });
