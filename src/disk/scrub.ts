@@ -11,13 +11,40 @@ import type { Table } from '../meta/table.js';
 import { mismatch, sumsOf } from './sums.js';
 import { restamp } from './commit.js';
 import { logger } from '../log.js';
+import type { BlockStore } from '../store/blockStore.js';
 
 const log = logger('scrub');
 
 /** How long a live block written in place stays unverified at least (ms; VDISKFS_SEAL_AFTER_MS). */
 export const SEAL_AFTER_MS = Number(process.env.VDISKFS_SEAL_AFTER_MS ?? 30_000);
-/** Block reads a scrub keeps in flight. */
-const SCRUB_DEPTH = 8;
+/** Blocks a scrub reads at a time (as runs of adjacent blocks, all at once). */
+const SCRUB_GROUP = 64;
+
+/**
+ * A reader of groups of blocks for scrub: the blocks of `pbns` in that order, the physically adjacent ones
+ * read as one request (readRun, into aligned memory, where the store has it), all requests at once. The
+ * returned buffers are valid until the next call.
+ */
+async function groupReader(store: BlockStore, bs: number): Promise<(pbns: number[]) => Promise<Buffer[]>> {
+  const mem = store.allocAligned ? await store.allocAligned(SCRUB_GROUP * bs) : Buffer.allocUnsafe(SCRUB_GROUP * bs);
+  return async (pbns) => {
+    const order = pbns.map((_, i) => i).sort((a, b) => pbns[a]! - pbns[b]!);
+    const slot = new Array<number>(pbns.length);
+    order.forEach((i, k) => (slot[i] = k)); // block i goes to mem slot k: runs are contiguous in memory
+    const reads: Promise<void>[] = [];
+    for (let k = 0; k < order.length; ) {
+      let n = 1;
+      while (k + n < order.length && pbns[order[k + n]!] === pbns[order[k]!]! + n) n++;
+      const dst = mem.subarray(k * bs, (k + n) * bs);
+      const first = pbns[order[k]!]!;
+      if (store.readRun && n > 1) reads.push(store.readRun(first, n, dst));
+      else for (let b = 0; b < n; b++) reads.push(store.read(first + b, dst.subarray(b * bs, (b + 1) * bs), 0));
+      k += n;
+    }
+    await Promise.all(reads);
+    return pbns.map((_, i) => mem.subarray(slot[i]! * bs, (slot[i]! + 1) * bs));
+  };
+}
 /** How long a clean close spends sealing blocks written in place at most (ms). */
 const CLOSE_SEAL_MS = 2000;
 /** Blocks sealed per pass of the sealer at most (each one a block read). */
@@ -141,15 +168,15 @@ export async function scrubDisks(ctx: Context, disks: DiskState[], opts: ScrubOp
   for (const disk of disks) {
     const bs = disk.blockSize;
     const store = await ctx.pool.store(bs);
-    const blocks = Array.from({ length: SCRUB_DEPTH }, () => Buffer.allocUnsafe(bs));
+    const read = await groupReader(store, bs);
     for (const [table, view] of tablesOf(disk)) {
       for await (const run of table.runs(256)) {
         const data = run.filter((x): x is [number, DataEntry] => x[1].kind === 'data');
-        // SCRUB_DEPTH reads in flight, then each block checked in order.
-        for (let i = 0; i < data.length; i += SCRUB_DEPTH) {
+        // Up to SCRUB_GROUP blocks at a time, read as runs of adjacent blocks, then each checked in order.
+        for (let i = 0; i < data.length; i += SCRUB_GROUP) {
           if (opts.stopped?.()) return r;
-          const group = data.slice(i, i + SCRUB_DEPTH);
-          await Promise.all(group.map(([, e], j) => store.read(e.pbn, blocks[j]!, 0)));
+          const group = data.slice(i, i + SCRUB_GROUP);
+          const blocks = await read(group.map(([, e]) => e.pbn));
           for (let j = 0; j < group.length; j++) {
             const [lbn, e] = group[j]!;
             const block = blocks[j]!;
