@@ -168,15 +168,24 @@ export async function scrubDisks(ctx: Context, disks: DiskState[], opts: ScrubOp
   for (const disk of disks) {
     const bs = disk.blockSize;
     const store = await ctx.pool.store(bs);
-    const read = await groupReader(store, bs);
+    // Two readers taking turns: the next group is read while this one is checked.
+    const readers = [await groupReader(store, bs), await groupReader(store, bs)];
     for (const [table, view] of tablesOf(disk)) {
       for await (const run of table.runs(256)) {
         const data = run.filter((x): x is [number, DataEntry] => x[1].kind === 'data');
         // Up to SCRUB_GROUP blocks at a time, read as runs of adjacent blocks, then each checked in order.
+        const groupAt = (i: number): Promise<Buffer[]> => readers[(i / SCRUB_GROUP) % 2]!(data.slice(i, i + SCRUB_GROUP).map(([, e]) => e.pbn));
+        let next: Promise<Buffer[]> | undefined = data.length ? groupAt(0) : undefined;
+        next?.catch(() => undefined);
         for (let i = 0; i < data.length; i += SCRUB_GROUP) {
-          if (opts.stopped?.()) return r;
+          const blocks = await next!;
+          next = i + SCRUB_GROUP < data.length ? groupAt(i + SCRUB_GROUP) : undefined;
+          next?.catch(() => undefined); // awaited next turn; never an unhandled rejection if this turn throws
+          if (opts.stopped?.()) {
+            await next?.catch(() => undefined);
+            return r;
+          }
           const group = data.slice(i, i + SCRUB_GROUP);
-          const blocks = await read(group.map(([, e]) => e.pbn));
           for (let j = 0; j < group.length; j++) {
             const [lbn, e] = group[j]!;
             const block = blocks[j]!;
