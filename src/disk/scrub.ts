@@ -50,6 +50,13 @@ const CLOSE_SEAL_MS = 2000;
 /** Blocks sealed per pass of the sealer at most (each one a block read). */
 const SEAL_BATCH = 256;
 
+/** Give `cur` (lbn's entry in `table`) checksums of its block as it is now: read it back, commit them. */
+async function reseal(ctx: Context, disk: DiskState, table: Table, lbn: number, cur: DataEntry): Promise<void> {
+  const block = Buffer.allocUnsafe(disk.blockSize);
+  await (await ctx.pool.store(disk.blockSize)).read(cur.pbn, block, 0);
+  await restamp(ctx, table, lbn, { ...cur, sums: sumsOf(block), gen: ctx.integrity.stamp() }, false);
+}
+
 /**
  * Seal the live block lbn of `disk` if it is still unverified and was not written since `since` (the time
  * the caller saw; undefined: whenever): read it back, compute its checksums, commit them (a generation that
@@ -65,10 +72,7 @@ async function sealLive(ctx: Context, disk: DiskState, lbn: number, since: numbe
         disk.dirty.delete(lbn);
         return false;
       }
-      const store = await ctx.pool.store(disk.blockSize);
-      const block = Buffer.allocUnsafe(disk.blockSize);
-      await store.read(cur.pbn, block, 0);
-      await restamp(ctx, disk.live, lbn, { ...cur, sums: sumsOf(block), gen: ctx.integrity.stamp() }, false);
+      await reseal(ctx, disk, disk.live, lbn, cur);
       disk.dirty.delete(lbn);
       return true;
     } finally {
@@ -246,9 +250,7 @@ async function sealEntry(ctx: Context, disk: DiskState, table: Table, lbn: numbe
   return disk.changing(false, async () => {
     const cur = await table.get(lbn);
     if (cur?.kind !== 'data' || cur.pbn !== e.pbn || !ctx.integrity.needsSeal(cur)) return false;
-    const block = Buffer.allocUnsafe(disk.blockSize);
-    await (await ctx.pool.store(disk.blockSize)).read(cur.pbn, block, 0);
-    await restamp(ctx, table, lbn, { ...cur, sums: sumsOf(block), gen: ctx.integrity.stamp() }, false);
+    await reseal(ctx, disk, table, lbn, cur);
     return true;
   });
 }

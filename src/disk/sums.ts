@@ -156,33 +156,32 @@ export class Integrity {
     return this.enabled && !this.reliable(e);
   }
 
-  /** A whole block read from e's pbn holds no trusted mismatch (no count, no log: a probe). */
-  matches(e: DataEntry, block: Buffer): boolean {
-    return this.probe(e, block, 0);
+  /**
+   * The first sector of `part` (bytes [offsetInBlock, +length) of e's block, sector-aligned: see covering)
+   * whose trusted checksum does not match, or -1. A mismatch of an untrusted checksum is counted and is no
+   * damage: the bytes are what the disk holds.
+   */
+  private damagedSector(e: DataEntry, part: Buffer, offsetInBlock: number): number {
+    if (e.sums === undefined || !this.enabled) return -1;
+    const bad = mismatch(e.sums, part, offsetInBlock);
+    if (bad < 0) return -1;
+    if (this.trusted(e.gen ?? 0)) return bad;
+    this.unsettledMismatches++;
+    return -1;
   }
 
-  /** verify() without counting or throwing: false for a trusted mismatch (the caller takes a path that reports it). */
+  /** verify() without throwing or recording: false when `part` is damaged (the caller takes a path that reports it). */
   probe(e: DataEntry, part: Buffer, offsetInBlock: number): boolean {
-    if (e.sums === undefined || !this.enabled) return true;
-    if (mismatch(e.sums, part, offsetInBlock) < 0) return true;
-    if (this.trusted(e.gen ?? 0)) return false;
-    this.unsettledMismatches++;
-    return true;
+    return this.damagedSector(e, part, offsetInBlock) < 0;
   }
 
   /**
-   * Check `part` (bytes [offsetInBlock, +length) of the block `e` points at, sector-aligned: see covering)
-   * against e's checksums. A trusted mismatch throws CORRUPT (EIO) naming `where()`; nothing is returned
-   * to the reader. Returns false for an untrusted mismatch (the bytes are what the disk holds).
+   * Check `part` against e's checksums (damagedSector). Damage throws CORRUPT (EIO) naming `where()` and is
+   * recorded; nothing is returned to the reader.
    */
-  verify(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): boolean {
-    if (e.sums === undefined || !this.enabled) return true;
-    const bad = mismatch(e.sums, part, offsetInBlock);
-    if (bad < 0) return true;
-    if (!this.trusted(e.gen ?? 0)) {
-      this.unsettledMismatches++;
-      return false;
-    }
+  verify(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): void {
+    const bad = this.damagedSector(e, part, offsetInBlock);
+    if (bad < 0) return;
     const at = `${where()}, sector at byte ${bad * SECTOR} of its block (pool block ${e.pbn})`;
     this.damaged(at);
     throw corrupt(`checksum mismatch: ${at}; the block is damaged and is not returned (vdiskfs scrub lists every such block)`);

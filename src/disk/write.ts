@@ -59,7 +59,7 @@ function mergeNow(ctx: Context, disk: DiskState, cur: Entry | null, offsetInBloc
       store!.readSync!(cur.pbn, block, 0);
       // A damaged block is not merged into a new one (its checksums would launder the damage): the async
       // path reads it again and fails the write with the error.
-      if (!ctx.integrity.matches(cur, block)) {
+      if (!ctx.integrity.probe(cur, block, 0)) {
         giveBlockBuffer(block);
         return undefined;
       }

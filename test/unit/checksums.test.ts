@@ -63,6 +63,20 @@ async function store(): Promise<{ dir: string; data: Buffer }> {
   return { dir, data };
 }
 
+/**
+ * Damage on the device, seen once it is read from there (a new open: not from what the daemon read before):
+ * the live block lbn, changed at offsetInBlock, reads as CORRUPT.
+ */
+async function expectDamageSeen(dir: string, lbn: number, offsetInBlock: number): Promise<void> {
+  const reg = await Registry.open({ dir });
+  try {
+    await damage(reg, dir, 'live', lbn, offsetInBlock);
+    await expect(read(reg, lbn * BS, BS)).rejects.toMatchObject({ code: 'CORRUPT' });
+  } finally {
+    await reg.close();
+  }
+}
+
 /** store(), opened: fn gets the registry (closed afterwards), the store's directory and the disk's data. */
 async function withOpenStore(fn: (reg: Registry, dir: string, data: Buffer) => Promise<void>): Promise<void> {
   const { dir, data } = await store();
@@ -145,14 +159,7 @@ describe('block checksums', () => {
     } finally {
       await reg.close();
     }
-    // Damage on the device, seen once it is read from there (not from what the daemon read before).
-    const again = await Registry.open({ dir });
-    try {
-      await damage(again, dir, 'live', 5, 8 * K + 1);
-      await expect(read(again, 5 * BS, BS)).rejects.toMatchObject({ code: 'CORRUPT' });
-    } finally {
-      await again.close();
-    }
+    await expectDamageSeen(dir, 5, 8 * K + 1);
   });
 
   it('scrub reads every block, seals the unverified ones and reports the damaged ones in status and history', async () => {
@@ -259,13 +266,7 @@ describe('block checksums', () => {
     } finally {
       await again.close();
     }
-    const third = await Registry.open({ dir });
-    try {
-      await damage(third, dir, 'live', 12, 9000);
-      await expect(read(third, 12 * BS, BS)).rejects.toMatchObject({ code: 'CORRUPT' });
-    } finally {
-      await third.close();
-    }
+    await expectDamageSeen(dir, 12, 9000);
   });
 
   it('the fast path takes a write in place into a block with trusted checksums: dropped in a synced batch first', async () => {
