@@ -24,7 +24,7 @@
  * that settles at the next fsync). Later writes to a dirty block cost nothing extra, so a database's hot
  * blocks take the same path as before checksums. `scrub` seals every unverified block it meets.
  */
-import { crc32 } from '../util/crc32.js';
+import { crc32, crc32OfPieces } from '../util/crc32.js';
 import type { DataEntry } from '../meta/keys.js';
 import type { Context } from './context.js';
 import { corrupt } from '../errors.js';
@@ -196,10 +196,18 @@ export class Integrity {
   }
 }
 
-/** The index of the first sector of `part` (at offsetInBlock, sector-aligned) whose CRC differs, or -1. */
+/**
+ * The index of the first sector of `part` (at offsetInBlock, sector-aligned) whose CRC differs, or -1.
+ * One crc32 call over the whole part, compared with the CRC its sectors' checksums combine to
+ * (crc32OfPieces); only a part that fails is checked sector by sector, to name the sector. Damage within
+ * one sector is caught exactly as by that sector's own checksum (the combination is a bijection of it);
+ * damage in several sectors escapes only if the changes cancel, with the odds of a CRC-32 collision.
+ */
 export function mismatch(sums: string, part: Buffer, offsetInBlock: number): number {
   const want = Buffer.from(sums, 'base64');
   const first = offsetInBlock / SECTOR;
+  const n = part.length / SECTOR;
+  if (Number.isInteger(n) && (first + n) * 4 <= want.length && crc32OfPieces(SECTOR, n, (i) => want.readUInt32LE((first + i) * 4)) === crc32(part)) return -1;
   for (let i = 0; i * SECTOR < part.length; i++) {
     const s = first + i;
     if ((s + 1) * 4 > want.length) return s;
