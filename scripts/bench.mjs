@@ -16,7 +16,7 @@
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
 //   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
-//                                          (snapshot,backup,sparse,fig6,database,images,replicate,scrub); keys match exactly (vdiskfs is not vdiskfs-leveldb)
+//                                          (snapshot,backup,sparse,fig6,database,images,replicate,scrub,ceph); keys match exactly (vdiskfs is not vdiskfs-leveldb)
 //                                          vdiskfs-nosums: vdiskfs with VDISKFS_CHECKSUMS=off, printed as the checksums' cost
 //   BENCH_SUSTAINED_GIB=8                  size of the sustained write
 //   BENCH_ROUNDS=3                         rounds (medians are reported; 1 with BENCH_QUICK)
@@ -44,6 +44,8 @@
 //   replicate scripts/bench/replicate.mjs: `vdiskfs replicate` between two mounted stores (full, then deltas
 //             with 1% and 10% changed: seconds and bytes), rollback time against the data changed
 //   scrub     scripts/bench/scrub.mjs: `scrub` of 1 GiB of data against the disk's own O_DIRECT read
+//   ceph      scripts/bench/ceph.mjs: a store on Ceph (--block-store rados, its own local cluster) against
+//             `rados bench` and `rbd bench` on that cluster, and a write with one OSD down (needs setup --ceph)
 //
 // Extending: push to FIGURES (one column each; run() returns a number or null when it does not apply to
 // the target), to TARGETS, or to SECTIONS ({ key, title, run(ctx, res) } filling res.tables/figures/notes/
@@ -65,6 +67,7 @@ import { databaseSection } from './bench/database.mjs'
 import { imagesSection } from './bench/images.mjs'
 import { replicateSection } from './bench/replicate.mjs'
 import { scrubSection } from './bench/scrub.mjs'
+import { cephSection } from './bench/ceph.mjs'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const env = process.env
@@ -84,7 +87,7 @@ export const config = (() => {
     rounds: Math.max(1, Number(env.BENCH_ROUNDS || (quick ? 1 : 3))),
     fioRuntime: quick ? 3 : 15,
     fioSize: quick ? '64M' : '1G',
-    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images,replicate,scrub').split(',').map((s) => s.trim()).filter(Boolean),
+    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images,replicate,scrub,ceph').split(',').map((s) => s.trim()).filter(Boolean),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
     keep: env.BENCH_KEEP === '1',
@@ -279,7 +282,7 @@ export const FIGURES = [
 // ---- sections --------------------------------------------------------------------------------
 // Run after the targets, in order; each prints its own markdown tables.
 
-export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection, replicateSection, scrubSection]
+export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection, replicateSection, scrubSection, cephSection]
 
 // ---- driver ----------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ static void execute(napi_env env, void *p) {
       if ((op->rc = rados_conf_read_file(c->cluster, op->conf)) < 0) { op->what = "rados_conf_read_file"; rados_shutdown(c->cluster); return; }
       rados_conf_set(c->cluster, "ms_mon_client_mode", "crc");
       rados_conf_set(c->cluster, "client_mount_timeout", "30");
+      rados_conf_set(c->cluster, "admin_socket", ""); /* a daemon may hold several connections: no socket to collide over */
       if ((op->rc = rados_connect(c->cluster)) < 0) { op->what = "rados_connect"; rados_shutdown(c->cluster); return; }
       if ((op->rc = rados_ioctx_create(c->cluster, op->pool, &c->io)) < 0) { op->what = "rados_ioctx_create"; rados_shutdown(c->cluster); return; }
       c->open = 1;

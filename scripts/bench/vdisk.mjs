@@ -23,7 +23,7 @@ export function hrSeconds (t0) {
  * Returns { mountpoint, store, ctl, vdisk, cli, server, control(line) -> seconds, create(disk, size),
  *           snapshot(disk, snap) -> seconds, checkAlive(), stop() }.
  */
-export async function mountVdiskfs (ctx, name) {
+export async function mountVdiskfs (ctx, name, extraArgs = []) {
   const cli = path.join(ctx.root, 'dist/cli/main.js')
   if (!(await exists(cli))) return { skip: 'dist/cli/main.js not built (npm run build)' }
   const mountpoint = path.join(ctx.dir, `mnt-${name}`)
@@ -33,7 +33,7 @@ export async function mountVdiskfs (ctx, name) {
   ctx.mountpoints.push(mountpoint)
   const vdisk = path.join(mountpoint, '.vdisk')
   const ctl = path.join(vdisk, 'ctl')
-  const server = await startServer(process.execPath, [cli, 'mount', mountpoint, '--store', store, '-f'],
+  const server = await startServer(process.execPath, [cli, 'mount', mountpoint, '--store', store, ...extraArgs, '-f'],
     { mountpoint, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs (${name})` })
 
   const checkAlive = () => {

@@ -155,7 +155,7 @@ export async function checkStore(dir: string, opts: { repair?: boolean; verifyDa
 export function renderCheck(r: CheckReport): string {
   const lines = [
     `disks: ${r.disks}, snapshots: ${r.snapshots}, table entries: ${r.entries}, data blocks: ${r.dataBlocks}`,
-    `pool: ${r.usedBytes} bytes referenced, ${r.poolBytes} bytes ${r.blockStore === 'leveldb' ? 'of block values in LevelDB' : 'in pool files'}`,
+    `pool: ${r.usedBytes} bytes referenced, ${r.poolBytes} bytes ${r.blockStore === 'leveldb' ? 'of block values in LevelDB' : r.blockStore === 'rados' ? 'in RADOS objects (not listed: counted from the tables)' : 'in pool files'}`,
     ...(r.data ? [`data: ${r.data.verified} block(s) verified against their checksums, ${r.data.damaged.length} damaged, ${r.data.unverified} without trusted checksums (written in place and not sealed yet, from an older store, or written since the last fsync before a crash: a scrub seals them)`] : []),
     ...r.errors.map((e) => `ERROR: ${e}`),
     ...r.warnings.map((w) => `WARNING: ${w}`),

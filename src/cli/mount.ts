@@ -23,6 +23,10 @@ export interface MountArgs {
   poolSize?: string;
   /** `file` or `leveldb`: where a new store keeps block data; an existing store must match. */
   blockStore?: string;
+  /** `rados` stores: the cluster's ceph.conf (default: the recorded one, else /etc/ceph/ceph.conf). */
+  cephConf?: string;
+  /** `rados` stores: the Ceph pool a new store puts its objects in. */
+  radosPool?: string;
   /** Kernel readahead for the mount (a size; 0 keeps the kernel default). */
   readahead?: string;
   foreground?: boolean;
@@ -43,6 +47,8 @@ export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: s
     if (k === 'store') out.store = v;
     else if (k === 'pool-size') out.poolSize = v;
     else if (k === 'block-store') out.blockStore = v;
+    else if (k === 'ceph-conf') out.cephConf = v;
+    else if (k === 'rados-pool') out.radosPool = v;
     else if (k === 'readahead') out.readahead = v;
     else if (k === 'log-level') out.logLevel = v;
     else if (k === 'foreground') out.foreground = true;
@@ -79,7 +85,8 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: Verdict) =>
   };
   let reg: Registry;
   try {
-    reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(blockStore !== undefined ? { blockStore } : {}) });
+    const rados = { ...(args.cephConf !== undefined ? { conf: resolve(args.cephConf) } : {}), ...(args.radosPool !== undefined ? { pool: args.radosPool } : {}) };
+    reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(blockStore !== undefined ? { blockStore } : {}), ...(Object.keys(rados).length ? { rados } : {}) });
   } catch (e) {
     await removeCreated();
     throw e;
@@ -158,6 +165,8 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   if (raw.store) argv.push('--store', raw.store);
   if (raw.poolSize) argv.push('--pool-size', raw.poolSize);
   if (raw.blockStore) argv.push('--block-store', raw.blockStore);
+  if (raw.cephConf) argv.push('--ceph-conf', resolve(raw.cephConf));
+  if (raw.radosPool) argv.push('--rados-pool', raw.radosPool);
   if (raw.readahead) argv.push('--readahead', raw.readahead);
   if (raw.logLevel) argv.push('--log-level', raw.logLevel);
   for (const o of raw.options ?? []) argv.push('-o', o);

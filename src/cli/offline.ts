@@ -15,7 +15,7 @@ import { runLine } from '../control/commands.js';
 import type { StoreStatus } from '../control/status.js';
 
 /** Help for --block-store on the commands that may create the store (mount, create, restore). */
-export const BLOCK_STORE_HELP = "where a new store keeps block data: 'file' (pool files, default) or 'leveldb' (values in the store's LevelDB); an existing store must match";
+export const BLOCK_STORE_HELP = "where a new store keeps block data: 'file' (pool files, default), 'leveldb' (values in the store's LevelDB) or 'rados' (objects in a Ceph pool: mount with --rados-pool); an existing store must match";
 
 export interface StoreOptions {
   poolSize?: number;

@@ -1,7 +1,7 @@
 /** Status of the store (disks, snapshots, pool) as a JSON object and as a human table. */
 import type { Registry } from '../disk/registry.js';
 import { formatSize } from '../util/size.js';
-import type { BlockStoreKind } from '../meta/records.js';
+import type { BlockStoreKind, RadosRecord } from '../meta/records.js';
 import { logPath } from '../meta/db.js';
 
 export interface SnapshotStatus { name: string; id: string; created: string; size: number; heldBytes: number }
@@ -19,7 +19,7 @@ export interface DiskStatus {
 }
 export interface StoreStatus {
   /** blockStore: where block data lives (`file`: pool files, `leveldb`: values in the store's LevelDB). */
-  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null; blockStore: BlockStoreKind };
+  pool: { capacity: number | null; usedBytes: number; freeBytes: number | null; blockStore: BlockStoreKind; rados?: RadosRecord };
   disks: DiskStatus[];
   /**
    * Block checksums (disk/sums.ts): `damaged`: blocks whose checksum did not match since the store was
@@ -73,7 +73,7 @@ export function storeStatus(reg: Registry): StoreStatus {
   };
   return {
     checksums,
-    pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null, blockStore: reg.blockStore },
+    pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null, blockStore: reg.blockStore, ...(reg.rados ? { rados: reg.rados } : {}) },
     disks,
     log: logPath(reg.dir),
   };
@@ -90,7 +90,7 @@ export function renderStatus(st: StoreStatus): string {
   const lines = rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
   const p = st.pool;
   lines.push('');
-  lines.push(`pool: ${formatSize(p.usedBytes)} used` + (p.capacity !== null ? ` of ${formatSize(p.capacity)} (${formatSize(p.freeBytes ?? 0)} free)` : ' (no size limit)') + `, block data in ${p.blockStore === 'leveldb' ? 'LevelDB' : 'pool files'}`);
+  lines.push(`pool: ${formatSize(p.usedBytes)} used` + (p.capacity !== null ? ` of ${formatSize(p.capacity)} (${formatSize(p.freeBytes ?? 0)} free)` : ' (no size limit)') + `, block data in ${p.blockStore === 'leveldb' ? 'LevelDB' : p.rados ? `RADOS objects (Ceph pool ${p.rados.pool}, objects ${p.rados.prefix}.*, ${p.rados.conf})` : 'pool files'}`);
   const c = st.checksums;
   lines.push(
     c.enabled

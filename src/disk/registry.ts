@@ -4,9 +4,9 @@
  * Every command changes the store with one atomic batch; large table clean-ups (a deleted disk's blocks)
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
-import { openDb } from '../meta/db.js';
+import { openDb, type RadosOptions } from '../meta/db.js';
 import { DISK_PREFIX, GEN_KEY, HISTORY_PREFIX, POOL_SYNCED_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
-import type { BlockStoreKind, DiskRecord, HistoryRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
+import type { BlockStoreKind, RadosRecord, DiskRecord, HistoryRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
 import { bottomFactory } from '../store/bottoms.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
@@ -39,6 +39,8 @@ export interface OpenOptions {
    * been created with it (INVALID otherwise). Undefined: whatever the store recorded.
    */
   blockStore?: BlockStoreKind;
+  /** A `rados` store's ceph.conf (else the recorded one) and, creating one, its pool (meta/db.ts). */
+  rados?: RadosOptions;
 }
 
 export class Registry {
@@ -48,13 +50,15 @@ export class Registry {
     readonly scan: ScanReport,
     /** The store's bottom, as recorded in its format record. */
     readonly blockStore: BlockStoreKind,
+    /** `rados` stores: the cluster (ceph.conf in use), pool and object prefix. */
+    readonly rados?: RadosRecord,
   ) {}
 
   static async open(opts: OpenOptions): Promise<Registry> {
     const inspecting = opts.purge === false; // `check`: the store as it was left (no purge, upgrade or resumed work)
-    const { db, blockStore } = await openDb(opts.dir, { ...(opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {}), upgrade: !inspecting });
+    const { db, blockStore, rados } = await openDb(opts.dir, { ...(opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {}), ...(opts.rados ? { rados: opts.rados } : {}), upgrade: !inspecting });
     try {
-      const pool = new Pool(bottomFactory(blockStore, opts.dir, db), opts.poolSize ?? Infinity, opts.wrap);
+      const pool = new Pool(bottomFactory(blockStore, opts.dir, db, rados), opts.poolSize ?? Infinity, opts.wrap);
       const ctx = new Context(db, pool);
       const [seq, gen] = await db.getMany([SEQ_KEY, GEN_KEY]);
       ctx.seq = JSON.parse(seq!) as SeqRecord;
@@ -69,7 +73,9 @@ export class Registry {
         ctx.disks.set(rec.name, new DiskState(rec, ctx));
       }
       const scan = await scanTables(ctx);
-      const reg = new Registry(ctx, opts.dir, scan, blockStore);
+      // A rados store connects now: a cluster that is not there fails the open, not the first write.
+      if (rados) await pool.store(DEFAULT_BLOCK_SIZE);
+      const reg = new Registry(ctx, opts.dir, scan, blockStore, rados);
       reg.inspecting = inspecting;
       if (scan.orphanTables.size && !inspecting) await purgeOrphans(ctx, scan.orphanTables);
       // Block values whose discard was lost (a crash after the batch that freed them, a failed delete).

@@ -9,8 +9,9 @@
 import { Level } from 'level';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FORMAT_KEY, SEQ_KEY, STORE_MAGIC, STORE_UPGRADES, STORE_VERSION, STORE_VERSION_LEVELDB } from './keys.js';
-import { BLOCK_STORE_KINDS, type BlockStoreKind, type FormatRecord, type SeqRecord } from './records.js';
+import { randomUUID } from 'node:crypto';
+import { FORMAT_KEY, SEQ_KEY, STORE_MAGIC, STORE_UPGRADES, STORE_VERSION, STORE_VERSION_LEVELDB, STORE_VERSION_RADOS } from './keys.js';
+import { BLOCK_STORE_KINDS, type BlockStoreKind, type FormatRecord, type RadosRecord, type SeqRecord } from './records.js';
 import { VdiskError, corrupt, invalid } from '../errors.js';
 
 export type Db = Level<string, string>;
@@ -36,7 +37,22 @@ export interface OpenedDb {
   db: Db;
   /** The bottom recorded in the store's format record (`file` when the record predates the field). */
   blockStore: BlockStoreKind;
+  /** `rados` stores: where the objects are (the conf the caller gave, else the recorded one). */
+  rados?: RadosRecord;
 }
+
+/** What a caller may say about a `rados` store: its cluster's ceph.conf and (creating it) its pool. */
+export interface RadosOptions {
+  conf?: string;
+  pool?: string;
+}
+
+/** ceph.conf when none is given or recorded: where Ceph's own tools look. */
+export const DEFAULT_CEPH_CONF = '/etc/ceph/ceph.conf';
+
+/** The format version of each bottom (older versions: STORE_UPGRADES). */
+const VERSION_OF: Record<BlockStoreKind, number> = { file: STORE_VERSION, leveldb: STORE_VERSION_LEVELDB, rados: STORE_VERSION_RADOS };
+const CURRENT_VERSIONS = new Set(Object.values(VERSION_OF));
 
 /** A --block-store / block_store= value. */
 export function parseBlockStore(value: string): BlockStoreKind {
@@ -54,7 +70,11 @@ export function blockStoreMismatch(dir: string, recorded: BlockStoreKind, wanted
  * Open (or initialise) the store's database. `blockStore` is the bottom the caller asks for: a new store
  * is created with it (default `file`), an existing one must have been created with it.
  */
-export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; upgrade?: boolean } = {}): Promise<OpenedDb> {
+export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; upgrade?: boolean; rados?: RadosOptions } = {}): Promise<OpenedDb> {
+  const blockStore = opts.blockStore ?? (opts.rados?.pool !== undefined ? 'rados' : undefined);
+  const radosFlags = opts.rados?.pool !== undefined || opts.rados?.conf !== undefined;
+  const notRados = invalid('--ceph-conf and --rados-pool are for --block-store rados');
+  if (radosFlags && blockStore !== undefined && blockStore !== 'rados') throw notRados;
   await mkdir(dir, { recursive: true });
   const db: Db = new Level<string, string>(join(dir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'utf8' });
   try {
@@ -70,15 +90,22 @@ export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; u
   }
   const [format] = await db.getMany([FORMAT_KEY]);
   if (format === undefined) {
-    const blockStore = opts.blockStore ?? 'file';
+    const kind = blockStore ?? (radosFlags ? 'rados' : 'file');
     const seq: SeqRecord = { disk: 1, snap: 1, history: 1 };
-    const version = blockStore === 'leveldb' ? STORE_VERSION_LEVELDB : STORE_VERSION;
-    const rec: FormatRecord = { magic: STORE_MAGIC, version, created: new Date().toISOString(), blockStore };
+    const rec: FormatRecord = { magic: STORE_MAGIC, version: VERSION_OF[kind], created: new Date().toISOString(), blockStore: kind };
+    if (kind === 'rados') {
+      if (!opts.rados?.pool) {
+        await db.close();
+        throw invalid(`a new rados store needs its Ceph pool: --rados-pool POOL (or -o rados_pool=POOL), and --ceph-conf FILE unless ${DEFAULT_CEPH_CONF}`);
+      }
+      // The prefix names this store's objects, so that several stores can share a pool.
+      rec.rados = { conf: opts.rados.conf ?? DEFAULT_CEPH_CONF, pool: opts.rados.pool, prefix: `vdiskfs.${randomUUID().slice(0, 13)}` };
+    }
     await db.batch([
       { type: 'put', key: FORMAT_KEY, value: JSON.stringify(rec) },
       { type: 'put', key: SEQ_KEY, value: JSON.stringify(seq) },
     ], { sync: true });
-    return { db, blockStore };
+    return { db, blockStore: kind, ...(rec.rados ? { rados: rec.rados } : {}) };
   }
   let rec: Partial<FormatRecord>;
   try {
@@ -88,19 +115,27 @@ export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; u
     throw corrupt(`store ${dir}: unreadable format record`);
   }
   const upgradeTo = STORE_UPGRADES.get(rec.version ?? NaN);
-  if (rec.magic !== STORE_MAGIC || (rec.version !== STORE_VERSION && rec.version !== STORE_VERSION_LEVELDB && upgradeTo === undefined)) {
+  if (rec.magic !== STORE_MAGIC || (!CURRENT_VERSIONS.has(rec.version ?? NaN) && upgradeTo === undefined)) {
     await db.close();
-    throw corrupt(`store ${dir}: format ${rec.magic} version ${rec.version} is not supported (this vdiskfs reads versions ${[...STORE_UPGRADES.keys(), STORE_VERSION, STORE_VERSION_LEVELDB].sort((a, b) => a - b).join(', ')})`);
+    throw corrupt(`store ${dir}: format ${rec.magic} version ${rec.version} is not supported (this vdiskfs reads versions ${[...STORE_UPGRADES.keys(), ...CURRENT_VERSIONS].sort((a, b) => a - b).join(', ')})`);
   }
   const version = upgradeTo ?? rec.version!;
   const recorded = rec.blockStore ?? 'file';
-  if (!BLOCK_STORE_KINDS.includes(recorded) || (recorded === 'leveldb') !== (version === STORE_VERSION_LEVELDB)) {
+  if (!BLOCK_STORE_KINDS.includes(recorded) || VERSION_OF[recorded] !== version || (recorded === 'rados') !== !!rec.rados) {
     await db.close();
     throw corrupt(`store ${dir}: block store '${String(recorded)}' does not match format version ${rec.version}`);
   }
-  if (opts.blockStore !== undefined && opts.blockStore !== recorded) {
+  if (blockStore !== undefined && blockStore !== recorded) {
     await db.close();
-    throw blockStoreMismatch(dir, recorded, opts.blockStore);
+    throw blockStoreMismatch(dir, recorded, blockStore);
+  }
+  if (radosFlags && recorded !== 'rados') {
+    await db.close();
+    throw notRados;
+  }
+  if (opts.rados?.pool !== undefined && opts.rados.pool !== rec.rados!.pool) {
+    await db.close();
+    throw invalid(`store ${dir} keeps its blocks in Ceph pool '${rec.rados!.pool}', not '${opts.rados.pool}'`);
   }
   // An older store is upgraded when it is opened for use (not by `check`, which only looks): nothing in it
   // changes but the version, which from now on keeps older vdiskfs builds from misreading what this one writes.
@@ -108,6 +143,8 @@ export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; u
     const upgraded: FormatRecord = { ...(rec as FormatRecord), version: upgradeTo, blockStore: recorded };
     await db.put(FORMAT_KEY, JSON.stringify(upgraded), { sync: true });
   }
-  return { db, blockStore: recorded };
+  // A rados store opened with another ceph.conf (another machine's) uses it; the recorded one stays.
+  const rados = rec.rados ? { ...rec.rados, ...(opts.rados?.conf !== undefined ? { conf: opts.rados.conf } : {}) } : undefined;
+  return { db, blockStore: recorded, ...(rados ? { rados } : {}) };
 }
 

@@ -26,6 +26,8 @@ export const STORE_MAGIC = 'vdiskfs-store';
  */
 export const STORE_VERSION = 5;
 export const STORE_VERSION_LEVELDB = 6;
+/** `rados` stores (block data as objects in a Ceph pool; `rados` in meta!format says where). */
+export const STORE_VERSION_RADOS = 7;
 /** Older versions this vdiskfs opens, and what each is upgraded to. */
 export const STORE_UPGRADES: ReadonlyMap<number, number> = new Map([
   [1, STORE_VERSION],

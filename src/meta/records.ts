@@ -2,10 +2,18 @@
 
 /**
  * Where block data lives, fixed when the store is created: `file` — pool files addressed by physical block
- * number (the default); `leveldb` — one LevelDB value per block in the store's database (for comparison).
+ * number (the default); `leveldb` — one LevelDB value per block in the store's database (for comparison);
+ * `rados` — one object per block in a Ceph pool (store/radosBlocks.ts).
  */
-export type BlockStoreKind = 'file' | 'leveldb';
-export const BLOCK_STORE_KINDS: readonly BlockStoreKind[] = ['file', 'leveldb'];
+export type BlockStoreKind = 'file' | 'leveldb' | 'rados';
+export const BLOCK_STORE_KINDS: readonly BlockStoreKind[] = ['file', 'leveldb', 'rados'];
+
+/** Where a `rados` store's objects are: the cluster (its ceph.conf), the pool, and the store's object prefix. */
+export interface RadosRecord {
+  conf: string;
+  pool: string;
+  prefix: string;
+}
 
 /** `meta!format`. Stores created before `blockStore` existed lack it: they are file stores. */
 export interface FormatRecord {
@@ -13,6 +21,8 @@ export interface FormatRecord {
   version: number;
   created?: string;
   blockStore?: BlockStoreKind;
+  /** `rados` stores only. */
+  rados?: RadosRecord;
 }
 export interface SnapshotRecord {
   /** Numeric id: key prefix of the snapshot's table. Unique within the store, never reused. */

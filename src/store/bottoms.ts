@@ -9,8 +9,9 @@ import { DirectPoolFileStore } from './directPool.js';
 import { ReadaheadStore } from './readahead.js';
 import { WriteBehindStore } from './writeBehind.js';
 import { LevelBlockStore } from './levelBlocks.js';
+import { RadosBlockStore } from './radosBlocks.js';
 import type { Db } from '../meta/db.js';
-import type { BlockStoreKind } from '../meta/records.js';
+import type { BlockStoreKind, RadosRecord } from '../meta/records.js';
 
 /**
  * `pool-<blockSize>.dat` files in the store directory, read and written with O_DIRECT where the store's
@@ -41,6 +42,16 @@ export const levelBlocks =
   (blockSize) =>
     Promise.resolve(new LevelBlockStore(db, blockSize));
 
-export function bottomFactory(kind: BlockStoreKind, dir: string, db: Db): BlockStoreFactory {
+/** Objects in a Ceph pool (radosBlocks.ts), named by the store's prefix. */
+export const radosObjects =
+  (rados: RadosRecord): BlockStoreFactory =>
+  (blockSize) =>
+    RadosBlockStore.open(rados, blockSize);
+
+export function bottomFactory(kind: BlockStoreKind, dir: string, db: Db, rados?: RadosRecord): BlockStoreFactory {
+  if (kind === 'rados') {
+    if (!rados) throw new Error('a rados store without its rados record');
+    return radosObjects(rados);
+  }
   return kind === 'leveldb' ? levelBlocks(db) : poolFiles(dir);
 }

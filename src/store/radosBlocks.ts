@@ -1,6 +1,8 @@
 /**
- * Block data as RADOS objects in a Ceph pool (issue 20, first step: the bottom store alone, run by the store
- * conformance suite under `npm run test:ceph`; not yet a `--block-store` of a vdiskfs store).
+ * Block data as RADOS objects in a Ceph pool: the bottom of `--block-store rados` stores (bottoms.ts; the
+ * pool, the cluster's ceph.conf and the store's object prefix are in its format record, meta/db.ts). The
+ * store conformance suite and test/integration/ceph.test.ts run on it under `npm run test:ceph`. The tables
+ * stay in the store directory's LevelDB (not yet in the cluster).
  *
  * One object per physical block, named `<prefix>.<blockSize:8 hex>.<pbn:12 hex>`: a block is the unit the
  * tables address and copy-on-write moves, so one object per block keeps every write a single-object write

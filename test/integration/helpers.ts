@@ -306,6 +306,11 @@ export class VdiskMount {
     return m;
   }
 
+  /** Mount with these arguments after `--store DIR` from now on (e.g. none: what the store recorded). */
+  useExtraArgs(extraArgs: string[]): void {
+    this.opts = { ...this.opts, extraArgs };
+  }
+
   mountArgs(): string[] {
     if (this.opts.replaceArgs) return ['mount', this.mp, ...this.opts.replaceArgs];
     return ['mount', this.mp, '--store', this.store, ...(this.opts.poolSize ? ['--pool-size', this.opts.poolSize] : []), ...(this.opts.extraArgs ?? [])];
