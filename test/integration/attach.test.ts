@@ -26,14 +26,8 @@ afterAll(async () => {
 
 describe('attach', () => {
   it.skipIf(noLoop)('a full image and a delta attach as the newer snapshot: same bytes, ext4 tree identical, holes and du truthful', async () => {
-    await m.ctlOk('create fs 128M');
-    const disk = m.disk('fs');
-    await shOk(`mkfs.ext4 -q -F ${q(disk)}`);
-    const tree1 = await m.scratch('tree1');
-    await makeTree(tree1, 3);
-    let lm = await m.loopMount(disk, 'l1');
-    await shOk(`cp -a ${q(tree1)}/. ${q(lm)}/`);
-    await m.loopUmount(lm);
+    const { disk, tree: tree1 } = await m.ext4WithTree('fs', '128M', 3, 'tree1', 'l1');
+    let lm: string;
     await m.ctlOk('snapshot fs s1');
     const tree2 = await m.scratch('tree2');
     await makeTree(tree2, 4);

@@ -13,7 +13,6 @@ import {
   VdiskMount,
   loopAvailable,
   lsSize,
-  makeTree,
   q,
   randomBuffer,
   readRange,
@@ -497,14 +496,7 @@ describe('CLI pipes', () => {
 
 describe('ext4 through a backup', () => {
   it.skipIf(noLoop)('mkfs.ext4, copy a tree, snapshot, backup, restore as a new disk, the tree is identical', async () => {
-    await m.ctlOk('create fs 256M');
-    const disk = m.disk('fs');
-    await shOk(`mkfs.ext4 -q -F ${q(disk)}`);
-    const tree = await m.scratch('tree');
-    await makeTree(tree, 7);
-    const lm = await m.loopMount(disk, 'fsloop');
-    await shOk(`cp -a ${q(tree)}/. ${q(lm)}/`);
-    await m.loopUmount(lm);
+    const { tree } = await m.ext4WithTree('fs', '256M', 7, 'tree', 'fsloop');
     await m.ctlOk('snapshot fs s');
     const img = join(work, 'fs.img');
     const b = await vdiskfs(['backup', 'fs@s', '-o', img, '--store', m.store]);

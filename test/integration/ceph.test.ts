@@ -7,7 +7,7 @@
 import { dirname, join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { M, REPO, VdiskMount, ddRead, ddWrite, loopAvailable, makeTree, q, randomBuffer, requireBuild, sh, shOk, teardownAll, vdiskfs } from './helpers.js';
+import { M, REPO, VdiskMount, ddRead, ddWrite, loopAvailable, q, randomBuffer, requireBuild, sh, shOk, teardownAll, vdiskfs } from './helpers.js';
 
 import { ddToFile } from './backupHelpers.js';
 
@@ -82,17 +82,10 @@ describe.skipIf(!conf)('a store on Ceph RADOS (--block-store rados)', () => {
   });
 
   it.skipIf(noLoop)('ext4 loop-mounted from a disk whose blocks are in RADOS: a tree copied in reads back after a remount', async () => {
-    await m.ctlOk('create fs 128M');
-    const disk = m.disk('fs');
-    await shOk(`mkfs.ext4 -q -F ${q(disk)}`);
-    const tree = await m.scratch('tree');
-    await makeTree(tree, 3);
-    let lm = await m.loopMount(disk, 'loop-ceph');
-    await shOk(`cp -a ${q(tree)}/. ${q(lm)}/`);
-    await m.loopUmount(lm);
+    const { disk, tree } = await m.ext4WithTree('fs', '128M', 3, 'tree', 'loop-ceph');
     await m.remount();
     expect((await sh(`e2fsck -fn ${q(disk)}`)).code).toBe(0);
-    lm = await m.loopMount(disk, 'loop-ceph');
+    const lm = await m.loopMount(disk, 'loop-ceph');
     const diff = await sh(`diff -r -x lost+found ${q(tree)} ${q(lm)}`);
     expect(diff.stdout + diff.stderr).toBe('');
     expect(diff.code).toBe(0);

@@ -436,6 +436,23 @@ export class VdiskMount {
     this.loops.delete(dir);
   }
 
+  /**
+   * A new disk `name` of `size` with ext4 on it holding a tree (makeTree(seed), kept in scratch `treeName`):
+   * mkfs.ext4, loop-mounted on scratch `loopName`, the tree copied in, unmounted. Returns the disk file and
+   * the tree's directory.
+   */
+  async ext4WithTree(name: string, size: string, seed: number, treeName: string, loopName: string): Promise<{ disk: string; tree: string }> {
+    await this.ctlOk(`create ${name} ${size}`);
+    const disk = this.disk(name);
+    await shOk(`mkfs.ext4 -q -F ${q(disk)}`);
+    const tree = await this.scratch(treeName);
+    await makeTree(tree, seed);
+    const lm = await this.loopMount(disk, loopName);
+    await shOk(`cp -a ${q(tree)}/. ${q(lm)}/`);
+    await this.loopUmount(lm);
+    return { disk, tree };
+  }
+
   /** Unmount everything this object created, detach its loop devices, kill its daemon, remove the dir. */
   async teardown(): Promise<void> {
     for (const dir of [...this.loops].reverse()) {

@@ -356,14 +356,8 @@ describe('snapshots', () => {
   });
 
   it.skipIf(noLoop)('ext4: a snapshot loop-mounted read-only shows the tree as it was', async () => {
-    await m.ctlOk('create fs 128M');
-    const disk = m.disk('fs');
-    await shOk(`mkfs.ext4 -q -F ${q(disk)}`);
-    const old = await m.scratch('tree-old');
-    await makeTree(old, 7);
-    let lm = await m.loopMount(disk, 'live1');
-    await shOk(`cp -a ${q(old)}/. ${q(lm)}/`);
-    await m.loopUmount(lm);
+    const { disk, tree: old } = await m.ext4WithTree('fs', '128M', 7, 'tree-old', 'live1');
+    let lm: string;
     await m.ctlOk('snapshot fs before');
 
     // Change the live filesystem; apply the same changes to a host copy as the expected new tree.
