@@ -6,6 +6,10 @@
  *   connect(confPath, pool) -> Promise<handle>      read(handle, obj, buf, offset) -> Promise<bytesRead>
  *   write(handle, obj, buf, offset) -> Promise<void> writeFull(handle, obj, buf) -> Promise<void>
  *   remove(handle, obj) -> Promise<void> (absent is fine)   close(handle) -> Promise<void>
+ *   size(handle, obj) -> Promise<number> (-1: no such object)
+ *   lock(handle, obj, name, cookie, description, seconds, renew) -> Promise<void>: an exclusive lock that
+ *     lapses after `seconds` unless taken again with renew; EBUSY while another cookie holds it
+ *   unlock(handle, obj, name, cookie) -> Promise<void> (not held is fine)
  * Errors reject with an Error whose `errno` is librados' (positive) errno and `code` its name where known.
  */
 #include <node_api.h>
@@ -14,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <stdbool.h>
+#include <sys/time.h>
 
 typedef struct {
   rados_t cluster;
@@ -21,7 +27,7 @@ typedef struct {
   int open;
 } conn_t;
 
-enum op_kind { OP_CONNECT, OP_READ, OP_WRITE, OP_WRITE_FULL, OP_REMOVE, OP_CLOSE };
+enum op_kind { OP_CONNECT, OP_READ, OP_WRITE, OP_WRITE_FULL, OP_REMOVE, OP_CLOSE, OP_SIZE, OP_LOCK, OP_UNLOCK };
 
 typedef struct {
   enum op_kind kind;
@@ -30,6 +36,9 @@ typedef struct {
   napi_ref buf_ref;   /* keeps the JS buffer alive while the thread uses it */
   conn_t *conn;
   char *conf, *pool, *obj;
+  char *name, *cookie, *desc; /* locks */
+  int seconds, renew;
+  int64_t size;
   char *data;
   size_t len;
   uint64_t off;
@@ -84,6 +93,25 @@ static void execute(napi_env env, void *p) {
       if (op->rc == -ENOENT) op->rc = 0;
       op->what = "rados_remove";
       return;
+    case OP_SIZE: {
+      uint64_t size = 0; time_t mtime;
+      op->rc = rados_stat(op->conn->io, op->obj, &size, &mtime);
+      op->size = op->rc == -ENOENT ? -1 : (int64_t)size;
+      if (op->rc == -ENOENT) op->rc = 0;
+      op->what = "rados_stat";
+      return;
+    }
+    case OP_LOCK: {
+      struct timeval tv = { op->seconds, 0 };
+      op->rc = rados_lock_exclusive(op->conn->io, op->obj, op->name, op->cookie, op->desc, &tv, op->renew ? LIBRADOS_LOCK_FLAG_RENEW : 0);
+      op->what = "rados_lock_exclusive";
+      return;
+    }
+    case OP_UNLOCK:
+      op->rc = rados_unlock(op->conn->io, op->obj, op->name, op->cookie);
+      if (op->rc == -ENOENT) op->rc = 0;
+      op->what = "rados_unlock";
+      return;
     case OP_CLOSE:
       if (op->conn->open) {
         rados_ioctx_destroy(op->conn->io);
@@ -122,6 +150,9 @@ static void complete(napi_env env, napi_status status, void *p) {
   } else if (op->kind == OP_READ) {
     napi_create_int64(env, op->rc, &result);
     napi_resolve_deferred(env, op->deferred, result);
+  } else if (op->kind == OP_SIZE) {
+    napi_create_int64(env, op->size, &result);
+    napi_resolve_deferred(env, op->deferred, result);
   } else {
     napi_get_undefined(env, &result);
     napi_resolve_deferred(env, op->deferred, result);
@@ -129,6 +160,7 @@ static void complete(napi_env env, napi_status status, void *p) {
   if (op->buf_ref) napi_delete_reference(env, op->buf_ref);
   napi_delete_async_work(env, op->work);
   free(op->conf); free(op->pool); free(op->obj);
+  free(op->name); free(op->cookie); free(op->desc);
   free(op);
 }
 
@@ -191,6 +223,40 @@ static napi_value js_remove(napi_env env, napi_callback_info info) {
   return start(env, op);
 }
 
+static napi_value js_size(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  conn_t *c = get_conn(env, argv[0]);
+  if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
+  op_t *op = calloc(1, sizeof(op_t));
+  op->kind = OP_SIZE; op->conn = c; op->obj = get_string(env, argv[1]);
+  return start(env, op);
+}
+
+/* lock(handle, obj, name, cookie, desc, seconds, renew) / unlock(handle, obj, name, cookie) */
+static napi_value lock_call(napi_env env, napi_callback_info info, enum op_kind kind) {
+  size_t argc = 7; napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  conn_t *c = get_conn(env, argv[0]);
+  if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
+  op_t *op = calloc(1, sizeof(op_t));
+  op->kind = kind; op->conn = c;
+  op->obj = get_string(env, argv[1]);
+  op->name = get_string(env, argv[2]);
+  op->cookie = get_string(env, argv[3]);
+  if (kind == OP_LOCK) {
+    bool renew = false;
+    op->desc = get_string(env, argv[4]);
+    napi_get_value_int32(env, argv[5], &op->seconds);
+    napi_get_value_bool(env, argv[6], &renew);
+    op->renew = renew;
+  }
+  return start(env, op);
+}
+
+static napi_value js_lock(napi_env env, napi_callback_info info) { return lock_call(env, info, OP_LOCK); }
+static napi_value js_unlock(napi_env env, napi_callback_info info) { return lock_call(env, info, OP_UNLOCK); }
+
 static napi_value js_close(napi_env env, napi_callback_info info) {
   size_t argc = 1; napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -209,6 +275,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"writeFull", NULL, js_write_full, NULL, NULL, NULL, napi_default, NULL},
     {"remove", NULL, js_remove, NULL, NULL, NULL, napi_default, NULL},
     {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
+    {"size", NULL, js_size, NULL, NULL, NULL, napi_default, NULL},
+    {"lock", NULL, js_lock, NULL, NULL, NULL, napi_default, NULL},
+    {"unlock", NULL, js_unlock, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

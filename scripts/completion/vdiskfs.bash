@@ -31,7 +31,7 @@ _vdiskfs() {
   local args=()
   for ((i = 1; i < COMP_CWORD; i++)); do
     case ${COMP_WORDS[i]} in
-      --store | --pool-size | --block-store | --readahead | -o | --options | --log-level | --output | --since | --as | --into | --block-size | --rows | --to-store | --to-command | --prefix | --keep) ((i++)) ;;
+      --store | --pool-size | --block-store | --rados-pool | --rados-store | --ceph-conf | --readahead | -o | --options | --log-level | --output | --since | --as | --into | --block-size | --rows | --to-store | --to-command | --prefix | --keep) ((i++)) ;;
       -*) ;;
       *) args+=("${COMP_WORDS[i]}") ;;
     esac
@@ -41,7 +41,7 @@ _vdiskfs() {
   case $prev in
     --store | --output | --to-store) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
     -o) [[ $cmd == mount ]] || mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;; # mount: FUSE options
-    --block-store) mapfile -t COMPREPLY < <(compgen -W "file leveldb" -- "$cur"); return ;;
+    --block-store) mapfile -t COMPREPLY < <(compgen -W "file leveldb rados" -- "$cur"); return ;;
     --log-level) mapfile -t COMPREPLY < <(compgen -W "fatal error warn info debug trace silent" -- "$cur"); return ;;
     --into) mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names disks)" -- "$cur"); return ;;
     --since) [[ $cmd == replicate ]] && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names snaps "${args[1]}")" -- "$cur") && return
@@ -61,7 +61,7 @@ _vdiskfs() {
   if [[ $cur == -* ]]; then
     local opts="--store --json -p -q --help"
     case $cmd in
-      mount) opts="--store --pool-size --block-store --readahead -f --foreground -o --log-level --help" ;;
+      mount) opts="--store --pool-size --block-store --rados-pool --rados-store --ceph-conf --readahead -f --foreground -o --log-level --help" ;;
       create) opts+=" --block-size --block-store" ;;
       delete) opts+=" -r --recursive" ;;
       backup) opts+=" -o --output --since" ;;

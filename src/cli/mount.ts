@@ -27,6 +27,8 @@ export interface MountArgs {
   cephConf?: string;
   /** `rados` stores: the Ceph pool a new store puts its objects in. */
   radosPool?: string;
+  /** A store that lives in the cluster (its id, the object prefix), mounted from this store directory. */
+  radosStore?: string;
   /** Kernel readahead for the mount (a size; 0 keeps the kernel default). */
   readahead?: string;
   foreground?: boolean;
@@ -49,6 +51,7 @@ export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: s
     else if (k === 'block-store') out.blockStore = v;
     else if (k === 'ceph-conf') out.cephConf = v;
     else if (k === 'rados-pool') out.radosPool = v;
+    else if (k === 'rados-store') out.radosStore = v;
     else if (k === 'readahead') out.readahead = v;
     else if (k === 'log-level') out.logLevel = v;
     else if (k === 'foreground') out.foreground = true;
@@ -85,7 +88,7 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: Verdict) =>
   };
   let reg: Registry;
   try {
-    const rados = { ...(args.cephConf !== undefined ? { conf: resolve(args.cephConf) } : {}), ...(args.radosPool !== undefined ? { pool: args.radosPool } : {}) };
+    const rados = { ...(args.cephConf !== undefined ? { conf: resolve(args.cephConf) } : {}), ...(args.radosPool !== undefined ? { pool: args.radosPool } : {}), ...(args.radosStore !== undefined ? { store: args.radosStore } : {}) };
     reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(blockStore !== undefined ? { blockStore } : {}), ...(Object.keys(rados).length ? { rados } : {}) });
   } catch (e) {
     await removeCreated();
@@ -167,6 +170,7 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   if (raw.blockStore) argv.push('--block-store', raw.blockStore);
   if (raw.cephConf) argv.push('--ceph-conf', resolve(raw.cephConf));
   if (raw.radosPool) argv.push('--rados-pool', raw.radosPool);
+  if (raw.radosStore) argv.push('--rados-store', raw.radosStore);
   if (raw.readahead) argv.push('--readahead', raw.readahead);
   if (raw.logLevel) argv.push('--log-level', raw.logLevel);
   for (const o of raw.options ?? []) argv.push('-o', o);

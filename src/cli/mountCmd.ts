@@ -59,19 +59,20 @@ export function registerMountCommands(program: Command): void {
     .option('--block-store <kind>', BLOCK_STORE_HELP)
     .option('--ceph-conf <file>', "rados stores: the cluster's ceph.conf (default: the one recorded when the store was created, else /etc/ceph/ceph.conf)")
     .option('--rados-pool <pool>', 'rados stores: the Ceph pool a new store keeps its blocks in (implies --block-store rados)')
+    .option('--rados-store <id>', 'rados stores: mount the store that lives in the cluster with this id (status shows it, vdiskfs.…) from this store directory (new or stale); needs --rados-pool')
     .option('--readahead <size>', 'kernel readahead for sequential reads, e.g. 1M (default 1M; 0 keeps the kernel default; needs root)')
     .option('-f, --foreground', 'stay in the foreground, log to stderr too')
     .option('-o, --options <opts>', 'FUSE and vdiskfs options, comma separated (name=value)', collect, [])
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
     .addOption(new Option('--daemon-child').hideHelp())
-    .action(async (first: string, second: string | undefined, o: { store?: string; poolSize?: string; blockStore?: string; cephConf?: string; radosPool?: string; readahead?: string; foreground?: boolean; options: string[]; logLevel?: string; daemonChild?: boolean }) => {
+    .action(async (first: string, second: string | undefined, o: { store?: string; poolSize?: string; blockStore?: string; cephConf?: string; radosPool?: string; radosStore?: string; readahead?: string; foreground?: boolean; options: string[]; logLevel?: string; daemonChild?: boolean }) => {
       let mountpoint = first;
       let store = o.store;
       if (second !== undefined) {
         mountpoint = second;
         if (!store && first.startsWith('/')) store = first;
       }
-      const args: MountArgs = { mountpoint, options: o.options, ...(store ? { store } : {}), ...(o.poolSize ? { poolSize: o.poolSize } : {}), ...(o.blockStore ? { blockStore: o.blockStore } : {}), ...(o.cephConf ? { cephConf: o.cephConf } : {}), ...(o.radosPool ? { radosPool: o.radosPool } : {}), ...(o.readahead !== undefined ? { readahead: o.readahead } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}), ...(o.foreground ? { foreground: true } : {}) };
+      const args: MountArgs = { mountpoint, options: o.options, ...(store ? { store } : {}), ...(o.poolSize ? { poolSize: o.poolSize } : {}), ...(o.blockStore ? { blockStore: o.blockStore } : {}), ...(o.cephConf ? { cephConf: o.cephConf } : {}), ...(o.radosPool ? { radosPool: o.radosPool } : {}), ...(o.radosStore ? { radosStore: o.radosStore } : {}), ...(o.readahead !== undefined ? { readahead: o.readahead } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}), ...(o.foreground ? { foreground: true } : {}) };
       // Loaded here, not at start: the FUSE binding costs every other command ~0.1 s.
       const { mountBackground, mountForeground, parseMountOptions, runDaemonChild } = await import('./mount.js');
       checkMountArgs(args, parseMountOptions);

@@ -4,7 +4,8 @@
  * Every command changes the store with one atomic batch; large table clean-ups (a deleted disk's blocks)
  * are orphaned by that batch and purged afterwards, so a crash leaves the old state or the new one.
  */
-import { openDb, type RadosOptions } from '../meta/db.js';
+import { DEFAULT_CEPH_CONF, openDb, openLevel, type RadosOptions } from '../meta/db.js';
+import { ClusterMeta } from '../store/radosMeta.js';
 import { DISK_PREFIX, GEN_KEY, HISTORY_PREFIX, POOL_SYNCED_PREFIX, SEQ_KEY, diskKey, historyKey, prefixEnd } from '../meta/keys.js';
 import type { BlockStoreKind, RadosRecord, DiskRecord, HistoryRecord, SeqRecord, SnapshotRecord } from '../meta/records.js';
 import { Pool, type StoreWrapper } from '../store/pool.js';
@@ -16,7 +17,8 @@ import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
 import { checkName } from './names.js';
 import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
 import { blocksFor } from '../util/range.js';
-import { busy, exists } from '../errors.js';
+import { busy, exists, invalid, notFound } from '../errors.js';
+import { logger } from '../log.js';
 import { writeExclusive } from './write.js';
 import { Transaction } from './commit.js';
 import { flushStore, flushStoreNow, recordClosed } from './durable.js';
@@ -43,6 +45,8 @@ export interface OpenOptions {
   rados?: RadosOptions;
 }
 
+const log = logger('registry');
+
 export class Registry {
   private constructor(
     readonly ctx: Context,
@@ -52,12 +56,34 @@ export class Registry {
     readonly blockStore: BlockStoreKind,
     /** `rados` stores: the cluster (ceph.conf in use), pool and object prefix. */
     readonly rados?: RadosRecord,
+    /** `rados` stores: the metadata's journal and lock in the cluster (store/radosMeta.ts). */
+    private meta?: ClusterMeta,
   ) {}
 
   static async open(opts: OpenOptions): Promise<Registry> {
     const inspecting = opts.purge === false; // `check`: the store as it was left (no purge, upgrade or resumed work)
-    const { db, blockStore, rados } = await openDb(opts.dir, { ...(opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {}), ...(opts.rados ? { rados: opts.rados } : {}), upgrade: !inspecting });
+    let meta = opts.rados?.store !== undefined ? await fromCluster(opts.dir, opts.rados) : undefined;
+    let opened;
     try {
+      opened = await openDb(opts.dir, { ...(opts.blockStore !== undefined ? { blockStore: opts.blockStore } : {}), ...(opts.rados ? { rados: opts.rados } : {}), upgrade: !inspecting });
+    } catch (e) {
+      await meta?.close().catch(() => undefined);
+      throw e;
+    }
+    const { db, blockStore, rados, created } = opened;
+    try {
+      if (rados) {
+        // The store lives in the cluster: its lock first, then the local database brought up to the
+        // cluster's journal (or, new, written there as the first checkpoint); every later write is journaled.
+        meta ??= await ClusterMeta.open(rados, opts.dir);
+        if (created) {
+          await meta.attach(db, true);
+          await meta.checkpoint(db);
+        } else {
+          await meta.catchUp(db);
+          await meta.attach(db);
+        }
+      }
       const pool = new Pool(bottomFactory(blockStore, opts.dir, db, rados), opts.poolSize ?? Infinity, opts.wrap);
       const ctx = new Context(db, pool);
       const [seq, gen] = await db.getMany([SEQ_KEY, GEN_KEY]);
@@ -75,7 +101,7 @@ export class Registry {
       const scan = await scanTables(ctx);
       // A rados store connects now: a cluster that is not there fails the open, not the first write.
       if (rados) await pool.store(DEFAULT_BLOCK_SIZE);
-      const reg = new Registry(ctx, opts.dir, scan, blockStore, rados);
+      const reg = new Registry(ctx, opts.dir, scan, blockStore, rados, meta);
       reg.inspecting = inspecting;
       if (scan.orphanTables.size && !inspecting) await purgeOrphans(ctx, scan.orphanTables);
       // Block values whose discard was lost (a crash after the batch that freed them, a failed delete).
@@ -91,6 +117,7 @@ export class Registry {
       }
       return reg;
     } catch (e) {
+      await meta?.close().catch(() => undefined);
       await db.close();
       throw e;
     }
@@ -124,7 +151,13 @@ export class Registry {
       try {
         await this.ctx.pool.close({ trim });
       } finally {
-        await this.ctx.db.close();
+        try {
+          // a clean close leaves the cluster a checkpoint (a new machine starts from it, not the whole journal)
+          if (this.meta && !this.inspecting && trim) await this.meta.checkpoint(this.ctx.db).catch((e: Error) => log.warn({ err: e }, 'checkpoint of the metadata in the cluster failed (the journal keeps everything)'));
+          await this.meta?.close().catch(() => undefined);
+        } finally {
+          await this.ctx.db.close();
+        }
       }
     }
   }
@@ -343,5 +376,31 @@ export class Registry {
     const out: HistoryRecord[] = [];
     for await (const v of this.ctx.db.values({ gte: HISTORY_PREFIX, lt: prefixEnd(HISTORY_PREFIX), reverse: true, limit })) out.push(JSON.parse(v) as HistoryRecord);
     return out.reverse();
+  }
+}
+
+/**
+ * `--rados-store ID`: the store that lives in the cluster under that prefix, in this (new or stale) store
+ * directory: its lock taken, the local database brought up to the cluster's state. NOT_FOUND when the
+ * cluster has no such store.
+ */
+async function fromCluster(dir: string, o: RadosOptions): Promise<ClusterMeta> {
+  if (!o.pool) throw invalid('--rados-store needs --rados-pool (the Ceph pool the store is in)');
+  const meta = await ClusterMeta.open({ conf: o.conf ?? DEFAULT_CEPH_CONF, pool: o.pool, prefix: o.store! }, dir);
+  try {
+    if (!(await meta.exists())) {
+      await meta.abandon();
+      throw notFound(`store ${o.store} in Ceph pool ${o.pool}`);
+    }
+    const db = await openLevel(dir);
+    try {
+      await meta.catchUp(db);
+    } finally {
+      await db.close();
+    }
+    return meta;
+  } catch (e) {
+    await meta.close().catch(() => undefined);
+    throw e;
   }
 }

@@ -39,12 +39,24 @@ export interface OpenedDb {
   blockStore: BlockStoreKind;
   /** `rados` stores: where the objects are (the conf the caller gave, else the recorded one). */
   rados?: RadosRecord;
+  /** The store was created by this open. */
+  created?: boolean;
 }
 
 /** What a caller may say about a `rados` store: its cluster's ceph.conf and (creating it) its pool. */
 export interface RadosOptions {
   conf?: string;
   pool?: string;
+  /** A store that lives in the cluster, by its object prefix (`--rados-store`): the registry builds the local database from it. */
+  store?: string;
+}
+
+/** The store directory's LevelDB as it is (no format record read or written): for rebuilding it. */
+export async function openLevel(dir: string): Promise<Db> {
+  await mkdir(dir, { recursive: true });
+  const db: Db = new Level<string, string>(join(dir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'utf8' });
+  await db.open();
+  return db;
 }
 
 /** ceph.conf when none is given or recorded: where Ceph's own tools look. */
@@ -72,7 +84,7 @@ export function blockStoreMismatch(dir: string, recorded: BlockStoreKind, wanted
  */
 export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; upgrade?: boolean; rados?: RadosOptions } = {}): Promise<OpenedDb> {
   const blockStore = opts.blockStore ?? (opts.rados?.pool !== undefined ? 'rados' : undefined);
-  const radosFlags = opts.rados?.pool !== undefined || opts.rados?.conf !== undefined;
+  const radosFlags = opts.rados?.pool !== undefined || opts.rados?.conf !== undefined || opts.rados?.store !== undefined;
   const notRados = invalid('--ceph-conf and --rados-pool are for --block-store rados');
   if (radosFlags && blockStore !== undefined && blockStore !== 'rados') throw notRados;
   await mkdir(dir, { recursive: true });
@@ -105,7 +117,7 @@ export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; u
       { type: 'put', key: FORMAT_KEY, value: JSON.stringify(rec) },
       { type: 'put', key: SEQ_KEY, value: JSON.stringify(seq) },
     ], { sync: true });
-    return { db, blockStore: kind, ...(rec.rados ? { rados: rec.rados } : {}) };
+    return { db, blockStore: kind, created: true, ...(rec.rados ? { rados: rec.rados } : {}) };
   }
   let rec: Partial<FormatRecord>;
   try {
@@ -132,6 +144,10 @@ export async function openDb(dir: string, opts: { blockStore?: BlockStoreKind; u
   if (radosFlags && recorded !== 'rados') {
     await db.close();
     throw notRados;
+  }
+  if (opts.rados?.store !== undefined && opts.rados.store !== rec.rados!.prefix) {
+    await db.close();
+    throw invalid(`store ${dir} is the cluster's store ${rec.rados!.prefix}, not ${opts.rados.store}: use another store directory`);
   }
   if (opts.rados?.pool !== undefined && opts.rados.pool !== rec.rados!.pool) {
     await db.close();

@@ -2,7 +2,7 @@
  * Block data as RADOS objects in a Ceph pool: the bottom of `--block-store rados` stores (bottoms.ts; the
  * pool, the cluster's ceph.conf and the store's object prefix are in its format record, meta/db.ts). The
  * store conformance suite and test/integration/ceph.test.ts run on it under `npm run test:ceph`. The tables
- * stay in the store directory's LevelDB (not yet in the cluster).
+ * are journaled to the cluster as well (radosMeta.ts), so the store lives there.
  *
  * One object per physical block, named `<prefix>.<blockSize:8 hex>.<pbn:12 hex>`: a block is the unit the
  * tables address and copy-on-write moves, so one object per block keeps every write a single-object write
@@ -13,36 +13,9 @@
  * The librados calls go through native/rados (an N-API addon on Node's thread pool), built at install time
  * only where librados-dev is present; without it, opening says how to get it.
  */
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { BlockStore } from './blockStore.js';
+import { radosConnect, type RadosNative } from './rados.js';
 import { PbnChains } from './chains.js';
-import { VdiskError } from '../errors.js';
-
-interface RadosNative {
-  connect(conf: string, pool: string): Promise<unknown>;
-  read(h: unknown, obj: string, buf: Buffer, off: number): Promise<number>;
-  write(h: unknown, obj: string, buf: Buffer, off: number): Promise<void>;
-  writeFull(h: unknown, obj: string, buf: Buffer): Promise<void>;
-  remove(h: unknown, obj: string): Promise<void>;
-  close(h: unknown): Promise<void>;
-}
-
-const ADDON = join(dirname(fileURLToPath(import.meta.url)), '../../native/rados/build/Release/vdiskfs_rados.node');
-
-let native: RadosNative | undefined;
-
-/** The addon, or INVALID saying how to build it. */
-export function radosNative(): RadosNative {
-  if (native) return native;
-  try {
-    native = createRequire(import.meta.url)(ADDON) as RadosNative;
-    return native;
-  } catch (e) {
-    throw new VdiskError('INVALID', `rados block store not available: its addon (native/rados) is not built; it needs librados-dev: run scripts/setup.sh --ceph, then npm ci (or npm run build:rados) (${(e as Error).message.split('\n')[0]})`);
-  }
-}
 
 const hex = (n: number, w: number): string => n.toString(16).padStart(w, '0');
 
@@ -57,13 +30,7 @@ export class RadosBlockStore implements BlockStore {
   ) {}
 
   static async open(opts: { conf: string; pool: string; prefix: string }, blockSize: number): Promise<RadosBlockStore> {
-    const r = radosNative();
-    let h: unknown;
-    try {
-      h = await r.connect(opts.conf, opts.pool);
-    } catch (e) {
-      throw new VdiskError('IO', `cannot connect to Ceph pool ${opts.pool} with ${opts.conf}: ${(e as Error).message}`, { cause: e });
-    }
+    const { r, h } = await radosConnect(opts.conf, opts.pool);
     return new RadosBlockStore(r, h, blockSize, opts.prefix);
   }
 

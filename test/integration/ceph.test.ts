@@ -5,13 +5,15 @@
 // followed by check and a read-back of everything acknowledged, and the errors for a wrong pool or a
 // cluster that is not there.
 import { dirname, join } from 'node:path';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { M, REPO, VdiskMount, ddRead, ddWrite, loopAvailable, q, randomBuffer, requireBuild, sh, shOk, teardownAll, vdiskfs } from './helpers.js';
 
 import { ddToFile } from './backupHelpers.js';
 
 const conf = process.env.VDISKFS_TEST_CEPH_CONF;
+// The daemons' lock in the cluster lapses 5 s after a daemon dies (default 30 s): the tests wait for it.
+process.env.VDISKFS_RADOS_LEASE_S = '5';
 const POOL = process.env.VDISKFS_TEST_RADOS_POOL ?? 'vdiskfs';
 const noLoop = conf ? !(await loopAvailable('ceph.test.ts')) : true;
 
@@ -26,13 +28,32 @@ beforeAll(async () => {
 });
 afterAll(teardownAll);
 
-/** The store's objects in the pool (its prefix from the format record). */
-async function objectCount(): Promise<number> {
-  const st = JSON.parse((await shOk(`cat ${q(join(m.vdisk, 'status.json'))}`)) || '{}') as { pool?: { rados?: { prefix: string } } };
+/** The store's id in the cluster (its object prefix), from the mount's status. */
+async function storeId(mount = m): Promise<string> {
+  const st = JSON.parse(await shOk(`cat ${q(join(mount.vdisk, 'status.json'))}`)) as { pool?: { rados?: { prefix: string } } };
   const prefix = st.pool?.rados?.prefix;
-  expect(prefix).toMatch(/^vdiskfs\./);
+  expect(prefix).toMatch(/^vdiskfs\.[0-9a-f-]+$/);
+  return prefix!;
+}
+
+/** The store's block objects in the pool (not its metadata's). */
+async function objectCount(): Promise<number> {
+  const prefix = await storeId();
   const ls = await shOk(`rados -c ${q(conf!)} -p ${q(POOL)} ls`);
-  return ls.split('\n').filter((l) => l.startsWith(`${prefix}.`)).length;
+  return ls.split('\n').filter((l) => l.startsWith(`${prefix}.`) && !l.startsWith(`${prefix}.meta.`)).length;
+}
+
+/** fn, again while it fails because the store's lock in the cluster is still held (a dead daemon's lease). */
+async function whenUnlocked<T>(fn: () => Promise<T>, ok: (v: T) => boolean = () => true): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      const v = await fn();
+      if (ok(v) || i > 30) return v;
+    } catch (e) {
+      if (!/in use by another vdiskfs/.test(String(e)) || i > 30) throw e;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
 }
 
 describe.skipIf(!conf)('a store on Ceph RADOS (--block-store rados)', () => {
@@ -102,9 +123,9 @@ describe.skipIf(!conf)('a store on Ceph RADOS (--block-store rados)', () => {
     await new Promise((r) => setTimeout(r, 300));
     await m.kill9();
     await more;
-    const chk = await vdiskfs(['check', '--store', m.store]);
+    const chk = await whenUnlocked(() => vdiskfs(['check', '--store', m.store]), (r) => !/in use by another vdiskfs/.test(r.stderr));
     expect(chk.code, chk.stdout + chk.stderr).toBeLessThan(2); // leaks (objects of unacknowledged writes) are warnings, not errors
-    await m.mount();
+    await whenUnlocked(() => m.mount());
     expect((await ddRead(work, m.disk('k'), 0, 4 * M)).equals(acked)).toBe(true);
   });
 
@@ -130,6 +151,38 @@ describe.skipIf(!conf)('a store on Ceph RADOS (--block-store rados)', () => {
     const again = await ddRead(work, m.disk('o'), 0, 12 * M);
     expect(again.subarray(0, 4 * M).equals(before)).toBe(true);
     expect(again.subarray(4 * M).equals(during)).toBe(true);
+  });
+
+  it('the store lives in the cluster: a second store directory mounts it after the first is gone, a second writer is refused', async () => {
+    await m.ctlOk('create h 64M');
+    const first = randomBuffer(50, 2 * M);
+    expect((await ddWrite(work, m.disk('h'), 0, first, { bs: M, fsync: true })).code).toBe(0);
+    await m.ctlOk('snapshot h a');
+    const id = await storeId();
+    // another machine (here: another, empty store directory) while the first daemon runs: its lock refuses
+    const other = await VdiskMount.unmounted({ extraArgs: ['--rados-pool', POOL, '--ceph-conf', conf!, '--rados-store', id] });
+    await mkdir(other.mp, { recursive: true });
+    await expect(other.mount()).rejects.toThrow(/store vdiskfs\.[0-9a-f-]+ in Ceph pool vdiskfs is in use by another vdiskfs/);
+    // after a clean unmount it mounts: the tables come from the cluster (its checkpoint)
+    await m.unmount();
+    await other.mount();
+    expect((await ddRead(work, other.disk('h'), 0, 2 * M)).equals(first)).toBe(true);
+    expect((await ddRead(work, join(other.vdisk, 'snapshots/h/a'), 0, 2 * M)).equals(first)).toBe(true);
+    // the second machine writes and dies (SIGKILL: no checkpoint); the first comes back once the lease
+    // lapsed and catches up from the journal: everything acknowledged is there
+    const second = randomBuffer(51, M);
+    expect((await ddWrite(work, other.disk('h'), 4 * M, second, { bs: M, fsync: true })).code).toBe(0);
+    await other.ctlOk('snapshot h b');
+    await other.kill9();
+    const t0 = Date.now();
+    await whenUnlocked(() => m.mount());
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    expect((await ddRead(work, m.disk('h'), 4 * M, M)).equals(second)).toBe(true);
+    expect((await ddRead(work, join(m.vdisk, 'snapshots/h/b'), 0, 2 * M)).equals(first)).toBe(true);
+    // a store id the cluster does not have
+    const none = await VdiskMount.unmounted({ extraArgs: ['--rados-pool', POOL, '--ceph-conf', conf!, '--rados-store', 'vdiskfs.00000000-0000'] });
+    await mkdir(none.mp, { recursive: true });
+    await expect(none.mount()).rejects.toThrow(/store vdiskfs\.00000000-0000 in Ceph pool vdiskfs.*(not found|no such)/i);
   });
 
   it('clear errors: another pool for an existing store, a new rados store without a pool, a cluster that is not there', async () => {
