@@ -102,6 +102,25 @@ describe.skipIf(!conf)('a store on Ceph RADOS (--block-store rados)', () => {
     expect(n).toBe(128);
   });
 
+  it('a clone, a delta between two snapshots, and a restore of the delta into a disk restored from the first', async () => {
+    await m.ctlOk('create e 32M');
+    const v1 = randomBuffer(60, 4 * M);
+    expect((await ddWrite(work, m.disk('e'), 0, v1, { bs: M, fsync: true })).code).toBe(0);
+    await m.ctlOk('snapshot e s1');
+    await m.ctlOk('clone e s1 ec');
+    const v2 = randomBuffer(61, M);
+    expect((await ddWrite(work, m.disk('e'), 2 * M, v2, { bs: M, fsync: true })).code).toBe(0);
+    await m.ctlOk('snapshot e s2');
+    expect((await ddRead(work, m.disk('ec'), 0, 4 * M)).equals(v1)).toBe(true); // the clone keeps s1
+    const full = join(work, 'e-s1.img');
+    const delta = join(work, 'e-s1-s2.img');
+    expect((await ddToFile(join(m.vdisk, 'copies/e/s1'), full)).code).toBe(0);
+    expect((await ddToFile(join(m.vdisk, 'deltas/e/s1..s2'), delta)).code).toBe(0);
+    expect((await sh(`dd if=${q(full)} of=${q(join(m.vdisk, 'import/er'))} bs=1M status=none`)).code).toBe(0);
+    expect((await sh(`dd if=${q(delta)} of=${q(join(m.vdisk, 'restore/er'))} bs=1M status=none`)).code).toBe(0);
+    expect((await ddRead(work, m.disk('er'), 0, 4 * M)).equals(await ddRead(work, m.disk('e'), 0, 4 * M))).toBe(true);
+  });
+
   it.skipIf(noLoop)('ext4 loop-mounted from a disk whose blocks are in RADOS: a tree copied in reads back after a remount', async () => {
     const { disk, tree } = await m.ext4WithTree('fs', '128M', 3, 'tree', 'loop-ceph');
     await m.remount();
