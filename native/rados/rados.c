@@ -10,6 +10,7 @@
  *   lock(handle, obj, name, cookie, description, seconds, renew) -> Promise<void>: an exclusive lock that
  *     lapses after `seconds` unless taken again with renew; EBUSY while another cookie holds it
  *   unlock(handle, obj, name, cookie) -> Promise<void> (not held is fine)
+ *   list(handle, prefix) -> Promise<string[]>: the names of the pool's objects that start with prefix
  * Errors reject with an Error whose `errno` is librados' (positive) errno and `code` its name where known.
  */
 #include <node_api.h>
@@ -27,7 +28,7 @@ typedef struct {
   int open;
 } conn_t;
 
-enum op_kind { OP_CONNECT, OP_READ, OP_WRITE, OP_WRITE_FULL, OP_REMOVE, OP_CLOSE, OP_SIZE, OP_LOCK, OP_UNLOCK };
+enum op_kind { OP_CONNECT, OP_READ, OP_WRITE, OP_WRITE_FULL, OP_REMOVE, OP_CLOSE, OP_SIZE, OP_LOCK, OP_UNLOCK, OP_LIST };
 
 typedef struct {
   enum op_kind kind;
@@ -39,6 +40,8 @@ typedef struct {
   char *name, *cookie, *desc; /* locks */
   int seconds, renew;
   int64_t size;
+  char **names;       /* OP_LIST: the names found, count of them in `count` */
+  size_t count, cap;
   char *data;
   size_t len;
   uint64_t off;
@@ -107,6 +110,28 @@ static void execute(napi_env env, void *p) {
       op->what = "rados_lock_exclusive";
       return;
     }
+    case OP_LIST: {
+      rados_list_ctx_t ctx;
+      size_t plen = strlen(op->obj);
+      op->what = "rados_nobjects_list";
+      if ((op->rc = rados_nobjects_list_open(op->conn->io, &ctx)) < 0) return;
+      const char *entry;
+      int rc;
+      while ((rc = rados_nobjects_list_next(ctx, &entry, NULL, NULL)) == 0) {
+        if (strncmp(entry, op->obj, plen) != 0) continue;
+        if (op->count == op->cap) {
+          size_t cap = op->cap ? op->cap * 2 : 1024;
+          char **n = realloc(op->names, cap * sizeof(char *));
+          if (!n) { rc = -ENOMEM; break; }
+          op->names = n; op->cap = cap;
+        }
+        if (!(op->names[op->count] = strdup(entry))) { rc = -ENOMEM; break; }
+        op->count++;
+      }
+      rados_nobjects_list_close(ctx);
+      op->rc = rc == -ENOENT ? 0 : rc;
+      return;
+    }
     case OP_UNLOCK:
       op->rc = rados_unlock(op->conn->io, op->obj, op->name, op->cookie);
       if (op->rc == -ENOENT) op->rc = 0;
@@ -150,6 +175,14 @@ static void complete(napi_env env, napi_status status, void *p) {
   } else if (op->kind == OP_READ) {
     napi_create_int64(env, op->rc, &result);
     napi_resolve_deferred(env, op->deferred, result);
+  } else if (op->kind == OP_LIST) {
+    napi_create_array_with_length(env, op->count, &result);
+    for (size_t i = 0; i < op->count; i++) {
+      napi_value str;
+      napi_create_string_utf8(env, op->names[i], NAPI_AUTO_LENGTH, &str);
+      napi_set_element(env, result, (uint32_t)i, str);
+    }
+    napi_resolve_deferred(env, op->deferred, result);
   } else if (op->kind == OP_SIZE) {
     napi_create_int64(env, op->size, &result);
     napi_resolve_deferred(env, op->deferred, result);
@@ -161,6 +194,8 @@ static void complete(napi_env env, napi_status status, void *p) {
   napi_delete_async_work(env, op->work);
   free(op->conf); free(op->pool); free(op->obj);
   free(op->name); free(op->cookie); free(op->desc);
+  for (size_t i = 0; i < op->count; i++) free(op->names[i]);
+  free(op->names);
   free(op);
 }
 
@@ -223,6 +258,16 @@ static napi_value js_remove(napi_env env, napi_callback_info info) {
   return start(env, op);
 }
 
+static napi_value js_list(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  conn_t *c = get_conn(env, argv[0]);
+  if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
+  op_t *op = calloc(1, sizeof(op_t));
+  op->kind = OP_LIST; op->conn = c; op->obj = get_string(env, argv[1]);
+  return start(env, op);
+}
+
 static napi_value js_size(napi_env env, napi_callback_info info) {
   size_t argc = 2; napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -278,6 +323,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"size", NULL, js_size, NULL, NULL, NULL, napi_default, NULL},
     {"lock", NULL, js_lock, NULL, NULL, NULL, napi_default, NULL},
     {"unlock", NULL, js_unlock, NULL, NULL, NULL, napi_default, NULL},
+    {"list", NULL, js_list, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

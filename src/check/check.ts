@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { Registry } from '../disk/registry.js';
 import { purgeOrphans } from '../disk/scan.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
+import { RadosBlockStore } from '../store/radosBlocks.js';
 import type { BlockStoreKind } from '../meta/records.js';
 import type { Context } from '../disk/context.js';
 import type { Table } from '../meta/table.js';
@@ -118,6 +119,22 @@ export async function checkStore(dir: string, opts: { repair?: boolean; verifyDa
         if (opts.repair) r.repaired.push(`deleted ${sweep.orphans} unreferenced block values`);
       }
     }
+    if (reg.blockStore === 'rados') {
+      // Objects in Ceph: every referenced block that has no object reads as zeros (it was never written
+      // or is lost); objects no table references are leaks (a crash), removed with --repair.
+      for (const bs of sizes) {
+        const st = await ctx.pool.store(bs);
+        if (!(st instanceof RadosBlockStore)) continue;
+        const sweep = await st.sweep((pbn) => ctx.pool.isUsed(bs, pbn), { dryRun: !opts.repair });
+        r.poolBytes += (sweep.present.get(bs) ?? 0) * bs + sweep.orphanBytes;
+        const missing = ctx.pool.usedBlocks(bs) - (sweep.present.get(bs) ?? 0);
+        if (missing > 0) r.errors.push(`${missing} referenced block(s) of ${bs} bytes have no object in Ceph (they read as zeros)`);
+        if (sweep.orphans) {
+          r.leaks.push(`${sweep.orphans} block objects (${sweep.orphanBytes} bytes) in Ceph that no table references`);
+          if (opts.repair) r.repaired.push(`removed ${sweep.orphans} unreferenced block objects`);
+        }
+      }
+    }
     // Every referenced block must lie inside its pool file; space past the highest one is reclaimable.
     for (const bs of reg.blockStore === 'file' ? sizes : []) {
       const file = join(dir, `pool-${bs}.dat`);
@@ -155,7 +172,7 @@ export async function checkStore(dir: string, opts: { repair?: boolean; verifyDa
 export function renderCheck(r: CheckReport): string {
   const lines = [
     `disks: ${r.disks}, snapshots: ${r.snapshots}, table entries: ${r.entries}, data blocks: ${r.dataBlocks}`,
-    `pool: ${r.usedBytes} bytes referenced, ${r.poolBytes} bytes ${r.blockStore === 'leveldb' ? 'of block values in LevelDB' : r.blockStore === 'rados' ? 'in RADOS objects (not listed: counted from the tables)' : 'in pool files'}`,
+    `pool: ${r.usedBytes} bytes referenced, ${r.poolBytes} bytes ${r.blockStore === 'leveldb' ? 'of block values in LevelDB' : r.blockStore === 'rados' ? 'in RADOS objects' : 'in pool files'}`,
     ...(r.data ? [`data: ${r.data.verified} block(s) verified against their checksums, ${r.data.damaged.length} damaged, ${r.data.unverified} without trusted checksums (written in place and not sealed yet, from an older store, or written since the last fsync before a crash: a scrub seals them)`] : []),
     ...r.errors.map((e) => `ERROR: ${e}`),
     ...r.warnings.map((w) => `WARNING: ${w}`),

@@ -20,6 +20,8 @@ export interface RadosNative {
   /** An exclusive lock on obj that lapses after `seconds` unless taken again with renew (EBUSY: held by another). */
   lock(h: unknown, obj: string, name: string, cookie: string, description: string, seconds: number, renew: boolean): Promise<void>;
   unlock(h: unknown, obj: string, name: string, cookie: string): Promise<void>;
+  /** The names of the pool's objects that start with prefix (lists the whole pool). */
+  list(h: unknown, prefix: string): Promise<string[]>;
 }
 
 const ADDON = join(dirname(fileURLToPath(import.meta.url)), '../../native/rados/build/Release/vdiskfs_rados.node');

@@ -15,6 +15,7 @@
  */
 import type { BlockStore } from './blockStore.js';
 import { radosConnect, type RadosNative } from './rados.js';
+import type { BlockSweep } from './levelBlocks.js';
 import { PbnChains } from './chains.js';
 
 const hex = (n: number, w: number): string => n.toString(16).padStart(w, '0');
@@ -52,6 +53,32 @@ export class RadosBlockStore implements BlockStore {
 
   discard(pbn: number): Promise<void> {
     return this.chains.after(pbn, 1, () => this.rados.remove(this.handle, this.name(pbn)));
+  }
+
+  /**
+   * The open-time sweep (after a crash: a write whose batch never committed, a discard that was lost):
+   * every object of this block size whose pbn is not in use is removed (unless dryRun), each removal
+   * queued in the same step as its check, so that a write to a pbn allocated later comes after it.
+   * Lists the whole pool (librados has no listing by prefix).
+   */
+  async sweep(isUsed: (pbn: number) => boolean, opts: { dryRun?: boolean } = {}): Promise<BlockSweep> {
+    const mine = `${this.prefix}.${hex(this.blockSize, 8)}.`;
+    const names = await this.rados.list(this.handle, mine);
+    const out: BlockSweep = { present: new Map(), orphans: 0, orphanBytes: 0 };
+    const removals: Promise<void>[] = [];
+    for (const name of names) {
+      const pbn = parseInt(name.slice(mine.length), 16);
+      if (!Number.isSafeInteger(pbn)) continue;
+      if (isUsed(pbn)) {
+        out.present.set(this.blockSize, (out.present.get(this.blockSize) ?? 0) + 1);
+        continue;
+      }
+      out.orphans++;
+      out.orphanBytes += this.blockSize;
+      if (!opts.dryRun) removals.push(this.discard(pbn));
+    }
+    await Promise.all(removals);
+    return out;
   }
 
   async sync(): Promise<void> {
