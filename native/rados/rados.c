@@ -226,16 +226,25 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   return start(env, op);
 }
 
-/* read/write/writeFull(handle, obj, buf[, offset]) */
-static napi_value io_call(napi_env env, napi_callback_info info, enum op_kind kind) {
-  size_t argc = 4; napi_value argv[4];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+/*
+ * The op of a call (handle, obj, ...): up to `*argc` arguments into argv (*argc becomes how many were
+ * given), its connection and object name; NULL with a JS exception when the connection is closed.
+ */
+static op_t *new_op(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv, enum op_kind kind) {
+  if (napi_get_cb_info(env, info, argc, argv, NULL, NULL) != napi_ok) { napi_throw_error(env, NULL, "napi_get_cb_info failed"); return NULL; }
   conn_t *c = get_conn(env, argv[0]);
   if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
   op_t *op = calloc(1, sizeof(op_t));
-  op->kind = kind;
-  op->conn = c;
-  op->obj = get_string(env, argv[1]);
+  if (!op) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  op->kind = kind; op->conn = c; op->obj = get_string(env, argv[1]);
+  return op;
+}
+
+/* read/write/writeFull(handle, obj, buf[, offset]) */
+static napi_value io_call(napi_env env, napi_callback_info info, enum op_kind kind) {
+  size_t argc = 4; napi_value argv[4];
+  op_t *op = new_op(env, info, &argc, argv, kind);
+  if (!op) return NULL;
   void *data; size_t len;
   if (napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) { free(op->obj); free(op); napi_throw_type_error(env, NULL, "buffer expected"); return NULL; }
   op->data = data; op->len = len;
@@ -248,45 +257,22 @@ static napi_value js_read(napi_env env, napi_callback_info info) { return io_cal
 static napi_value js_write(napi_env env, napi_callback_info info) { return io_call(env, info, OP_WRITE); }
 static napi_value js_write_full(napi_env env, napi_callback_info info) { return io_call(env, info, OP_WRITE_FULL); }
 
-static napi_value js_remove(napi_env env, napi_callback_info info) {
+/* remove/list/size(handle, obj-or-prefix) */
+static napi_value obj_call(napi_env env, napi_callback_info info, enum op_kind kind) {
   size_t argc = 2; napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  conn_t *c = get_conn(env, argv[0]);
-  if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
-  op_t *op = calloc(1, sizeof(op_t));
-  op->kind = OP_REMOVE; op->conn = c; op->obj = get_string(env, argv[1]);
-  return start(env, op);
+  op_t *op = new_op(env, info, &argc, argv, kind);
+  return op ? start(env, op) : NULL;
 }
 
-static napi_value js_list(napi_env env, napi_callback_info info) {
-  size_t argc = 2; napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  conn_t *c = get_conn(env, argv[0]);
-  if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
-  op_t *op = calloc(1, sizeof(op_t));
-  op->kind = OP_LIST; op->conn = c; op->obj = get_string(env, argv[1]);
-  return start(env, op);
-}
-
-static napi_value js_size(napi_env env, napi_callback_info info) {
-  size_t argc = 2; napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  conn_t *c = get_conn(env, argv[0]);
-  if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
-  op_t *op = calloc(1, sizeof(op_t));
-  op->kind = OP_SIZE; op->conn = c; op->obj = get_string(env, argv[1]);
-  return start(env, op);
-}
+static napi_value js_remove(napi_env env, napi_callback_info info) { return obj_call(env, info, OP_REMOVE); }
+static napi_value js_list(napi_env env, napi_callback_info info) { return obj_call(env, info, OP_LIST); }
+static napi_value js_size(napi_env env, napi_callback_info info) { return obj_call(env, info, OP_SIZE); }
 
 /* lock(handle, obj, name, cookie, desc, seconds, renew) / unlock(handle, obj, name, cookie) */
 static napi_value lock_call(napi_env env, napi_callback_info info, enum op_kind kind) {
   size_t argc = 7; napi_value argv[7];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  conn_t *c = get_conn(env, argv[0]);
-  if (!c) { napi_throw_error(env, NULL, "rados connection is closed"); return NULL; }
-  op_t *op = calloc(1, sizeof(op_t));
-  op->kind = kind; op->conn = c;
-  op->obj = get_string(env, argv[1]);
+  op_t *op = new_op(env, info, &argc, argv, kind);
+  if (!op) return NULL;
   op->name = get_string(env, argv[2]);
   op->cookie = get_string(env, argv[3]);
   if (kind == OP_LOCK) {
