@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { Registry } from '../disk/registry.js';
 import { purgeOrphans } from '../disk/scan.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
-import { RadosBlockStore } from '../store/radosBlocks.js';
+import { sweepObjects } from '../store/radosBlocks.js';
 import type { BlockStoreKind } from '../meta/records.js';
 import type { Context } from '../disk/context.js';
 import type { Table } from '../meta/table.js';
@@ -104,35 +104,25 @@ export async function checkStore(dir: string, opts: { repair?: boolean; verifyDa
       }
     }
     const sizes = new Set([...ctx.disks.values()].map((d) => d.blockSize));
-    if (reg.blockStore === 'leveldb') {
-      // Every referenced block must have its value: LevelDB's log keeps a block's put ahead of the batch
-      // that references it even across a power cut, so a missing one is damage, not lost unsynced data.
-      const sweep = await sweepBlocks(ctx.db, (bs, pbn) => ctx.pool.isUsed(bs, pbn), { dryRun: !opts.repair });
+    if (reg.blockStore === 'leveldb' || reg.blockStore === 'rados') {
+      // Stores that keep space per block (values in LevelDB, objects in Ceph): every referenced block must
+      // have its value or object (LevelDB's log keeps a block's put ahead of the batch that references it
+      // even across a power cut, and a rados batch waits for its replicated writes: a missing one is damage,
+      // not lost unsynced data); ones no table references are leaks (a crash), removed with --repair.
+      const dryRun = !opts.repair;
+      const [sweep, words] =
+        reg.blockStore === 'leveldb'
+          ? [await sweepBlocks(ctx.db, (bs, pbn) => ctx.pool.isUsed(bs, pbn), { dryRun }), { what: 'value', where: 'LevelDB', removed: 'deleted' }]
+          : [await sweepObjects(ctx.pool, sizes, { dryRun }), { what: 'object', where: 'Ceph', removed: 'removed' }];
       for (const [bs, n] of sweep.present) r.poolBytes += n * bs;
       r.poolBytes += sweep.orphanBytes;
       for (const bs of sizes) {
         const missing = ctx.pool.usedBlocks(bs) - (sweep.present.get(bs) ?? 0);
-        if (missing > 0) r.errors.push(`${missing} referenced block(s) of ${bs} bytes have no value in LevelDB (they read as zeros)`);
+        if (missing > 0) r.errors.push(`${missing} referenced block(s) of ${bs} bytes have no ${words.what} in ${words.where} (they read as zeros)`);
       }
       if (sweep.orphans) {
-        r.leaks.push(`${sweep.orphans} block values (${sweep.orphanBytes} bytes) in LevelDB that no table references`);
-        if (opts.repair) r.repaired.push(`deleted ${sweep.orphans} unreferenced block values`);
-      }
-    }
-    if (reg.blockStore === 'rados') {
-      // Objects in Ceph: every referenced block that has no object reads as zeros (it was never written
-      // or is lost); objects no table references are leaks (a crash), removed with --repair.
-      for (const bs of sizes) {
-        const st = await ctx.pool.store(bs);
-        if (!(st instanceof RadosBlockStore)) continue;
-        const sweep = await st.sweep((pbn) => ctx.pool.isUsed(bs, pbn), { dryRun: !opts.repair });
-        r.poolBytes += (sweep.present.get(bs) ?? 0) * bs + sweep.orphanBytes;
-        const missing = ctx.pool.usedBlocks(bs) - (sweep.present.get(bs) ?? 0);
-        if (missing > 0) r.errors.push(`${missing} referenced block(s) of ${bs} bytes have no object in Ceph (they read as zeros)`);
-        if (sweep.orphans) {
-          r.leaks.push(`${sweep.orphans} block objects (${sweep.orphanBytes} bytes) in Ceph that no table references`);
-          if (opts.repair) r.repaired.push(`removed ${sweep.orphans} unreferenced block objects`);
-        }
+        r.leaks.push(`${sweep.orphans} block ${words.what}s (${sweep.orphanBytes} bytes) in ${words.where} that no table references`);
+        if (opts.repair) r.repaired.push(`${words.removed} ${sweep.orphans} unreferenced block ${words.what}s`);
       }
     }
     // Every referenced block must lie inside its pool file; space past the highest one is reclaimable.

@@ -11,7 +11,7 @@ import type { BlockStoreKind, RadosRecord, DiskRecord, HistoryRecord, SeqRecord,
 import { Pool, type StoreWrapper } from '../store/pool.js';
 import { bottomFactory } from '../store/bottoms.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
-import { RadosBlockStore } from '../store/radosBlocks.js';
+import { sweepObjects } from '../store/radosBlocks.js';
 import { Context, DiskState } from './context.js';
 import type { Table } from '../meta/table.js';
 import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
@@ -111,13 +111,8 @@ export class Registry {
       // The same for objects in Ceph, only after a session that did not close cleanly (it lists the pool).
       const cleanBefore = gen !== undefined && (JSON.parse(gen) as GenRecord).closed === true;
       if (blockStore === 'rados' && !inspecting && !cleanBefore) {
-        for (const bs of new Set([...ctx.disks.values()].map((d) => d.blockSize))) {
-          const st = await pool.store(bs);
-          if (st instanceof RadosBlockStore) {
-            const s = await st.sweep((pbn) => pool.isUsed(bs, pbn));
-            if (s.orphans) log.info({ blockSize: bs, objects: s.orphans }, 'removed block objects no table references (a crash left them)');
-          }
-        }
+        const s = await sweepObjects(pool, [...ctx.disks.values()].map((d) => d.blockSize));
+        if (s.orphans) log.info({ objects: s.orphans }, 'removed block objects no table references (a crash left them)');
       }
       if (!inspecting) {
         // A rollback a crash or a close interrupted goes on moving entries back (check only looks).

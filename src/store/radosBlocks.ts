@@ -16,6 +16,7 @@
 import type { BlockStore } from './blockStore.js';
 import { radosConnect, type RadosNative } from './rados.js';
 import type { BlockSweep } from './levelBlocks.js';
+import type { Pool } from './pool.js';
 import { PbnChains } from './chains.js';
 
 const hex = (n: number, w: number): string => n.toString(16).padStart(w, '0');
@@ -89,4 +90,21 @@ export class RadosBlockStore implements BlockStore {
     await this.chains.drain();
     await this.rados.close(this.handle);
   }
+}
+
+/**
+ * RadosBlockStore.sweep over the pool's stores of every block size in `sizes` (pbns in use: the pool's
+ * allocators), merged into one report.
+ */
+export async function sweepObjects(pool: Pool, sizes: Iterable<number>, opts: { dryRun?: boolean } = {}): Promise<BlockSweep> {
+  const out: BlockSweep = { present: new Map(), orphans: 0, orphanBytes: 0 };
+  for (const bs of new Set(sizes)) {
+    const st = await pool.store(bs);
+    if (!(st instanceof RadosBlockStore)) continue;
+    const s = await st.sweep((pbn) => pool.isUsed(bs, pbn), opts);
+    for (const [k, n] of s.present) out.present.set(k, (out.present.get(k) ?? 0) + n);
+    out.orphans += s.orphans;
+    out.orphanBytes += s.orphanBytes;
+  }
+  return out;
 }

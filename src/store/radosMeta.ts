@@ -108,15 +108,10 @@ export class ClusterMeta {
     return (await this.r.size(this.h, this.obj('head'))) > 0 || (await this.r.size(this.h, this.obj('journal', 1))) >= 0;
   }
 
-  /** Give the lock back and remove the empty head object taking it created (a store that is not there). */
+  /** Remove the empty head object taking the lock created (a store that is not there), then close. */
   async abandon(): Promise<void> {
+    if ((await this.r.size(this.h, this.obj('head'))) === 0) await this.r.remove(this.h, this.obj('head')); // the lock goes with it
     await this.close();
-    const { r, h } = await radosConnect(this.rec.conf, this.rec.pool);
-    try {
-      if ((await r.size(h, this.obj('head'))) === 0) await r.remove(h, this.obj('head'));
-    } finally {
-      await r.close(h);
-    }
   }
 
   /**
