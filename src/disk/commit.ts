@@ -115,7 +115,7 @@ export class Transaction {
     disk.allocated += allocDelta;
     if (L && heldDelta) disk.held.set(L.id, (disk.held.get(L.id) ?? 0) + heldDelta);
     if (record) disk.rec = record;
-    return ctx.commit(ops, false, urgent, opts.ready).then(
+    return ctx.commit(ops, false, urgent, opts.ready ? { ready: opts.ready } : {}).then(
       () => {
         for (const c of changes) {
           disk.live.committed(c.lbn, c.next);
@@ -140,23 +140,19 @@ export class Transaction {
 }
 
 /**
- * Entry changes that keep the same physical blocks and only change their checksums (sums.ts): blocks going
- * dirty before writes in place (`sync`: durable before those writes reach the pool), a seal, a scrub. One
- * batch; nothing is freed or moved; the caller holds the blocks' locks or stages them in one synchronous step
- * (the fast path), and each `next` keeps the table's current entry's pbn.
+ * An entry change that keeps the same physical block and only changes its checksums (sums.ts): a block
+ * going unverified before a write in place, a seal, a scrub. Nothing is freed or moved; the caller holds
+ * the block's lock or stages it in one synchronous step (the fast path), and `next` keeps the table's current
+ * entry's pbn. Dropping checksums is `lazy` (an fsync need not make it durable: write intents cover a crash
+ * that loses it); new checksums ride a generation the next fsync settles.
  */
-export async function restamp(ctx: Context, table: Table, lbn: number, next: DataEntry, sync: boolean): Promise<void> {
-  return restampAll(ctx, table, [[lbn, next]], sync);
-}
-
-export async function restampAll(ctx: Context, table: Table, changes: [number, DataEntry][], sync: boolean): Promise<void> {
-  for (const [lbn, next] of changes) table.staged(lbn, next);
+export async function restamp(ctx: Context, table: Table, lbn: number, next: DataEntry): Promise<void> {
+  table.staged(lbn, next);
   try {
-    // sync: writes in place wait for this batch (a barrier in the pipeline, Context.queue)
-    await ctx.commit(changes.map(([lbn, next]) => table.putOp(lbn, next)), sync, sync, undefined, sync);
+    await ctx.commit([table.putOp(lbn, next)], false, false, { lazy: next.sums === undefined });
   } catch (e) {
-    for (const [lbn, next] of changes) table.unstage(lbn, next);
+    table.unstage(lbn, next);
     throw e;
   }
-  for (const [lbn, next] of changes) table.committed(lbn, next);
+  table.committed(lbn, next);
 }

@@ -230,14 +230,19 @@ export class Context {
    * same key always land in the order they were made. `commit` resolves once the change is in LevelDB.
    * A batch whose blocks are still being written behind (`ready`) waits for them: data before reference.
    */
-  commit(ops: BatchOp[], sync = false, urgent = true, ready?: Promise<unknown>, barrier = false): Promise<void> {
+  commit(ops: BatchOp[], sync = false, urgent = true, more: { ready?: Promise<unknown>; barrier?: boolean; lazy?: boolean } = {}): Promise<void> {
     if (ops.length === 0 && !sync) return Promise.resolve();
+    const lazy = more.lazy === true && !sync;
+    if (!lazy) this.durablePending++;
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ops, sync, resolve, reject, ready, barrier });
+      this.queue.push({ ops, sync, resolve, reject, ready: more.ready, barrier: more.barrier === true, lazy });
       this.backlog += ops.length;
       this.kick(urgent);
     });
   }
+
+  /** Batches queued or being written that an fsync must make durable (not `lazy`). */
+  private durablePending = 0;
 
   /**
    * Start the pump. Changes nobody waits for (plain writes, acknowledged once staged) wait up to
@@ -262,7 +267,7 @@ export class Context {
   /** Resolves when everything queued so far has been committed. */
   drain(): Promise<void> {
     return new Promise<void>((resolve) => {
-      this.queue.push({ ops: [], sync: false, resolve, reject: () => resolve() });
+      this.queue.push({ ops: [], sync: false, resolve, reject: () => resolve(), lazy: true });
       this.kick(true);
     });
   }
@@ -280,9 +285,13 @@ export class Context {
    */
   private unsynced = true;
 
-  /** Nothing queued or being written, and nothing committed since the last synced batch: LevelDB has nothing to make durable. */
+  /**
+   * Nothing queued or being written, and nothing committed since the last synced batch, that an fsync must
+   * make durable: LevelDB has nothing to do for one. `lazy` batches do not count (checksums dropped before
+   * writes in place: sums.ts write intents cover their loss in a crash).
+   */
   get settled(): boolean {
-    return !this.pumping && this.queue.length === 0 && !this.unsynced;
+    return this.durablePending === 0 && !this.unsynced;
   }
 
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
@@ -293,7 +302,7 @@ export class Context {
    * place), so no batch queued after it that waits for pool writes (`ready`) may share its group: the group
    * would wait for writes that wait for the group.
    */
-  private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void; ready?: Promise<unknown> | undefined; barrier?: boolean }[] = [];
+  private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void; ready?: Promise<unknown> | undefined; barrier?: boolean; lazy?: boolean }[] = [];
   private pumping = false;
 
   private async pump(): Promise<void> {
@@ -314,6 +323,7 @@ export class Context {
         const queued = ops.length; // what commit() added to the backlog (marks added below are not)
         const settle = (): void => {
           this.backlog -= queued;
+          for (const g of group) if (!g.lazy) this.durablePending--;
         };
         // Freed blocks waiting for a durable batch: past PUNCH_BACKLOG this batch is made one (store/pool.ts).
         const sync = group.some((g) => g.sync) || this.pool.punchBacklog() > PUNCH_BACKLOG;
@@ -328,7 +338,7 @@ export class Context {
           if (ops.length) await this.db.batch(ops, { sync });
           else if (sync && this.unsynced) await this.db.put(SYNC_KEY, new Date().toISOString(), { sync: true });
           // LevelDB's log is written in order: a synced batch makes every batch before it durable too.
-          this.unsynced = sync ? false : this.unsynced || ops.length > 0;
+          this.unsynced = sync ? false : this.unsynced || group.some((g) => !g.lazy && g.ops.length > 0);
           settle();
           if (punchable) this.pool.reclaim(punchable).catch((e: unknown) => log.error({ err: e }, 'giving freed blocks back failed'));
           for (const g of group) g.resolve();

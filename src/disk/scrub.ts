@@ -54,7 +54,7 @@ const SEAL_BATCH = 256;
 async function reseal(ctx: Context, disk: DiskState, table: Table, lbn: number, cur: DataEntry): Promise<void> {
   const block = Buffer.allocUnsafe(disk.blockSize);
   await (await ctx.pool.store(disk.blockSize)).read(cur.pbn, block, 0);
-  await restamp(ctx, table, lbn, { ...cur, sums: sumsOf(block), gen: ctx.integrity.stamp() }, false);
+  await restamp(ctx, table, lbn, { ...cur, sums: sumsOf(block), gen: ctx.integrity.stamp() });
 }
 
 /**
@@ -195,7 +195,7 @@ export async function scrubDisks(ctx: Context, disks: DiskState[], opts: ScrubOp
             const block = blocks[j]!;
             r.bytes += bs;
             done++;
-            if (e.sums !== undefined && integ.trusted(e.gen ?? 0)) {
+            if (e.sums !== undefined && integ.trusted(e)) {
               r.verified++;
               const bad = mismatch(e.sums, block, 0) >= 0 ? await confirm(ctx, disk, table, lbn, e, block) : -1;
               if (bad >= 0) {
@@ -317,7 +317,7 @@ export async function repairDisk(ctx: Context, disk: DiskState, sources: RepairS
   for (const [table, view] of tablesOf(disk)) {
     for await (const run of table.runs(256)) {
       for (const [lbn, e] of run) {
-        if (e.kind !== 'data' || e.sums === undefined || !ctx.integrity.trusted(e.gen ?? 0)) continue;
+        if (e.kind !== 'data' || e.sums === undefined || !ctx.integrity.trusted(e)) continue;
         const sums = e.sums;
         await store.read(e.pbn, block, 0);
         if (mismatch(sums, block, 0) < 0) continue;

@@ -16,10 +16,15 @@
  * to the reader (never the bytes), a log line and a count in status; an untrusted one reads as is.
  *
  * Writes in place. A block the live disk owns is overwritten in place, and data and entry cannot change
- * in one step; so the first such write to a sealed block drops its checksums first (dirty): with trusted
- * checksums in a synced batch that the pool write waits for (write-behind holds it: the writer's answer does
- * not wait), with untrusted ones in the next batch (the next fsync waits for it). The block is unverified
- * until it is sealed again: the sealer reads
+ * in one step; so such a write drops the block's checksums (dirty) in the next batch, and a crash between the
+ * two must not leave a trusted checksum of the old content over new bytes. Write intents cover that: before
+ * the first write in place into a block with trusted checksums in a *region* (INTENT_REGION pool blocks),
+ * the session records the region in meta!gen with a synced batch that the pool write waits for (write-behind
+ * holds it: the writer's answer does not wait); later such writes in that region wait for nothing. A session
+ * that did not close cleanly leaves its intents *demoted* at the next open: checksums in those regions from
+ * before that open are not trusted (they read unverified and are sealed again). So a database or a long
+ * overwrite pays one synced batch per region per session, not one per block. The block is unverified until
+ * sealed again: the sealer reads
  * blocks nobody has written for SEAL_AFTER_MS, computes their checksums and commits them (a generation
  * that settles at the next fsync). Later writes to a dirty block cost nothing extra, so a database's hot
  * blocks take the same path as before checksums. `scrub` seals every unverified block it meets.
@@ -27,6 +32,7 @@
 import { crc32, crc32OfPieces } from '../util/crc32.js';
 import type { DataEntry } from '../meta/keys.js';
 import type { Context } from './context.js';
+import { GEN_KEY } from '../meta/keys.js';
 import { corrupt } from '../errors.js';
 import { logger } from '../log.js';
 
@@ -34,6 +40,8 @@ const log = logger('sums');
 
 export const SECTOR = 4096;
 const SESSION = 2 ** 32;
+/** Pool blocks per write-intent region (with 64 KiB blocks, 256 MiB). */
+export const INTENT_REGION = 4096;
 
 /** Checksums of a whole block. */
 export function sumsOf(block: Buffer): string {
@@ -79,6 +87,37 @@ export interface GenRecord {
   unsettled: [number, number][];
   /** Set by a clean close: every generation of `session` is settled. */
   closed?: boolean;
+  /** [first, last] ranges of the write-intent regions of `session` (writes in place, above). */
+  intents?: [number, number][];
+  /**
+   * [first, last, bound] ranges of regions a session that did not close cleanly had intents for: checksums
+   * in them of a generation below `bound` (the first of the session that found them) are not trusted.
+   */
+  demoted?: [number, number, number][];
+}
+
+/** Sorted [first, last] ranges of a set of numbers. */
+function ranges(ns: Iterable<number>): [number, number][] {
+  const out: [number, number][] = [];
+  for (const n of [...ns].sort((a, b) => a - b)) {
+    const last = out[out.length - 1];
+    if (last && n <= last[1] + 1) last[1] = Math.max(last[1], n);
+    else out.push([n, n]);
+  }
+  return out;
+}
+
+/** Demoted ranges with more added: overlapping or adjacent ones merge, keeping the higher bound (trusting less). */
+function mergeDemoted(list: [number, number, number][]): [number, number, number][] {
+  const out: [number, number, number][] = [];
+  for (const [a, b, g] of [...list].sort((x, y) => x[0] - y[0])) {
+    const last = out[out.length - 1];
+    if (last && a <= last[1] + 1) {
+      last[1] = Math.max(last[1], b);
+      last[2] = Math.max(last[2], g);
+    } else out.push([a, b, g]);
+  }
+  return out;
 }
 
 /** A damaged block found by a read, a backup, check or scrub. */
@@ -102,6 +141,10 @@ export class Integrity {
   /** Untrusted checksums that did not match (data written before a crash, not fsync'd). */
   unsettledMismatches = 0;
   readonly recent: Damage[] = [];
+  /** Write-intent regions of this session: true once durable, else the batch that makes them so. */
+  private readonly intents = new Map<number, true | Promise<void>>();
+  /** See GenRecord.demoted. */
+  demoted: [number, number, number][] = [];
 
   /** Load meta!gen (undefined: a store without checksums yet) and start a new session after it. */
   load(rec: GenRecord | undefined): void {
@@ -113,10 +156,20 @@ export class Integrity {
     this.session = prev.session + 1;
     this.settled = prev.settled;
     this.gen = this.session * SESSION + 1;
+    // Its writes in place may have reached the pool without the entries that dropped their checksums.
+    const lost = prev.closed ? [] : (prev.intents ?? []).map(([a, b]): [number, number, number] => [a, b, this.session * SESSION]);
+    this.demoted = mergeDemoted([...(prev.demoted ?? []), ...lost]);
   }
 
   record(closed: boolean): GenRecord {
-    return { session: this.session, settled: this.settled, unsettled: this.unsettled, ...(closed ? { closed: true } : {}) };
+    return {
+      session: this.session,
+      settled: this.settled,
+      unsettled: this.unsettled,
+      ...(closed ? { closed: true } : {}),
+      ...(this.intents.size ? { intents: ranges(this.intents.keys()) } : {}),
+      ...(this.demoted.length ? { demoted: this.demoted } : {}),
+    };
   }
 
   /** The generation for checksums staged now. */
@@ -133,11 +186,59 @@ export class Integrity {
    */
   unsealDurably(e: DataEntry): boolean {
     const g = e.gen ?? 0;
-    return e.sums !== undefined && g < this.gen && !this.unsettled.some(([a, b]) => g >= a && g <= b);
+    return e.sums !== undefined && g < this.gen && !this.unsettled.some(([a, b]) => g >= a && g <= b) && !this.demotedEntry(e);
   }
 
-  trusted(gen: number): boolean {
-    return gen <= this.settled && !this.unsettled.some(([a, b]) => gen >= a && gen <= b);
+  /** e's checksums are trusted: their generation settled, and no crash since may have left its block written in place under them. */
+  trusted(e: DataEntry): boolean {
+    const gen = e.gen ?? 0;
+    return gen <= this.settled && !this.unsettled.some(([a, b]) => gen >= a && gen <= b) && !this.demotedEntry(e);
+  }
+
+  private demotedEntry(e: DataEntry): boolean {
+    if (!this.demoted.length) return false;
+    const r = Math.floor(e.pbn / INTENT_REGION);
+    const gen = e.gen ?? 0;
+    return this.demoted.some(([a, b, bound]) => r >= a && r <= b && gen < bound);
+  }
+
+  /** Every region of these pool blocks has a durable write intent this session. */
+  intended(pbns: number[]): boolean {
+    return pbns.every((pbn) => this.intents.get(Math.floor(pbn / INTENT_REGION)) === true);
+  }
+
+  /**
+   * What writes in place into these pool blocks (trusted checksums: unsealDurably) wait for: the synced batch
+   * that records their regions' intents, or nothing when every one is durable already.
+   */
+  intend(ctx: Context, pbns: number[]): Promise<void> | undefined {
+    const waits = new Set<Promise<void>>();
+    const fresh: number[] = [];
+    for (const pbn of pbns) {
+      const r = Math.floor(pbn / INTENT_REGION);
+      const known = this.intents.get(r);
+      if (known === true) continue;
+      if (known) waits.add(known);
+      else if (!fresh.includes(r)) fresh.push(r);
+    }
+    if (fresh.length) {
+      let settle!: [() => void, (e: unknown) => void];
+      const pending = new Promise<void>((resolve, reject) => (settle = [resolve, reject]));
+      for (const r of fresh) this.intents.set(r, pending);
+      // meta!gen as it is, with these regions (every later record carries them too: intents only grow)
+      ctx.commit([{ type: 'put', key: GEN_KEY, value: JSON.stringify(this.record(false)) }], true, true, { barrier: true }).then(...settle);
+      pending.then(
+        () => {
+          for (const r of fresh) this.intents.set(r, true);
+        },
+        () => {
+          for (const r of fresh) if (this.intents.get(r) === pending) this.intents.delete(r);
+        },
+      );
+      waits.add(pending);
+    }
+    if (!waits.size) return undefined;
+    return waits.size === 1 ? [...waits][0]! : Promise.all(waits).then(() => undefined);
   }
 
   /**
@@ -145,7 +246,7 @@ export class Integrity {
    * session (no crash since: its data was written before it). Such checksums may be carried to a copy.
    */
   reliable(e: DataEntry): boolean {
-    return e.sums !== undefined && (this.trusted(e.gen ?? 0) || (e.gen ?? 0) > this.session * SESSION);
+    return e.sums !== undefined && (this.trusted(e) || (e.gen ?? 0) > this.session * SESSION);
   }
 
   /**
@@ -165,7 +266,7 @@ export class Integrity {
     if (e.sums === undefined || !this.enabled) return -1;
     const bad = mismatch(e.sums, part, offsetInBlock);
     if (bad < 0) return -1;
-    if (this.trusted(e.gen ?? 0)) return bad;
+    if (this.trusted(e)) return bad;
     this.unsettledMismatches++;
     return -1;
   }

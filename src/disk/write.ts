@@ -15,7 +15,7 @@ import { invalid, isVdiskError, VdiskError } from '../errors.js';
 import { logger } from '../log.js';
 import { assertUnclaimed, claimStands, dropClaim } from './identity.js';
 import { alreadyZero, needsPreserve, preserveNow, zeroEntry, type Change } from './plan.js';
-import { restamp, restampAll, Transaction } from './commit.js';
+import { restamp, Transaction } from './commit.js';
 import { sealedEntry, spliceSums, sumsIfOn } from './sums.js';
 
 const log = logger('write');
@@ -115,9 +115,9 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     const data = src.subarray(p.bufOffset, p.bufOffset + p.length);
     if (isZero(data)) return giveBack();
     if (cur?.kind === 'data' && !preserve) {
-      // A write in place drops the block's checksums first (sums.ts): durably before the pool write when
-      // they are or may become trusted (a synced batch the staged write waits for), else with the next
-      // batch, which the next fsync waits for.
+      // A write in place drops the block's checksums (sums.ts) with the next batch; when they are or may
+      // become trusted, the pool write waits for its region's write intent (a synced batch, once per region
+      // and session).
       if (cur.sums !== undefined) {
         if (ctx.integrity.unsealDurably(cur)) durable.push({ lbn: p.lbn, e: cur });
         else unseal.push({ lbn: p.lbn, e: cur });
@@ -143,9 +143,11 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
       changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block });
     }
   }
-  // Writes in place that wait for a synced batch take a write-behind run of their own (writeBehind.ts
-  // Run.gate): with new blocks besides, the request would need two; the async path takes it.
-  if (durable.length && changes.length) return giveBack();
+  // Writes in place that wait for a synced batch (a region's first write intent) take a write-behind run
+  // of their own (writeBehind.ts Run.gate): with new blocks besides, the request would need two; the async
+  // path takes it.
+  const intentPbns = durable.map((u) => u.e.pbn);
+  if (durable.length && changes.length && !ctx.integrity.intended(intentPbns)) return giveBack();
   // Merged blocks stage more bytes than the request carries: the store must have room for all of them.
   const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + c.block!.length, 0);
   if (staged > src.length && !store.behindRoom(staged)) return giveBack();
@@ -168,10 +170,12 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   // Written behind: in-place writes need nothing more (a failure fails the next fsync); the batch that
   // references new blocks waits for their writes, and if one fails the batch fails and frees them.
   const stageBehind = store.stageBehind.bind(store);
-  // Trusted checksums dropped now, in one synced batch; the request's writes in place reach the pool after
-  // it (a failed batch fails the store, ctx.failure, and those writes).
-  const gate = durable.length ? restampAll(ctx, disk.live, [...durable, ...unsealAhead(ctx, disk, L, durable)].map((u) => [u.lbn, unsealed(u.e)]), true) : undefined;
+  // The request's writes in place into blocks with trusted checksums reach the pool after their regions'
+  // write intents are durable (a failed batch fails the store, ctx.failure, and those writes); the
+  // checksums are dropped now (staged at once, committed with the next batch).
+  const gate = durable.length ? ctx.integrity.intend(ctx, intentPbns) : undefined;
   gate?.catch(() => undefined);
+  for (const u of durable) void restamp(ctx, disk.live, u.lbn, unsealed(u.e)).catch(() => undefined);
   const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock, gate));
   const newWrites = changes.map((c) => {
     const pbn = (c.next as { pbn: number }).pbn;
@@ -193,7 +197,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   }
   later(() => {
     try {
-      for (const u of unseal) void restamp(ctx, disk.live, u.lbn, unsealed(u.e), false).catch(() => undefined);
+      for (const u of unseal) void restamp(ctx, disk.live, u.lbn, unsealed(u.e)).catch(() => undefined);
       for (const w of inPlaceWrites) w().catch(() => undefined);
       const written = newWrites.map((w) => w());
       if (changes.length) new Transaction(ctx, disk, changes).stage({ reserved, ...(written.length ? { ready: Promise.all(written) } : {}) }, false).catch(() => undefined);
@@ -204,35 +208,6 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     }
   });
   return src.length;
-}
-
-/** Blocks a sequential overwrite unseals ahead of itself at most (with 64 KiB blocks, 16 MiB). */
-const UNSEAL_AHEAD = 256;
-/** A write in place continues a sequential overwrite when the block before it was written this recently. */
-const SEQUENTIAL_MS = 1000;
-
-/**
- * A sequential overwrite of blocks with trusted checksums would wait for a synced batch at every request:
- * when the block before this request's first one was just written, the blocks after its last one (in
- * memory, the live disk's own, trusted) lose their checksums in the same batch, so the next requests
- * find them unverified and write at once. Blocks unsealed ahead and then not written are sealed again by the
- * sealer (they are in `dirty`); a random writer never unseals ahead.
- */
-function unsealAhead(ctx: Context, disk: DiskState, L: ReturnType<DiskState['latest']>, durable: { lbn: number; e: DataEntry }[]): { lbn: number; e: DataEntry }[] {
-  const first = Math.min(...durable.map((u) => u.lbn));
-  const last = Math.max(...durable.map((u) => u.lbn));
-  const now = Date.now();
-  const before = disk.dirty.get(first - 1);
-  if (before === undefined || now - before > SEQUENTIAL_MS) return [];
-  const out: { lbn: number; e: DataEntry }[] = [];
-  const end = Math.min(last + UNSEAL_AHEAD, Math.ceil(disk.rec.size / disk.blockSize) - 1);
-  for (let lbn = last + 1; lbn <= end; lbn++) {
-    const e = disk.live.peek(lbn);
-    if (e?.kind !== 'data' || !ctx.integrity.unsealDurably(e) || preserveNow(disk, L, e, lbn) !== false || disk.lock.isLocked(lbn)) break;
-    out.push({ lbn, e });
-    disk.dirty.set(lbn, now);
-  }
-  return out;
 }
 
 /**
@@ -319,18 +294,17 @@ async function writeMerged(ctx: Context, disk: DiskState, pieces: Piece[], src: 
     changes.push({ lbn: p.lbn, cur, next, preserve, block: zero ? undefined : block });
   }
 
-  // Blocks written in place lose their checksums first, durably, before any pool write (sums.ts): a
-  // crash between the write and a new checksum must not leave a trusted checksum of the old content.
-  // Those of the current generation go with the next batch: the fsync that settles them waits for it.
+  // Blocks written in place lose their checksums with the next batch (sums.ts); a crash between the write
+  // and that batch must not leave a trusted checksum of the old content: the pool writes into blocks with
+  // trusted checksums wait for their regions' write intents.
   const sealed = inPlace.filter((w) => w.entry.sums !== undefined);
-  const durable = sealed.filter((w) => ctx.integrity.unsealDurably(w.entry)).map((w) => ({ lbn: w.lbn, e: w.entry }));
-  for (const w of sealed) if (!durable.some((u) => u.lbn === w.lbn)) void restamp(ctx, disk.live, w.lbn, unsealed(w.entry), false).catch(() => undefined);
-  const ahead = durable.length ? unsealAhead(ctx, disk, L, durable) : [];
+  const gate = ctx.integrity.intend(ctx, sealed.filter((w) => ctx.integrity.unsealDurably(w.entry)).map((w) => w.entry.pbn));
+  for (const w of sealed) void restamp(ctx, disk.live, w.lbn, unsealed(w.entry)).catch(() => undefined);
   if (inPlace.length) {
     const now = Date.now();
     for (const w of inPlace) disk.dirty.set(w.lbn, now);
   }
-  if (durable.length) await restampAll(ctx, disk.live, [...durable, ...ahead].map((u) => [u.lbn, unsealed(u.e)]), true);
+  if (gate) await gate;
 
   // Reserve every new physical block first: a full pool fails the write before anything changes.
   const needed = changes.filter((c) => c.block !== undefined);

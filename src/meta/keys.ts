@@ -21,24 +21,30 @@ export const STORE_MAGIC = 'vdiskfs-store';
  * keys), so that a vdiskfs that knows only version 1 refuses it instead of reading every block as zeros.
  * 3 (`file`) and 4 (`leveldb`) may hold a disk record with `reverting` (a rollback still moving entries
  * back), which an older vdiskfs would misread. 5 (`file`) and 6 (`leveldb`) may hold data entries with
- * checksums (`;gen;sums`), which an older vdiskfs cannot decode. Older versions are read and upgraded at
- * open (their entries stay valid: unverified until sealed).
+ * checksums (`;gen;sums`), which an older vdiskfs cannot decode. 7: `rados` stores. 8 (`file`), 9
+ * (`leveldb`) and 10 (`rados`): meta!gen may hold write intents and demoted regions (disk/sums.ts), which an
+ * older vdiskfs would ignore and so trust checksums a crash left stale. Older versions are read and upgraded
+ * at open (their entries stay valid: unverified until sealed, or as trusted as they were).
  */
-export const STORE_VERSION = 5;
-export const STORE_VERSION_LEVELDB = 6;
+export const STORE_VERSION = 8;
+export const STORE_VERSION_LEVELDB = 9;
 /** `rados` stores (block data as objects in a Ceph pool; `rados` in meta!format says where). */
-export const STORE_VERSION_RADOS = 7;
+export const STORE_VERSION_RADOS = 10;
 /** Older versions this vdiskfs opens, and what each is upgraded to. */
 export const STORE_UPGRADES: ReadonlyMap<number, number> = new Map([
   [1, STORE_VERSION],
   [3, STORE_VERSION],
+  [5, STORE_VERSION],
   [2, STORE_VERSION_LEVELDB],
   [4, STORE_VERSION_LEVELDB],
+  [6, STORE_VERSION_LEVELDB],
+  [7, STORE_VERSION_RADOS],
 ]);
 /**
- * meta!gen: JSON {session, settled, unsettled}: the checksum generations (disk/sums.ts). `session` counts
- * opens; `settled` is the newest generation whose data and checksums an fsync made durable; `unsettled`
- * lists [from, to] ranges of generations a crash left unsettled (their checksums are not trusted).
+ * meta!gen: JSON {session, settled, unsettled, closed?, intents?, demoted?}: the checksum generations
+ * (disk/sums.ts GenRecord). `session` counts opens; `settled` is the newest generation whose data and
+ * checksums an fsync made durable; `unsettled` lists [from, to] ranges of generations a crash left unsettled
+ * (their checksums are not trusted); `intents`, `demoted`: writes in place (sums.ts).
  */
 export const GEN_KEY = 'meta!gen';
 

@@ -126,13 +126,15 @@ describe('rollback to the latest snapshot moves entries back in the background',
 
 describe('store format versions', () => {
   // Stores of versions 1-4 have no checksums in their entries: written here with checksums off, as those
-  // builds wrote them. They open, are upgraded to 5 (file) and 6 (leveldb), read back unverified, and take
-  // checksums for what is written after.
+  // builds wrote them (versions 5 and 6 may have entries without them too). They open, are upgraded to 8
+  // (file) and 9 (leveldb), read back unverified, and take checksums for what is written after.
   it.each([
-    ['file', 1, 5],
-    ['file', 3, 5],
-    ['leveldb', 2, 6],
-    ['leveldb', 4, 6],
+    ['file', 1, 8],
+    ['file', 3, 8],
+    ['file', 5, 8],
+    ['leveldb', 2, 9],
+    ['leveldb', 4, 9],
+    ['leveldb', 6, 9],
   ] as const)('opens a %s store of version %i and upgrades it to %i; check leaves the version as it is', async (blockStore, old, now) => {
     {
       const dir = await tempDir();
