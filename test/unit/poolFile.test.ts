@@ -242,6 +242,42 @@ describe('WriteBehindStore.syncNow over the O_DIRECT pool file (fsync on the eve
   });
 });
 
+describe('WriteBehindStore after a flush (a flushing writer: runs written eagerly)', () => {
+  it('writes a run as soon as its request has been answered, and never ahead of a write it must follow', async () => {
+    const path = join(await tempDir(), 'pool.dat');
+    const store = await WriteBehindStore.over(await openDirect(path));
+    const { readFile } = await import('node:fs/promises');
+    const immediate = () => new Promise((r) => setImmediate(r));
+    try {
+      store.writeSync(3, Buffer.alloc(BS, 1));
+      await store.sync();
+      const a = Buffer.alloc(8192, 0x5a);
+      const aDone = store.stageBehind(3, a, 8192)();
+      expect(store.busy(3)).toBe(true);
+      await immediate(); // not the 1 ms collection window: written on the event loop by now
+      expect(store.busy(3)).toBe(false);
+      await aDone;
+      // A partial-sector write in flight, then an aligned one to the same block staged behind it: the open
+      // run depends on the first (which is no longer the block's tail), so it is not written on the event
+      // loop, and syncNow declines, until that write has landed.
+      const b = Buffer.alloc(1000, 0x33);
+      const bDone = store.stageBehind(3, b, 5)();
+      const c = Buffer.alloc(4096, 0x44);
+      const cDone = store.stageBehind(3, c, 0)();
+      expect(store.syncNow()).toBe(false);
+      await Promise.all([bDone, cDone]);
+      expect(store.syncNow()).toBe(true);
+      const want = Buffer.alloc(BS, 1);
+      a.copy(want, 8192);
+      b.copy(want, 5);
+      c.copy(want, 0);
+      expect((await readFile(path)).subarray(3 * BS, 4 * BS).equals(want)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
 describe('WriteBehindStore.copyBehind over the O_DIRECT pool file (copy-on-write of a block, off the event loop)', () => {
   it('copies the source as its earlier writes left it, before every later write to the target', async () => {
     const store = await WriteBehindStore.over(await openDirect(join(await tempDir(), 'pool.dat')));
