@@ -29,6 +29,12 @@ const FLUSH_MS = 1;
  * on the device by the time the writer's fsync arrives and the fsync waits for the device flush only.
  */
 const EAGER_AFTER_SYNC_MS = 50;
+/**
+ * Eager runs at most this large are written on the event loop (a database's pages); larger ones go to the
+ * thread pool at once, so that a bulk writer's 1 MiB writes never hold the loop (other requests, control
+ * commands) for a device write each.
+ */
+const EAGER_ON_LOOP_BYTES = 128 * 1024;
 /** Block copies (copyBehind) in flight at most before the fast path declines (64 KiB blocks: 4 MiB). */
 const COPIES_AHEAD = 64;
 
@@ -231,12 +237,12 @@ export class WriteBehindStore implements BlockStore {
     done.catch(() => undefined); // reported through the callers' promises and sync()
     const run: Run = { buf, used: 0, stretches: [], byPbn: new Map(), deps: new Set(), waiting: 0, done, resolve, reject, cancel: null };
     if (Date.now() - this.lastSync < EAGER_AFTER_SYNC_MS) {
-      // The writer has been answered by then (its reply goes out on this tick). With nothing in flight the
-      // run is written on this thread: one syscall, which the fsync that follows would have paid for.
+      // The writer has been answered by then (its reply goes out on this tick). A small run with nothing in
+      // flight is written on this thread: one syscall, which the fsync that follows would have paid for.
       const t = setImmediate(() => {
         run.cancel = null;
         try {
-          if (!this.writeOpenNow()) this.submit(run);
+          if (run.used > EAGER_ON_LOOP_BYTES || !this.writeOpenNow()) this.submit(run);
         } catch {
           // failed: recorded (this.failed) and reported through the run's promise and every later sync()
         }
