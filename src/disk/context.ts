@@ -296,6 +296,14 @@ export class Context {
 
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
+  /** When a disk was last written (ms), and how many writes so far: the sealer yields to writers (scrub.ts startSealer). */
+  lastWrite = 0;
+  writes = 0;
+
+  wrote(): void {
+    this.lastWrite = Date.now();
+    this.writes++;
+  }
   /** `ready`: the pool writes the batch's entries point at (written behind); the batch waits for them. */
   /**
    * `barrier`: pool writes wait for this batch (write-behind `after`: checksums dropped before writes in

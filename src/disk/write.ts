@@ -27,6 +27,7 @@ export async function writeDisk(ctx: Context, disk: DiskState, offset: number, s
   if (src.length === 0) return 0;
   if (ctx.failure) throw new VdiskError('IO', `store failed earlier and is read-only until remounted: ${ctx.failure.message}`);
   const pieces = splitRange(offset, src.length, disk.blockSize);
+  ctx.wrote();
   await disk.changing(false, async () => {
     // Checked again inside the gate: a shrink may have finished while this write waited for it.
     if (offset + src.length > disk.rec.size) throw invalid(`write past the end of disk ${disk.rec.name}`);
@@ -207,6 +208,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
       log.error({ err: e, disk: disk.rec.name }, 'a write acknowledged by the fast path could not be queued');
     }
   });
+  ctx.wrote();
   return src.length;
 }
 

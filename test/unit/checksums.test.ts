@@ -163,6 +163,19 @@ describe('block checksums', () => {
     await expectDamageSeen(dir, 5, 8 * K + 1);
   });
 
+  it("the background sealer's pass stops when a writer comes (the next pass goes on)", async () => {
+    await withOpenStore(async (reg) => {
+      const d = reg.disk('d');
+      for (let b = 0; b < 8; b++) await writeDisk(reg.ctx, d, b * BS + 4 * K, pattern(4 * K, b)); // in place: unverified
+      for (const lbn of d.dirty.keys()) d.dirty.set(lbn, 1); // idle long enough
+      const pass = sealDue(reg.ctx, false, true);
+      const write = writeDisk(reg.ctx, d, 12 * BS, pattern(4 * K, 9)); // a writer, while the first block is sealed
+      expect(await pass).toBe(1);
+      await write;
+      expect(await sealDue(reg.ctx)).toBe(7); // without yielding: the rest (block 12 was written just now)
+    });
+  });
+
   it('scrub reads every block, seals the unverified ones and reports the damaged ones in status and history', async () => {
     await withOpenStore(async (reg, dir, data) => {
       const d = reg.disk('d');
