@@ -296,7 +296,7 @@ export class Context {
 
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
-  /** When a disk was last written (ms), and how many writes so far: the sealer yields to writers (scrub.ts startSealer). */
+  /** When a disk of the store was last written (ms), and how many writes so far: the sealer yields to writers (scrub.ts startSealer). */
   lastWrite = 0;
   writes = 0;
 
@@ -306,8 +306,8 @@ export class Context {
   }
   /** `ready`: the pool writes the batch's entries point at (written behind); the batch waits for them. */
   /**
-   * `barrier`: pool writes wait for this batch (write-behind `after`: checksums dropped before writes in
-   * place), so no batch queued after it that waits for pool writes (`ready`) may share its group: the group
+   * `barrier`: pool writes wait for this batch (write-behind `after`: a region's write intent before writes
+   * in place, sums.ts), so no batch queued after it that waits for pool writes (`ready`) may share its group: the group
    * would wait for writes that wait for the group.
    */
   private queue: { ops: BatchOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void; ready?: Promise<unknown> | undefined; barrier?: boolean; lazy?: boolean }[] = [];

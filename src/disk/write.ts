@@ -97,8 +97,9 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const epoch = disk.rec.epoch;
   const inPlace: { pbn: number; data: Buffer; offsetInBlock: number }[] = [];
   const inPlaceLbns: number[] = [];
+  /** Blocks written in place that lose their checksums; the pbns whose regions need a write intent first. */
   const unseal: { lbn: number; e: DataEntry }[] = [];
-  const durable: { lbn: number; e: DataEntry }[] = [];
+  const intentPbns: number[] = [];
   const changes: Change[] = [];
   const merged: Buffer[] = [];
   /** Changes whose new block is copied behind from the old one (their `block` is this write's part only). */
@@ -120,8 +121,8 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
       // become trusted, the pool write waits for its region's write intent (a synced batch, once per region
       // and session).
       if (cur.sums !== undefined) {
-        if (ctx.integrity.unsealDurably(cur)) durable.push({ lbn: p.lbn, e: cur });
-        else unseal.push({ lbn: p.lbn, e: cur });
+        unseal.push({ lbn: p.lbn, e: cur });
+        if (ctx.integrity.unsealDurably(cur)) intentPbns.push(cur.pbn);
       }
       inPlace.push({ pbn: cur.pbn, data, offsetInBlock: p.offsetInBlock });
       inPlaceLbns.push(p.lbn);
@@ -147,8 +148,7 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   // Writes in place that wait for a synced batch (a region's first write intent) take a write-behind run
   // of their own (writeBehind.ts Run.gate): with new blocks besides, the request would need two; the async
   // path takes it.
-  const intentPbns = durable.map((u) => u.e.pbn);
-  if (durable.length && changes.length && !ctx.integrity.intended(intentPbns)) return giveBack();
+  if (intentPbns.length && changes.length && !ctx.integrity.intended(intentPbns)) return giveBack();
   // Merged blocks stage more bytes than the request carries: the store must have room for all of them.
   const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + c.block!.length, 0);
   if (staged > src.length && !store.behindRoom(staged)) return giveBack();
@@ -173,10 +173,9 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   const stageBehind = store.stageBehind.bind(store);
   // The request's writes in place into blocks with trusted checksums reach the pool after their regions'
   // write intents are durable (a failed batch fails the store, ctx.failure, and those writes); the
-  // checksums are dropped now (staged at once, committed with the next batch).
-  const gate = durable.length ? ctx.integrity.intend(ctx, intentPbns) : undefined;
+  // checksums are dropped in `later` (staged, committed with the next batch).
+  const gate = ctx.integrity.intend(ctx, intentPbns);
   gate?.catch(() => undefined);
-  for (const u of durable) void restamp(ctx, disk.live, u.lbn, unsealed(u.e)).catch(() => undefined);
   const inPlaceWrites = inPlace.map((w) => stageBehind(w.pbn, w.data, w.offsetInBlock, gate));
   const newWrites = changes.map((c) => {
     const pbn = (c.next as { pbn: number }).pbn;
