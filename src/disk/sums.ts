@@ -179,26 +179,29 @@ export class Integrity {
   }
 
   /**
-   * Dropping e's checksums for a write in place must be durable before the write's data reaches the pool:
-   * they are trusted, or an fsync under way may make them so (any generation before the current one). Those
-   * of the current generation cannot be settled before a batch queued now (an fsync bumps the generation
-   * first, then drains), and those a crash left unsettled never will.
+   * A write in place into e's block needs its region's write intent durable first: e's checksums are trusted,
+   * or an fsync under way may make them so (any generation before the current one). Those of the current
+   * generation cannot be settled before a batch queued now (an fsync bumps the generation first, then
+   * drains), and stale ones never will.
    */
   unsealDurably(e: DataEntry): boolean {
-    const g = e.gen ?? 0;
-    return e.sums !== undefined && g < this.gen && !this.unsettled.some(([a, b]) => g >= a && g <= b) && !this.demotedEntry(e);
+    return e.sums !== undefined && (e.gen ?? 0) < this.gen && !this.stale(e);
   }
 
   /** e's checksums are trusted: their generation settled, and no crash since may have left its block written in place under them. */
   trusted(e: DataEntry): boolean {
-    const gen = e.gen ?? 0;
-    return gen <= this.settled && !this.unsettled.some(([a, b]) => gen >= a && gen <= b) && !this.demotedEntry(e);
+    return (e.gen ?? 0) <= this.settled && !this.stale(e);
   }
 
-  private demotedEntry(e: DataEntry): boolean {
+  /**
+   * A crash may have left e's checksums describing other content than its block's: a generation it left
+   * unsettled, or a region it had write intents for (demoted) and a generation from before that.
+   */
+  private stale(e: DataEntry): boolean {
+    const gen = e.gen ?? 0;
+    if (this.unsettled.some(([a, b]) => gen >= a && gen <= b)) return true;
     if (!this.demoted.length) return false;
     const r = Math.floor(e.pbn / INTENT_REGION);
-    const gen = e.gen ?? 0;
     return this.demoted.some(([a, b, bound]) => r >= a && r <= b && gen < bound);
   }
 

@@ -391,7 +391,7 @@ export class WriteBehindStore implements BlockStore {
    */
   private writeOpenNow(): boolean {
     const run = this.open;
-    if (run && run.waiting > 0) return false; // it waits for a table batch (gate) or a copy
+    if (run && run.waiting > 0) return false; // it waits for a table batch (gate), a copy or an earlier write
     for (const tail of this.inflight.values()) if (tail !== run?.done) return false;
     // Every write the open run must follow has settled (each clears its tail when it does).
     if (run) {
