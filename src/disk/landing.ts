@@ -74,11 +74,12 @@ export class Landing {
     this.sums.push(sumsIfOn(this.ctx, data));
     const st = this.store;
     if (st.stageBehind && st.behindRoom) {
-      if (st.behindRoom(bs)) return this.track(st.stageBehind(pbn, data)());
-      // no run free: wait for the oldest, then stage (one wait per run, not per block)
-      return this.waitUntil(() => st.behindRoom!(bs)).then(() => {
-        if (st.behindRoom!(bs)) this.track(st.stageBehind!(pbn, data)());
-        else this.track(st.write(pbn, Buffer.from(data)));
+      // fresh: the open run takes the block while it has room, so the blocks go in whole runs
+      if (st.behindRoom(bs, true)) return this.track(st.stageBehind(pbn, data)());
+      // no room: wait for the oldest run, then stage (one wait per run, not per block)
+      return this.waitUntil(() => st.behindRoom!(bs, true)).then(() => {
+        if (st.behindRoom!(bs, true)) this.track(st.stageBehind!(pbn, data)());
+        else this.track(st.write(pbn, Buffer.from(data))); // the runs are another writer's: write waits for one
       });
     }
     this.track(st.write(pbn, Buffer.from(data))); // a private copy: the caller's buffer is not ours

@@ -8,7 +8,8 @@
  *   attached/<name>               read-only disk file of an image chain attached with `attach` (no restore)
  * Image files hold their snapshot open while open, so it cannot be deleted under a reader. Restores
  * commit when the writer closes the file (flush): a bad or short image makes that close fail (dd reports
- * it) and leaves nothing behind; damage in the middle already fails the write that carried it. A writer
+ * it) and leaves nothing behind; damage in the middle already fails a write (the one that carried it or
+ * one soon after: IMPORT_AHEAD). A writer
  * that opened the file read-write may instead read it: the read commits and answers with the restore's
  * result or typed refusal (control/reply.ts), which the CLI uses to report what offline restores report.
  */
@@ -242,12 +243,24 @@ function intoTarget(file: string): (RestoreTarget & { mode: 'into' }) | undefine
   return target;
 }
 
+/**
+ * Image bytes a restore file takes ahead of the parser: a write is answered once its chunk is queued, so
+ * the writer's next request crosses the kernel while the parser checks and stages this one (a writer such
+ * as dd has one request in flight; answering only after the parse made the two take turns). A write waits
+ * while more than this is queued. Damage is still refused before anything changes: the write it is in, or
+ * one at most this many bytes later, or the close fails.
+ */
+const IMPORT_AHEAD = 8 * 1024 * 1024;
+
 /** One restore in progress through a FUSE file: sequential writes feed the image parser. */
 class Importer {
   received = 0;
   private feeder = new ChunkFeeder();
   private result: Promise<RestoreResult>;
   private error: unknown = null;
+  /** Chunks queued for the parser and not yet taken, oldest first, with their sizes. */
+  private ahead: { taken: Promise<void>; bytes: number }[] = [];
+  private aheadBytes = 0;
 
   constructor(reg: Registry, readonly target: RestoreTarget) {
     this.result = restoreRecorded(reg, this.feeder, target).catch((e) => {
@@ -267,7 +280,15 @@ class Importer {
     if (this.error) throw this.error;
     if (pos !== this.received) throw invalid(`restore images must be written sequentially (expected offset ${this.received}, got ${pos})`);
     this.received += src.length;
-    await this.feeder.push(src);
+    const taken = this.feeder.push(src);
+    taken.catch(() => undefined); // the parser's failure: this.error, thrown by a later write or finish
+    this.ahead.push({ taken, bytes: src.length });
+    this.aheadBytes += src.length;
+    while (this.aheadBytes > IMPORT_AHEAD) {
+      const first = this.ahead.shift()!;
+      this.aheadBytes -= first.bytes;
+      await first.taken;
+    }
     return src.length;
   }
 

@@ -50,8 +50,8 @@ export interface BlockStore {
    * Write-behind (with readSync): stageBehind takes the data now (a copy: the caller may reuse its buffer at
    * once) and returns a function that queues the write and gives its promise, which settles when the data is
    * written, in order with every other write to the pbn; busy(pbn) is true while a write to pbn is staged or
-   * in flight (then readSync must not be used); behindRoom(bytes) says whether stageBehind may take that
-   * much more now (for one request). `after`: the write reaches the bottom only once this settles (a table
+   * in flight (then readSync must not be used); behindRoom(bytes, fresh) says whether stageBehind may take
+   * that much more now (for one request; `fresh`: into newly allocated blocks, without `after`). `after`: the write reaches the bottom only once this settles (a table
    * change that must be in LevelDB first: disk/sums.ts); if it rejects, the write fails like a failed write.
    */
   stageBehind?(pbn: number, data: Buffer, offsetInBlock?: number, after?: Promise<unknown>): () => Promise<void>;
@@ -63,7 +63,7 @@ export interface BlockStore {
   copyBehind?(from: number, to: number): Promise<void>;
   copyRoom?(): boolean;
   busy?(pbn: number): boolean;
-  behindRoom?(bytes: number): boolean;
+  behindRoom?(bytes: number, fresh?: boolean): boolean;
   /**
    * sync() done on the calling thread, when it can be done at once: nothing in flight, so the data staged
    * but not yet submitted is written and the file flushed with blocking calls. Returns false, having done

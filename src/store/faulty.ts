@@ -66,7 +66,7 @@ export class FaultyStore implements BlockStore {
   readonly copyBehind?: (from: number, to: number) => Promise<void>;
   readonly copyRoom?: () => boolean;
   readonly busy?: (pbn: number) => boolean;
-  readonly behindRoom?: (bytes: number) => boolean;
+  readonly behindRoom?: (bytes: number, fresh?: boolean) => boolean;
   readonly syncNow?: () => boolean;
   readonly trim?: (blocks: number) => Promise<void>;
   readonly punch?: (runs: [number, number][]) => Promise<void>;
@@ -86,7 +86,7 @@ export class FaultyStore implements BlockStore {
     if (s.copyBehind) this.copyBehind = (from, to) => this.copy(from, to);
     if (s.copyBehind && s.copyRoom) this.copyRoom = () => this.failed === null && s.copyRoom!();
     if (s.readSync || s.busy) this.busy = (pbn) => this.held.has(pbn) || (s.busy?.(pbn) ?? false);
-    if (s.behindRoom) this.behindRoom = (bytes) => this.failed === null && s.behindRoom!(bytes);
+    if (s.behindRoom) this.behindRoom = (bytes, fresh) => this.failed === null && s.behindRoom!(bytes, fresh);
     if (s.syncNow) this.syncNow = () => this.flushNow();
     if (s.trim) this.trim = (blocks) => this.trimTo(blocks);
     if (s.fileStat) this.fileStat = () => s.fileStat!();

@@ -51,7 +51,7 @@ export class ReadaheadStore implements BlockStore {
   readonly readParallel?: (pbn: number, dst: Buffer) => Promise<void>;
   readonly allocAligned?: (bytes: number) => Promise<Buffer>;
   readonly copyRoom?: () => boolean;
-  readonly behindRoom?: (bytes: number) => boolean;
+  readonly behindRoom?: (bytes: number, fresh?: boolean) => boolean;
   readonly syncNow?: () => boolean;
   readonly writeSync?: (pbn: number, data: Buffer, offsetInBlock?: number) => void;
   readonly stageBehind?: (pbn: number, data: Buffer, offsetInBlock?: number, after?: Promise<unknown>) => () => Promise<void>;
@@ -82,7 +82,7 @@ export class ReadaheadStore implements BlockStore {
     if (s.readParallel) this.readParallel = (pbn, dst) => s.readParallel!(pbn, dst);
     if (s.allocAligned) this.allocAligned = (bytes) => s.allocAligned!(bytes);
     if (s.copyRoom) this.copyRoom = () => s.copyRoom!();
-    if (s.behindRoom) this.behindRoom = (bytes) => s.behindRoom!(bytes);
+    if (s.behindRoom) this.behindRoom = (bytes, fresh) => s.behindRoom!(bytes, fresh);
     if (s.syncNow) this.syncNow = () => s.syncNow!();
     if (s.writeSync) this.writeSync = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.writeSync!(pbn, data, off));
     // staged at once (the caller checked behindRoom), so busy below from here until written

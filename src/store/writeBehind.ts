@@ -140,9 +140,16 @@ export class WriteBehindStore implements BlockStore {
 
   // ---- writes ---------------------------------------------------------------------------------
 
-  /** Whether stageBehind may take `bytes` more now (one request: at most one new run). */
-  behindRoom(bytes: number): boolean {
-    return this.failed === null && bytes <= RUN_BYTES && this.freeRuns.length > 0;
+  /**
+   * Whether stageBehind may take `bytes` more now (one request: at most one new run). `fresh`: the bytes go,
+   * without `after`, to blocks nothing has been staged for since they were allocated (a landing), so the
+   * open run takes them as long as it has room, and a stream of such writes fills whole runs.
+   */
+  behindRoom(bytes: number, fresh = false): boolean {
+    if (this.failed !== null || bytes > RUN_BYTES) return false;
+    if (this.freeRuns.length > 0) return true;
+    const run = this.open;
+    return fresh && run !== null && run.gate === undefined && run.used + bytes <= run.buf.length;
   }
 
   /**

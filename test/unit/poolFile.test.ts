@@ -331,3 +331,45 @@ describe('WriteBehindStore.copyBehind over the O_DIRECT pool file (copy-on-write
     }
   });
 });
+
+describe('a restore over the O_DIRECT pool lands in whole runs', () => {
+  it('blocks staged while every run is in flight go into the open run, not into runs of their own', async () => {
+    const { Registry } = await import('../../src/disk/registry.js');
+    const { writeDisk, readView } = await import('../../src/disk/io.js');
+    const { createSnapshot } = await import('../../src/disk/snapshots.js');
+    const { findTarget, producerFor } = await import('../../src/image/snapshotImage.js');
+    const { restoreRecorded } = await import('../../src/restore/restore.js');
+    const { vi } = await import('vitest');
+    const reg = await Registry.open({ dir: await tempDir() });
+    const MiB = 1024 * 1024;
+    try {
+      await reg.create('d', 32 * MiB, BS);
+      const data = randomBytes(prng(5), 24 * MiB);
+      await writeDisk(reg.ctx, reg.disk('d'), 0, data);
+      await createSnapshot(reg.ctx, reg.disk('d'), 's1');
+      const p = await producerFor(findTarget(reg, 'd', 's1'));
+      const parts: Buffer[] = [];
+      for await (const c of p.chunks()) parts.push(Buffer.from(c));
+      // Slow pool writes: the landing runs out of free runs again and again and must wait for one.
+      const lengths: number[] = [];
+      const orig = DirectPoolFileStore.prototype.writeRun;
+      const spy = vi.spyOn(DirectPoolFileStore.prototype, 'writeRun').mockImplementation(async function (this: DirectPoolFileStore, pbn, off, src) {
+        lengths.push(src.length);
+        await new Promise((r) => setTimeout(r, 4));
+        return orig.call(this, pbn, off, src);
+      });
+      try {
+        await restoreRecorded(reg, [Buffer.concat(parts)], { mode: 'new', name: 'r' });
+      } finally {
+        spy.mockRestore();
+      }
+      expect(lengths.reduce((a, b) => a + b, 0)).toBe(24 * MiB);
+      expect(lengths.filter((n) => n !== MiB)).toEqual([]);
+      const back = Buffer.alloc(24 * MiB);
+      await readView(reg.ctx, reg.disk('r'), -1, 0, back);
+      expect(back.equals(data)).toBe(true);
+    } finally {
+      await reg.close();
+    }
+  });
+});
