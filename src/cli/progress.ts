@@ -100,7 +100,10 @@ export async function* counted(src: AsyncIterable<Uint8Array>, m: Meter, tap = n
   m.end();
 }
 
-/** Write every chunk to `out`, each written before the next is asked for (so the source may reuse buffers). */
+/**
+ * Write every chunk to the file `out` (made durable, fdatasync, before this resolves) or to stdout, each
+ * written before the next is asked for (so the source may reuse buffers).
+ */
 export async function writeEach(src: AsyncIterable<Buffer>, out: string | undefined): Promise<void> {
   if (out !== undefined) {
     const fh = await open(out, 'w');
@@ -110,6 +113,8 @@ export async function writeEach(src: AsyncIterable<Buffer>, out: string | undefi
         for (let done = 0; done < c.length;) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
         pos += c.length;
       }
+      // A backup reported done must survive a power cut, as a file on disk, not only in the page cache.
+      await fh.datasync();
     } finally {
       await fh.close();
     }
