@@ -373,3 +373,29 @@ describe('a restore over the O_DIRECT pool lands in whole runs', () => {
     }
   });
 });
+
+describe('O_DIRECT memory', () => {
+  it('arenas are page-aligned WebAssembly memory that O_DIRECT writes and reads whole', async () => {
+    const { pageAlignedMemory } = await import('../../src/util/memory.js');
+    const { alignedArena, ioAll } = await import('../../src/store/directIo.js');
+    const { open } = await import('node:fs/promises');
+    const { constants } = await import('node:fs');
+    const m = pageAlignedMemory(100_000);
+    expect(m?.length).toBe(100_000);
+    expect(m?.byteOffset).toBe(0); // the start of a V8-mapped region: page-aligned
+    const path = join(await tempDir(), 'direct.dat');
+    const arena = (await alignedArena(path, 1 << 20))!;
+    expect(arena.byteOffset).toBe(0); // not malloc memory shifted to a sector boundary
+    randomBytes(prng(9), 1 << 20).copy(arena);
+    const want = Buffer.from(arena);
+    const fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_DIRECT, 0o600);
+    try {
+      await ioAll('write', fh.fd, arena, 4096);
+      arena.fill(0);
+      await ioAll('read', fh.fd, arena, 4096);
+      expect(arena.equals(want)).toBe(true);
+    } finally {
+      await fh.close();
+    }
+  });
+});
