@@ -180,7 +180,7 @@ export function installSections(tree: Tree, reg: Registry): void {
           reply ??= await replyOf();
           return readReply(reply, dst, pos);
         },
-        write: (src, pos) => imp.write(src, pos),
+        write: (src, pos, later) => imp.write(src, pos, later),
         truncate: async (size) => {
           if (size !== 0 || imp.received !== 0) throw invalid('restore files can only be written from the start');
         },
@@ -276,20 +276,33 @@ class Importer {
     return this.error !== null;
   }
 
-  async write(src: Buffer, pos: number): Promise<number> {
+  /**
+   * Queue the chunk for the parser. With room ahead, the write is answered at once and the chunk is handed
+   * to the parser after the reply has gone (`later`): the parser would otherwise work through the whole chunk
+   * in the same tick, before the reply. Without room, the write waits for the oldest queued chunk.
+   */
+  write(src: Buffer, pos: number, later: (work: () => void) => void): number | Promise<number> {
     if (this.error) throw this.error;
     if (pos !== this.received) throw invalid(`restore images must be written sequentially (expected offset ${this.received}, got ${pos})`);
     this.received += src.length;
+    this.feeder.hold();
     const taken = this.feeder.push(src);
     taken.catch(() => undefined); // the parser's failure: this.error, thrown by a later write or finish
     this.ahead.push({ taken, bytes: src.length });
     this.aheadBytes += src.length;
-    while (this.aheadBytes > IMPORT_AHEAD) {
-      const first = this.ahead.shift()!;
-      this.aheadBytes -= first.bytes;
-      await first.taken;
+    if (this.aheadBytes <= IMPORT_AHEAD) {
+      later(() => this.feeder.release());
+      return src.length;
     }
-    return src.length;
+    this.feeder.release();
+    return (async () => {
+      while (this.aheadBytes > IMPORT_AHEAD) {
+        const first = this.ahead.shift()!;
+        this.aheadBytes -= first.bytes;
+        await first.taken;
+      }
+      return src.length;
+    })();
   }
 
   abort(): void {

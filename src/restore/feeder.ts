@@ -25,7 +25,20 @@ export class ChunkFeeder implements AsyncIterable<Buffer> {
   }
 
   end(): void {
+    this.holding = false;
     this.offer({ chunk: null, taken: () => undefined });
+  }
+
+  private holding = false;
+
+  /** Deliver nothing to the consumer until release() (a chunk pushed now waits for it). */
+  hold(): void {
+    this.holding = true;
+  }
+
+  release(): void {
+    this.holding = false;
+    this.deliver();
   }
 
   /** The consumer failed: every pending and later push rejects with this error. */
@@ -43,7 +56,7 @@ export class ChunkFeeder implements AsyncIterable<Buffer> {
   private pendingTaken: (() => void) | null = null;
 
   private deliver(): void {
-    if (!this.waiting || this.queued.length === 0) return;
+    if (this.holding || !this.waiting || this.queued.length === 0) return;
     const item = this.queued.shift()!;
     const w = this.waiting;
     this.waiting = null;
