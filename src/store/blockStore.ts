@@ -51,8 +51,9 @@ export interface BlockStore {
    * once) and returns a function that queues the write and gives its promise, which settles when the data is
    * written, in order with every other write to the pbn; busy(pbn) is true while a write to pbn is staged or
    * in flight (then readSync must not be used); behindRoom(bytes, fresh) says whether stageBehind may take
-   * that much more now (for one request; `fresh`: into newly allocated blocks, without `after`). `after`: the write reaches the bottom only once this settles (a table
-   * change that must be in LevelDB first: disk/sums.ts); if it rejects, the write fails like a failed write.
+   * that much more now (for one request; `fresh`: into newly allocated blocks, without `after`). `after`: the
+   * write reaches the bottom only once this settles (a table change that must be in LevelDB first:
+   * disk/sums.ts); if it rejects, the write fails like a failed write.
    */
   stageBehind?(pbn: number, data: Buffer, offsetInBlock?: number, after?: Promise<unknown>): () => Promise<void>;
   /**
