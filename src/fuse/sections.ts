@@ -285,16 +285,16 @@ class Importer {
     if (this.error) throw this.error;
     if (pos !== this.received) throw invalid(`restore images must be written sequentially (expected offset ${this.received}, got ${pos})`);
     this.received += src.length;
-    this.feeder.hold();
+    this.aheadBytes += src.length;
+    const answerNow = this.aheadBytes <= IMPORT_AHEAD;
+    if (answerNow) this.feeder.hold();
     const taken = this.feeder.push(src);
     taken.catch(() => undefined); // the parser's failure: this.error, thrown by a later write or finish
     this.ahead.push({ taken, bytes: src.length });
-    this.aheadBytes += src.length;
-    if (this.aheadBytes <= IMPORT_AHEAD) {
+    if (answerNow) {
       later(() => this.feeder.release());
       return src.length;
     }
-    this.feeder.release();
     return (async () => {
       while (this.aheadBytes > IMPORT_AHEAD) {
         const first = this.ahead.shift()!;
