@@ -123,12 +123,8 @@ export interface RunStore extends BlockStore {
   readRun(pbn: number, count: number, dst: Buffer): Promise<void>;
   /** Write src (allocAligned memory) at byte offsetInBlock of block pbn onward, over as many blocks as it covers. */
   writeRun(pbn: number, offsetInBlock: number, src: Buffer): Promise<void>;
-  /**
-   * writeRun on the calling thread, only when none of its blocks is busy(). `durable`: on stable storage
-   * when it returns (O_DSYNC), so a sync() or syncNow() with nothing else written since the last one has no
-   * device flush to make.
-   */
-  writeRunSync(pbn: number, offsetInBlock: number, src: Buffer, durable?: boolean): void;
+  /** writeRun on the calling thread, only when none of its blocks is busy(). */
+  writeRunSync(pbn: number, offsetInBlock: number, src: Buffer): void;
   /** Copy block `from` into block `to` (ordered after the writes in flight to both), without staging. */
   copyBlock(from: number, to: number): Promise<void>;
   syncNow(): boolean;

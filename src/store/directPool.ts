@@ -37,22 +37,9 @@ export class DirectPoolFileStore extends PoolFile implements RunStore {
   /** Memory handed out by allocAligned(): its ArrayBuffer -> the byte offset where the aligned part starts. */
   private lent = new WeakMap<ArrayBufferLike, number>();
   private arenas = 0;
-  /**
-   * The same file opened O_DSYNC as well: a write through it is on stable storage when it returns (a write
-   * and a device flush in one call, as the device offers it). writeRunSync's `durable` uses it.
-   */
-  private dsync: FileHandle | null;
-  /**
-   * Mutations that a flush must cover: counted when issued through the plain descriptor (writes, copies,
-   * punches, trims; not the O_DSYNC writes); `flushed` is the count that the last completed flush covered
-   * (every mutation counted before it started had completed). Equal: a flush has nothing to do.
-   */
-  private changed = 0;
-  private flushed = 0;
 
-  private constructor(blockSize: number, fh: FileHandle, path: string, arena: Buffer, dsync: FileHandle | null) {
+  private constructor(blockSize: number, fh: FileHandle, path: string, arena: Buffer) {
     super(blockSize, fh, path);
-    this.dsync = dsync;
     let at = 0;
     const take = (n: number): Buffer => arena.subarray(at, (at += n));
     this.bounce = take(slotBytes(blockSize));
@@ -74,8 +61,7 @@ export class DirectPoolFileStore extends PoolFile implements RunStore {
       if ((e as NodeJS.ErrnoException).code === 'EINVAL') return null;
       throw e;
     }
-    const dsync = await open(path, constants.O_RDWR | constants.O_DIRECT | constants.O_DSYNC).catch(() => null);
-    return new DirectPoolFileStore(blockSize, fh, path, arena, dsync);
+    return new DirectPoolFileStore(blockSize, fh, path, arena);
   }
 
   private get fd(): number {
@@ -156,7 +142,6 @@ export class DirectPoolFileStore extends PoolFile implements RunStore {
   /** After every write to pbn issued before it; settles when the bytes are in the file. */
   write(pbn: number, data: Buffer, offsetInBlock = 0): Promise<void> {
     const pos = pbn * this.blockSize + offsetInBlock;
-    this.changed++;
     return this.inflight.after(pbn, 1, () => this.put(pos, data));
   }
 
@@ -181,25 +166,18 @@ export class DirectPoolFileStore extends PoolFile implements RunStore {
     const pos = pbn * this.blockSize + offsetInBlock;
     const count = Math.ceil((offsetInBlock + src.length) / this.blockSize);
     if (!aligned(pos, src.length) || !this.isLent(src)) return Promise.reject(new RangeError('writeRun needs sector-aligned memory from allocAligned()'));
-    this.changed++;
     return this.inflight.after(pbn, count, () => ioAll('write', this.fd, src, pos));
   }
 
-  /**
-   * writeRun on the calling thread, only when none of its blocks is busy() (write-behind's syncNow and eager
-   * runs). `durable`: through the O_DSYNC descriptor, so that a flush right after has nothing left to do.
-   */
-  writeRunSync(pbn: number, offsetInBlock: number, src: Buffer, durable = false): void {
+  /** writeRun on the calling thread, only when none of its blocks is busy() (write-behind's syncNow). */
+  writeRunSync(pbn: number, offsetInBlock: number, src: Buffer): void {
     if (!aligned(offsetInBlock, src.length) || !this.isLent(src)) throw new RangeError('writeRunSync needs sector-aligned memory from allocAligned()');
-    if (durable && this.dsync) return writeAllSync(this.dsync.fd, src, pbn * this.blockSize + offsetInBlock);
-    this.changed++;
     writeAllSync(this.fd, src, pbn * this.blockSize + offsetInBlock);
   }
 
   /** Copy block `from` into block `to` through a slot (one read into it, one write from it), after the writes in flight to both. */
   copyBlock(from: number, to: number): Promise<void> {
     const bs = this.blockSize;
-    this.changed++;
     return this.inflight.after(to, 1, async () => {
       await this.inflight.settled(from);
       await this.withSlot(async (slot) => {
@@ -213,7 +191,6 @@ export class DirectPoolFileStore extends PoolFile implements RunStore {
   /** Synchronous write, only for a pbn that is not busy(). */
   writeSync(pbn: number, data: Buffer, offsetInBlock = 0): void {
     const pos = pbn * this.blockSize + offsetInBlock;
-    this.changed++;
     const from = floorTo(pos, SECTOR);
     const part = this.bounce.subarray(0, ceilTo(pos + data.length, SECTOR) - from);
     if (!aligned(pos, data.length)) readAllSync(this.fd, part, from);
@@ -223,39 +200,20 @@ export class DirectPoolFileStore extends PoolFile implements RunStore {
 
   // ---- durability -----------------------------------------------------------------------------
 
-  /** fdatasync after every write in flight, unless every mutation since the last flush was an O_DSYNC write. */
   async sync(): Promise<void> {
-    const seen = this.changed; // all of them were issued before the drain below, which waits for them
     await this.inflight.drain();
-    if (seen === this.flushed) return;
     await this.fh.datasync(); // O_DIRECT bypasses the page cache, not the device's write cache
-    this.flushed = Math.max(this.flushed, seen);
   }
 
-  /** sync() on this thread, when no write is in flight (see BlockStore.syncNow). */
+  /** fdatasync on this thread, when no write is in flight (see BlockStore.syncNow). */
   syncNow(): boolean {
     if (this.inflight.size) return false;
-    const seen = this.changed;
-    if (seen !== this.flushed) {
-      fdatasyncSync(this.fd);
-      this.flushed = seen;
-    }
+    fdatasyncSync(this.fd);
     return true;
-  }
-
-  override async trim(blocks: number): Promise<void> {
-    this.changed++;
-    await super.trim(blocks);
-  }
-
-  override async punch(runs: [number, number][]): Promise<void> {
-    this.changed++;
-    await super.punch(runs);
   }
 
   async close(): Promise<void> {
     await this.inflight.drain();
-    await this.dsync?.close().catch(() => undefined);
     await this.fh.close();
   }
 

@@ -81,14 +81,6 @@ export class WriteBehindStore implements BlockStore {
   private copies = 0;
   /** When sync()/syncNow() last ran (ms; EAGER_AFTER_SYNC_MS). */
   private lastSync = 0;
-  /** Writes issued to the bottom (runs, partial-sector writes, copies) since the last sync. */
-  private sinceSync = 0;
-  /**
-   * The interval between the last two syncs held one write at most: the writer writes, then flushes (a
-   * database's commit). Its next eager run is then written durably (RunStore.writeRunSync's `durable`),
-   * so that the fsync that follows finds nothing left to flush and waits for no device flush of its own.
-   */
-  private oneWritePerSync = false;
 
   /** Write-behind over `inner`. */
   static async over(inner: RunStore): Promise<WriteBehindStore> {
@@ -190,7 +182,6 @@ export class WriteBehindStore implements BlockStore {
       if (this.open?.byPbn.has(pbn)) this.submit(this.open);
       const copy = Buffer.from(data);
       const gated = after ? this.gate(after) : undefined;
-      this.sinceSync++;
       return this.inflight.after(pbn, 1, async () => {
         await gated;
         return this.guard(() => this.inner.write(pbn, copy, offsetInBlock));
@@ -251,7 +242,6 @@ export class WriteBehindStore implements BlockStore {
       reject = rej;
     });
     done.catch(() => undefined); // reported through the callers' promises and sync()
-    const first = ++this.sinceSync === 1;
     const run: Run = { buf, used: 0, stretches: [], byPbn: new Map(), deps: new Set(), waiting: 0, done, resolve, reject, cancel: null };
     if (Date.now() - this.lastSync < EAGER_AFTER_SYNC_MS) {
       // The writer has been answered by then (its reply goes out on this tick). A small run with nothing in
@@ -259,7 +249,7 @@ export class WriteBehindStore implements BlockStore {
       const t = setImmediate(() => {
         run.cancel = null;
         try {
-          if (run.used > EAGER_ON_LOOP_BYTES || !this.writeOpenNow(first && this.oneWritePerSync)) this.submit(run);
+          if (run.used > EAGER_ON_LOOP_BYTES || !this.writeOpenNow()) this.submit(run);
         } catch {
           // failed: recorded (this.failed) and reported through the run's promise and every later sync()
         }
@@ -345,7 +335,6 @@ export class WriteBehindStore implements BlockStore {
     // held both would wait for itself.
     if (this.open && (this.open.byPbn.has(from) || this.open.byPbn.has(to))) this.submit(this.open);
     this.copies++;
-    this.sinceSync++;
     const p = this.inflight.after(to, 1, async () => {
       await this.settled(from);
       await this.guard(() => this.inner.copyBlock(from, to));
@@ -386,15 +375,8 @@ export class WriteBehindStore implements BlockStore {
     await this.inflight.drain();
   }
 
-  /** A sync starts: what the interval that ends here held. */
-  private syncing(): void {
-    this.lastSync = Date.now();
-    this.oneWritePerSync = this.sinceSync <= 1;
-    this.sinceSync = 0;
-  }
-
   async sync(): Promise<void> {
-    this.syncing();
+    this.lastSync = Date.now();
     await this.drainWrites();
     if (this.failed) throw this.failed;
     await this.inner.sync();
@@ -406,16 +388,15 @@ export class WriteBehindStore implements BlockStore {
    */
   syncNow(): boolean {
     if (this.failed) throw this.failed;
-    this.syncing();
+    this.lastSync = Date.now();
     return this.writeOpenNow() && this.inner.syncNow();
   }
 
   /**
    * Write the open run (if any) with blocking calls, when every write it must follow has settled: true
-   * when nothing of this store is in flight afterwards. False: nothing was done. `durable`: through the
-   * bottom's O_DSYNC path (a write and a device flush in one call).
+   * when nothing of this store is in flight afterwards. False: nothing was done.
    */
-  private writeOpenNow(durable = false): boolean {
+  private writeOpenNow(): boolean {
     const run = this.open;
     if (run && run.waiting > 0) return false; // it waits for a table batch (gate), a copy or an earlier write
     for (const tail of this.inflight.values()) if (tail !== run?.done) return false;
@@ -424,7 +405,7 @@ export class WriteBehindStore implements BlockStore {
       this.closeRun(run);
       let err: Error | null = null;
       try {
-        for (const s of run.stretches) this.inner.writeRunSync(...this.at(s), run.buf.subarray(s.mem, s.mem + s.len), durable);
+        for (const s of run.stretches) this.inner.writeRunSync(...this.at(s), run.buf.subarray(s.mem, s.mem + s.len));
       } catch (e) {
         err = e as Error;
         this.failed ??= err;

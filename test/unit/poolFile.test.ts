@@ -4,7 +4,7 @@
  * pool) never return data older than the last write, whether the readahead was in flight or done, and
  * written-behind writes land in issue order and survive the caller reusing its buffer at once.
  */
-import { describe, it, expect, afterAll, vi } from 'vitest';
+import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { PoolFileStore } from '../../src/store/poolFile.js';
 import { DirectPoolFileStore } from '../../src/store/directPool.js';
@@ -278,67 +278,6 @@ describe('WriteBehindStore after a flush (a flushing writer: runs written eagerl
   });
 });
 
-describe('a writer that flushes after each write (a database commit): its runs are written durably', () => {
-  it('a run alone in its flush interval goes through O_DSYNC and the flush after it has no device flush to make; two in one interval go the plain way', async () => {
-    const path = join(await tempDir(), 'pool.dat');
-    const direct = await openDirect(path);
-    const store = await WriteBehindStore.over(direct);
-    const { readFile } = await import('node:fs/promises');
-    const immediate = () => new Promise((r) => setImmediate(r));
-    const calls = vi.spyOn(DirectPoolFileStore.prototype, 'writeRunSync');
-    // What the next flush must cover (DirectPoolFileStore's own count of plain-descriptor mutations).
-    const unflushed = () => {
-      const d = direct as unknown as { changed: number; flushed: number };
-      return d.changed - d.flushed;
-    };
-    try {
-      store.writeSync(3, Buffer.alloc(BS, 1));
-      await store.sync(); // an interval with one write: the writer flushes after each
-      expect(unflushed()).toBe(0);
-      const want = Buffer.alloc(BS, 1);
-      for (let i = 0; i < 3; i++) {
-        const a = Buffer.alloc(8192, 0x50 + i);
-        a.copy(want, 8192 * i);
-        const done = store.stageBehind(3, a, 8192 * i)();
-        await immediate(); // written eagerly, on the event loop
-        await done;
-        expect(calls.mock.calls.at(-1)?.[3]).toBe(true);
-        expect(unflushed()).toBe(0); // nothing for the flush to do
-        expect(store.syncNow()).toBe(true);
-        expect(unflushed()).toBe(0);
-      }
-      // Two runs in one interval: the second is written the plain way, and the flush makes it durable.
-      const b = Buffer.alloc(8192, 0x61);
-      const c = Buffer.alloc(8192, 0x62);
-      const bDone = store.stageBehind(5, b, 0)();
-      await immediate();
-      const cDone = store.stageBehind(7, c, 0)();
-      await immediate();
-      await Promise.all([bDone, cDone]);
-      expect(calls.mock.calls.slice(-2).map((k) => k[3])).toEqual([true, false]);
-      expect(unflushed()).toBeGreaterThan(0);
-      expect(store.syncNow()).toBe(true);
-      expect(unflushed()).toBe(0);
-      // That interval held two writes: the next run is not predicted to be alone.
-      const d = Buffer.alloc(8192, 0x63);
-      const dDone = store.stageBehind(9, d, 0)();
-      await immediate();
-      await dDone;
-      expect(calls.mock.calls.at(-1)?.[3]).toBe(false);
-      await store.sync();
-      expect(unflushed()).toBe(0);
-      const file = await readFile(path);
-      expect(file.subarray(3 * BS, 4 * BS).equals(want)).toBe(true);
-      expect(file.subarray(5 * BS, 5 * BS + 8192).equals(b)).toBe(true);
-      expect(file.subarray(7 * BS, 7 * BS + 8192).equals(c)).toBe(true);
-      expect(file.subarray(9 * BS, 9 * BS + 8192).equals(d)).toBe(true);
-    } finally {
-      calls.mockRestore();
-      await store.close();
-    }
-  });
-});
-
 describe('WriteBehindStore.copyBehind over the O_DIRECT pool file (copy-on-write of a block, off the event loop)', () => {
   it('copies the source as its earlier writes left it, before every later write to the target', async () => {
     const store = await WriteBehindStore.over(await openDirect(join(await tempDir(), 'pool.dat')));
@@ -400,7 +339,7 @@ describe('a restore over the O_DIRECT pool lands in whole runs', () => {
     const { createSnapshot } = await import('../../src/disk/snapshots.js');
     const { findTarget, producerFor } = await import('../../src/image/snapshotImage.js');
     const { restoreRecorded } = await import('../../src/restore/restore.js');
-
+    const { vi } = await import('vitest');
     const reg = await Registry.open({ dir: await tempDir() });
     const MiB = 1024 * 1024;
     try {
