@@ -7,7 +7,7 @@
 
 import { constants, read as readCb } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { pageAlignedMemory } from '../util/memory.js';
+import { directMemory } from '../util/memory.js';
 
 const SECTOR = 4096;
 const CHUNK = 4 << 20;
@@ -29,27 +29,9 @@ function readAt(fd: number, buf: Buffer, pos: number): Promise<number> {
   });
 }
 
-/** A buffer of `bytes` whose start O_DIRECT reads of fd accept, or null (found by trying offsets). */
-async function alignedFor(fd: number, bytes: number): Promise<Buffer | null> {
-  const paged = pageAlignedMemory(bytes); // util/memory.ts: O_DIRECT from mid-page memory is several times slower
-  if (paged) {
-    try {
-      await readAt(fd, paged.subarray(0, SECTOR), 0);
-      return paged;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') return null;
-    }
-  }
-  const raw = Buffer.allocUnsafeSlow(bytes + SECTOR);
-  for (let off = 0; off < SECTOR; off += 16) {
-    try {
-      await readAt(fd, raw.subarray(off, off + SECTOR), 0);
-      return raw.subarray(off, off + bytes);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') return null;
-    }
-  }
-  return null;
+/** A buffer of `bytes` whose start O_DIRECT reads of fd accept, or null (util/memory.ts directMemory). */
+function alignedFor(fd: number, bytes: number): Promise<Buffer | null> {
+  return directMemory(bytes, SECTOR, SECTOR, (at) => readAt(fd, at, 0));
 }
 
 /** The bytes of a regular file in chunks (see the module comment for how long a chunk stays valid). */

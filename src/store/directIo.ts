@@ -5,7 +5,7 @@
  */
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { constants, readSync, writeSync, read as readCb, write as writeCb } from 'node:fs';
-import { pageAlignedMemory } from '../util/memory.js';
+import { directMemory } from '../util/memory.js';
 
 export const SECTOR = 512;
 const PROBE_BYTES = 64 * 1024;
@@ -61,7 +61,7 @@ export function writeAllSync(fd: number, buf: Buffer, pos: number): void {
 /**
  * An arena of `size` bytes whose start is sector-aligned (page-aligned where util/memory.ts can give it), or
  * null when the filesystem of `near` refuses O_DIRECT. Checked by writing PROBE_BYTES with O_DIRECT to a
- * scratch file; malloc memory is tried from each candidate offset.
+ * scratch file (util/memory.ts directMemory).
  */
 export async function alignedArena(near: string, size: number): Promise<Buffer | null> {
   const probe = `${near}.probe`;
@@ -72,26 +72,7 @@ export async function alignedArena(near: string, size: number): Promise<Buffer |
     return null;
   }
   try {
-    // page-aligned memory first (util/memory.ts: O_DIRECT from mid-page memory is several times slower)
-    const paged = pageAlignedMemory(Math.max(size, PROBE_BYTES));
-    if (paged) {
-      try {
-        await fh.write(paged, 0, PROBE_BYTES, 0);
-        return paged.subarray(0, size);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') return null;
-      }
-    }
-    const raw = Buffer.allocUnsafeSlow(size + SECTOR + PROBE_BYTES);
-    for (let off = 0; off < SECTOR; off += 16) {
-      try {
-        await fh.write(raw, off, PROBE_BYTES, 0);
-        return raw.subarray(off, off + size);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') return null;
-      }
-    }
-    return null;
+    return await directMemory(size, PROBE_BYTES, SECTOR, (at) => fh.write(at, 0, at.length, 0));
   } finally {
     await fh.close().catch(() => undefined);
     await unlink(probe).catch(() => undefined);

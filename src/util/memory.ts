@@ -22,3 +22,32 @@ export function pageAlignedMemory(bytes: number): Buffer | null {
     return null;
   }
 }
+
+/**
+ * `bytes` of memory whose start an O_DIRECT transfer accepts: page-aligned memory first, else malloc memory
+ * from the first 16-byte step below `align` that `probe` accepts. `probe` gets the `probeBytes` at a candidate
+ * start and rejects with EINVAL when O_DIRECT refuses it; any other failure gives null, as does no start at all.
+ */
+export async function directMemory(bytes: number, probeBytes: number, align: number, probe: (at: Buffer) => Promise<unknown>): Promise<Buffer | null> {
+  /** The memory from `off` when the probe takes it; undefined: refused (EINVAL), try the next. */
+  const attempt = async (mem: Buffer, off: number): Promise<Buffer | null | undefined> => {
+    try {
+      await probe(mem.subarray(off, off + probeBytes));
+      return mem.subarray(off, off + bytes);
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'EINVAL' ? undefined : null;
+    }
+  };
+  const span = Math.max(bytes, probeBytes);
+  const paged = pageAlignedMemory(span);
+  if (paged) {
+    const got = await attempt(paged, 0);
+    if (got !== undefined) return got;
+  }
+  const raw = Buffer.allocUnsafeSlow(span + align);
+  for (let off = 0; off < align; off += 16) {
+    const got = await attempt(raw, off);
+    if (got !== undefined) return got;
+  }
+  return null;
+}
