@@ -5,13 +5,25 @@
 //
 // Exports:
 //   mountVdiskfs(ctx, name)        fresh store + mount under ctx.dir; returns a handle (see below) or { skip }
+//   serverFlags(root)              the node flags a background mount gives its daemon, for -f servers
 //   writeChunks(file, chunks)      async positional writes of { pos, buf } pairs into an open-able file
 //   hrSeconds(t0)                  seconds since a process.hrtime.bigint() value
 import { randomFillSync } from 'node:crypto'
 import { mkdir, open, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
+import { pathToFileURL } from 'node:url'
 import process from 'node:process'
 import { aborting, exists, isMounted, startServer, waitFor } from './lib.mjs'
+
+/**
+ * The node flags a background mount gives its daemon (src/cli/mount.ts SERVER_NODE_FLAGS). The bench mounts
+ * in the foreground, so it passes them itself, to vdiskfs and to null FUSE alike.
+ */
+export async function serverFlags (root) {
+  const mod = path.join(root, 'dist/cli/mount.js')
+  if (!(await exists(mod))) return []
+  return [...(await import(pathToFileURL(mod).href)).SERVER_NODE_FLAGS]
+}
 
 export function hrSeconds (t0) {
   return Number(process.hrtime.bigint() - t0) / 1e9
@@ -33,7 +45,7 @@ export async function mountVdiskfs (ctx, name, extraArgs = []) {
   ctx.mountpoints.push(mountpoint)
   const vdisk = path.join(mountpoint, '.vdisk')
   const ctl = path.join(vdisk, 'ctl')
-  const server = await startServer(process.execPath, [cli, 'mount', mountpoint, '--store', store, ...extraArgs, '-f'],
+  const server = await startServer(process.execPath, [...(await serverFlags(ctx.root)), cli, 'mount', mountpoint, '--store', store, ...extraArgs, '-f'],
     { mountpoint, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs (${name})` })
 
   const checkAlive = () => {

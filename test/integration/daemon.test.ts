@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { SERVER_NODE_FLAGS } from '../../src/cli/mount.js';
 import { CLI, M, REPO, VdiskMount, ddBytes, duBytes, expectSame, isAlive, isMountpoint, q, randomBuffer, readRange, requireBuild, run, sh, shOk, sleep, teardownAll, vdiskfs, waitForExit, type RunResult } from './helpers.js';
 
 const HELPER = join(REPO, 'scripts/system/mount.vdiskfs');
@@ -112,6 +113,10 @@ describe('mount helper (mount.vdiskfs)', () => {
     }
     expect(r.code, r.stderr).toBe(0);
     m.pid = (await m.mountInfo())?.pid;
+    // The daemon runs with the node flags of a served mount (cli/mount.ts SERVER_NODE_FLAGS).
+    const cmdline = (await readFile(`/proc/${m.pid}/cmdline`, 'utf8')).split('\0');
+    for (const f of SERVER_NODE_FLAGS) expect(cmdline.indexOf(f), cmdline.join(' ')).toBeGreaterThan(0);
+    expect(cmdline.indexOf(SERVER_NODE_FLAGS[0]!)).toBeLessThan(cmdline.indexOf('mount'));
     expect((await shOk(`findmnt -n -o SOURCE,FSTYPE ${q(m.mp)}`)).trim().split(/\s+/)).toEqual([m.store, 'fuse.vdiskfs']);
     expect((await m.status()).pool.capacity).toBe(16 * M);
     await shOk(`umount ${q(m.mp)}`);
