@@ -4,7 +4,7 @@
  * or pipe: one line at most every second and a final line with the total); -q shows none and no summary.
  */
 import type { Command } from 'commander';
-import { open } from 'node:fs/promises';
+import { writeFileDurably } from '../image/fileSink.js';
 import { decodeHeader, HEADER_LENGTH, MAGIC, type ImageHeader } from '../image/index.js';
 import { formatSize } from '../util/size.js';
 
@@ -101,23 +101,14 @@ export async function* counted(src: AsyncIterable<Uint8Array>, m: Meter, tap = n
 }
 
 /**
- * Write every chunk to the file `out` (made durable, fdatasync, before this resolves) or to stdout, each
- * written before the next is asked for (so the source may reuse buffers).
+ * Write every chunk to the file `out` (image/fileSink.ts: O_DIRECT where allowed, made durable before this
+ * resolves) or to stdout, each copied or written before the next is asked for (so the source may reuse
+ * buffers).
  */
 export async function writeEach(src: AsyncIterable<Buffer>, out: string | undefined): Promise<void> {
+  // A backup reported done must survive a power cut, as a file on disk, not only in the page cache.
   if (out !== undefined) {
-    const fh = await open(out, 'w');
-    try {
-      let pos = 0;
-      for await (const c of src) {
-        for (let done = 0; done < c.length;) done += (await fh.write(c, done, c.length - done, pos + done)).bytesWritten;
-        pos += c.length;
-      }
-      // A backup reported done must survive a power cut, as a file on disk, not only in the page cache.
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
+    await writeFileDurably(out, src);
     return;
   }
   const stdout = process.stdout;
