@@ -324,7 +324,9 @@ const median = (xs) => {
 /**
  * All targets are mounted side by side and take turns: every figure is run once on each target before the
  * next figure, and the whole list `rounds` times, so that the machine's drift (its speed varies from minute
- * to minute) falls on every target alike. A figure is the median of its rounds.
+ * to minute) falls on every target alike. Each round starts one target further along the list, so that no
+ * target always runs right after the same other one (on this VM a figure can depend on what the disk did
+ * just before it). A figure is the median of its rounds.
  */
 async function benchTargets (ctx, defs) {
   const all = []
@@ -333,9 +335,11 @@ async function benchTargets (ctx, defs) {
   try {
     for (let round = 1; round <= config.rounds; round++) {
       process.stderr.write(`\n== round ${round} of ${config.rounds}\n`)
+      const shift = (round - 1) % Math.max(1, live.length)
+      const order = [...live.slice(shift), ...live.slice(0, shift)]
       for (const fig of FIGURES) {
         if (fig.once && round < config.rounds) continue
-        for (const { result, t } of live) {
+        for (const { result, t } of order) {
           if (t.failed) continue
           if (t.server && t.server.exited()) {
             t.failed = true
