@@ -3,8 +3,7 @@
 // through the page cache (where a filesystem refuses it); a failing source rejects.
 
 import { describe, it, expect } from 'vitest';
-import { statfs } from 'node:fs/promises';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeFileDurably } from '../../src/image/fileSink.js';
