@@ -6,11 +6,18 @@
  * for commit but not yet in LevelDB is kept in `pending` (never evicted) and wins over the cache and the
  * database; when its batch commits it moves to the cache. A prefetch racing with a change on another
  * block of the same table discards its neighbours (generation check).
+ * Sequential access reads ahead: when the blocks a reader or writer touches follow one another, the run
+ * AHEAD blocks further is fetched in the background before they get there, so a sequential stream finds
+ * every entry in memory (without it, a 1 MiB writer of 64 KiB blocks took the slow path every 16 MiB, for
+ * ~4 ms each). A background fetch never sets an entry that changed while it read, its own included.
  */
 import type { Db } from './db.js';
 import { decodeEntry, encodeEntry, lbnOfKey, prefixEnd, tableKey, type Entry } from './keys.js';
 
 const PREFETCH = 256;
+/** How far ahead of a sequential access the next run is fetched (checked every AHEAD_STEP blocks). */
+const AHEAD = PREFETCH / 2;
+const AHEAD_STEP = 64;
 
 /** What an entry costs the cache, roughly (bytes): its key and object, and its checksums' string. */
 const entryCost = (v: Entry | null): number => 96 + (v?.kind === 'data' ? (v.sums?.length ?? 0) : 0);
@@ -26,6 +33,11 @@ export class EntryCache {
     private limit = 100_000,
     private maxBytes = 32 * 1024 * 1024,
   ) {}
+
+  /** Whether key is cached, without making it recent. */
+  has(key: string): boolean {
+    return this.map.has(key);
+  }
 
   get(key: string): Entry | null | undefined {
     const v = this.map.get(key);
@@ -68,6 +80,8 @@ export class Table {
   private changed = new Map<number, number>();
   /** Changes older than this generation may have been dropped from `changed`. */
   private changedFloor = 0;
+  /** The block last found in memory (sequential access detection). */
+  private last = -2;
 
   private touch(lbn: number): void {
     this.gen++;
@@ -97,7 +111,10 @@ export class Table {
     if (p !== undefined) return p ?? undefined;
     const k = this.key(lbn);
     const hit = this.cache.get(k);
-    if (hit !== undefined) return hit ?? undefined;
+    if (hit !== undefined) {
+      this.found(lbn);
+      return hit ?? undefined;
+    }
     // A multi-block request misses on all its blocks at once; one LevelDB read serves them all.
     const running = this.fetching.find((f) => lbn >= f.from && lbn < f.from + PREFETCH);
     if (running) {
@@ -114,7 +131,29 @@ export class Table {
     }
   }
 
-  private async fetch(lbn: number, k: string): Promise<Entry | undefined> {
+  /**
+   * A hit on lbn: when it follows the previous hit, every AHEAD_STEP blocks, fetch the run AHEAD blocks on
+   * in the background unless it is known or on its way. Its failure is dropped: the get() that needs the
+   * entry reads it again and reports it.
+   */
+  private found(lbn: number): void {
+    const prev = this.last;
+    this.last = lbn;
+    if (lbn !== prev + 1 || lbn % AHEAD_STEP !== 0) return;
+    const next = lbn + AHEAD;
+    if (this.pending.has(next) || this.cache.has(this.key(next)) || this.fetching.some((f) => next >= f.from && next < f.from + PREFETCH)) return;
+    const fetch = { from: next, done: this.fetch(next, this.key(next), false) };
+    this.fetching.push(fetch);
+    const done = (): void => void this.fetching.splice(this.fetching.indexOf(fetch), 1);
+    fetch.done.then(done, done);
+  }
+
+  /**
+   * Read the run of PREFETCH entries from lbn into the cache. `locked`: the caller holds lbn's lock, so lbn's
+   * own entry cannot change meanwhile and is set whatever happened to its neighbours; a background fetch
+   * (found) treats lbn as a neighbour.
+   */
+  private async fetch(lbn: number, k: string, locked = true): Promise<Entry | undefined> {
     const gen = this.gen;
     const found = new Map<number, Entry>();
     const it = this.db.iterator({ gte: k, lt: this.key(lbn + PREFETCH) });
@@ -130,7 +169,7 @@ export class Table {
       await it.close();
     }
     if (gen >= this.changedFloor) {
-      for (let i = 1; i < PREFETCH; i++) {
+      for (let i = locked ? 1 : 0; i < PREFETCH; i++) {
         const g = this.changed.get(lbn + i);
         if (g !== undefined && g > gen) continue; // changed while we read: our copy may be stale
         const nk = this.key(lbn + i);
@@ -138,7 +177,7 @@ export class Table {
       }
     }
     const mine = found.get(lbn) ?? null;
-    this.cache.set(k, mine);
+    if (locked) this.cache.set(k, mine);
     return mine ?? undefined;
   }
 
@@ -149,7 +188,9 @@ export class Table {
   peek(lbn: number): Entry | null | undefined {
     const p = this.pending.get(lbn);
     if (p !== undefined) return p;
-    return this.cache.get(this.key(lbn));
+    const hit = this.cache.get(this.key(lbn));
+    if (hit !== undefined) this.found(lbn);
+    return hit;
   }
 
   putOp(lbn: number, e: Entry): BatchOp {
