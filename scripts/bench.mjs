@@ -63,7 +63,7 @@ import { snapshotSection } from './bench/snapshot.mjs'
 import { backupSection } from './bench/backup.mjs'
 import { sparseSection } from './bench/sparse.mjs'
 import { fig6Section } from './bench/fig6.mjs'
-import { serverFlags } from './bench/vdisk.mjs'
+import { serverEnv, serverFlags } from './bench/vdisk.mjs'
 import { databaseSection } from './bench/database.mjs'
 import { imagesSection } from './bench/images.mjs'
 import { replicateSection } from './bench/replicate.mjs'
@@ -116,7 +116,7 @@ function vdiskfsSetup ({ mnt, store: storeName, mountArgs = [], env: extraEnv = 
     if (!ctx.mountpoints.includes(mountpoint)) ctx.mountpoints.push(mountpoint)
     const ctl = path.join(mountpoint, '.vdisk', 'ctl')
     const server = await startServer(process.execPath, [...(await serverFlags(ROOT)), cli, 'mount', mountpoint, '--store', store, ...mountArgs, '-f'],
-      { mountpoint, env: { ...process.env, ...extraEnv }, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs${mountArgs.length ? ` ${mountArgs.join(' ')}` : ''}` })
+      { mountpoint, env: { ...(await serverEnv(ROOT)), ...extraEnv }, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs${mountArgs.length ? ` ${mountArgs.join(' ')}` : ''}` })
     const file = path.join(mountpoint, 'bench')
     // Same open flags as the shell's `echo ... > ctl` (O_WRONLY|O_CREAT|O_TRUNC).
     await writeFile(ctl, `create bench ${config.diskGiB}G\n`)
@@ -142,7 +142,7 @@ export const TARGETS = [
       await mkdir(mountpoint, { recursive: true })
       const server = await startServer(process.execPath,
         [...(await serverFlags(ROOT)), path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB)],
-        { mountpoint, readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name: 'nullfs' })
+        { mountpoint, env: await serverEnv(ROOT), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name: 'nullfs' })
       return { file: path.join(mountpoint, 'null'), server, mountpoint }
     }
   },

@@ -6,6 +6,7 @@
 // Exports:
 //   mountVdiskfs(ctx, name)        fresh store + mount under ctx.dir; returns a handle (see below) or { skip }
 //   serverFlags(root)              the node flags a background mount gives its daemon, for -f servers
+//   serverEnv(root)                the environment a background mount gives its daemon, for -f servers
 //   writeChunks(file, chunks)      async positional writes of { pos, buf } pairs into an open-able file
 //   hrSeconds(t0)                  seconds since a process.hrtime.bigint() value
 import { randomFillSync } from 'node:crypto'
@@ -23,6 +24,16 @@ export async function serverFlags (root) {
   const mod = path.join(root, 'dist/cli/mount.js')
   if (!(await exists(mod))) return []
   return [...(await import(pathToFileURL(mod).href)).SERVER_NODE_FLAGS]
+}
+
+/**
+ * process.env with the malloc settings a background mount gives its daemon (src/cli/mount.ts serverEnv),
+ * for the servers the bench starts in the foreground: vdiskfs and null FUSE alike.
+ */
+export async function serverEnv (root) {
+  const mod = path.join(root, 'dist/cli/mount.js')
+  if (!(await exists(mod))) return { ...process.env }
+  return (await import(pathToFileURL(mod).href)).serverEnv(process.env)
 }
 
 export function hrSeconds (t0) {
@@ -46,7 +57,7 @@ export async function mountVdiskfs (ctx, name, extraArgs = []) {
   const vdisk = path.join(mountpoint, '.vdisk')
   const ctl = path.join(vdisk, 'ctl')
   const server = await startServer(process.execPath, [...(await serverFlags(ctx.root)), cli, 'mount', mountpoint, '--store', store, ...extraArgs, '-f'],
-    { mountpoint, ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs (${name})` })
+    { mountpoint, env: await serverEnv(ctx.root), ready: async () => (await isMounted(mountpoint)) && exists(ctl), name: `vdiskfs (${name})` })
 
   const checkAlive = () => {
     const ex = server.exited()

@@ -85,6 +85,8 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: Verdict) =>
   const log = logger('mount');
   const missing = SERVER_NODE_FLAGS.filter((f) => !process.execArgv.includes(f));
   if (missing.length) log.info({ missing }, `serving without the node flags ${missing.join(' ')}: writes may spend more time in the garbage collector (start node with them, or mount in the background)`);
+  const unset = Object.keys(SERVER_ENV).filter((k) => process.env[k] === undefined);
+  if (unset.length) log.info({ unset }, `serving without ${unset.map((k) => `${k}=${SERVER_ENV[k]}`).join(' ')} in the environment: writes may spend more time in page faults (set them as a background mount does, or mount in the background)`);
   const removeCreated = async (): Promise<void> => {
     if (created) await rm(created, { recursive: true, force: true }).catch(() => undefined);
   };
@@ -175,6 +177,31 @@ interface Verdict {
  */
 export const SERVER_NODE_FLAGS: readonly string[] = ['--initial-old-space-size=128'];
 
+/**
+ * glibc malloc settings for the process that serves a mount (the background mount's child gets them unless
+ * its caller set them; the bench gives them to null FUSE too):
+ * - MALLOC_ARENA_MAX=2: FUSE serves requests on several threads, and glibc gives each its own malloc arena,
+ *   which inflates resident memory for no gain.
+ * - MALLOC_MMAP_THRESHOLD_ 2 MiB, MALLOC_TRIM_THRESHOLD_ 64 MiB: the binding hands every FUSE write a fresh
+ *   Buffer of up to 1 MiB, freed in bunches by the young-generation collections. With glibc's defaults the
+ *   freed top of the heap went back to the kernel each time, and the next buffers faulted every page in
+ *   again: ~60 page faults per MiB written, each dear in a VM whose host takes freed memory back (a 1 MiB
+ *   write answered in 4 ms instead of 1). With these, ~16 per MiB, +5–15 % on `dd` into a disk, the same
+ *   peak resident memory (README, *Performance*).
+ */
+export const SERVER_ENV: Readonly<Record<string, string>> = {
+  MALLOC_ARENA_MAX: '2',
+  MALLOC_MMAP_THRESHOLD_: String(2 * 1024 * 1024),
+  MALLOC_TRIM_THRESHOLD_: String(64 * 1024 * 1024),
+};
+
+/** `base` with SERVER_ENV's variables that it does not set itself. */
+export function serverEnv(base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const env = { ...base };
+  for (const [k, v] of Object.entries(SERVER_ENV)) env[k] ??= v;
+  return env;
+}
+
 /** Start the foreground server as a detached child and wait for its verdict. */
 export async function mountBackground(raw: MountArgs): Promise<void> {
   const argv = [...SERVER_NODE_FLAGS, process.argv[1]!, 'mount', raw.mountpoint, '--daemon-child'];
@@ -187,10 +214,7 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   if (raw.readahead) argv.push('--readahead', raw.readahead);
   if (raw.logLevel) argv.push('--log-level', raw.logLevel);
   for (const o of raw.options ?? []) argv.push('-o', o);
-  // FUSE serves requests on several threads; glibc gives each its own malloc arena, which inflates the
-  // daemon's resident memory for no gain. Two arenas are plenty (override by setting it yourself).
-  const env = { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' };
-  const child = spawn(process.execPath, argv, { detached: true, env, stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  const child = spawn(process.execPath, argv, { detached: true, env: serverEnv(), stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const verdict = await new Promise<Verdict>((res) => {

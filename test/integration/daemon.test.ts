@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SERVER_NODE_FLAGS } from '../../src/cli/mount.js';
+import { SERVER_ENV, SERVER_NODE_FLAGS } from '../../src/cli/mount.js';
 import { CLI, M, REPO, VdiskMount, ddBytes, duBytes, expectSame, isAlive, isMountpoint, q, randomBuffer, readRange, requireBuild, run, sh, shOk, sleep, teardownAll, vdiskfs, waitForExit, type RunResult } from './helpers.js';
 
 const HELPER = join(REPO, 'scripts/system/mount.vdiskfs');
@@ -117,6 +117,9 @@ describe('mount helper (mount.vdiskfs)', () => {
     const cmdline = (await readFile(`/proc/${m.pid}/cmdline`, 'utf8')).split('\0');
     for (const f of SERVER_NODE_FLAGS) expect(cmdline.indexOf(f), cmdline.join(' ')).toBeGreaterThan(0);
     expect(cmdline.indexOf(SERVER_NODE_FLAGS[0]!)).toBeLessThan(cmdline.indexOf('mount'));
+    // ... and the malloc settings (cli/mount.ts SERVER_ENV), where the caller did not set its own.
+    const environ = (await readFile(`/proc/${m.pid}/environ`, 'utf8')).split('\0');
+    for (const [k, v] of Object.entries(SERVER_ENV)) expect(environ, k).toContain(`${k}=${process.env[k] ?? v}`);
     expect((await shOk(`findmnt -n -o SOURCE,FSTYPE ${q(m.mp)}`)).trim().split(/\s+/)).toEqual([m.store, 'fuse.vdiskfs']);
     expect((await m.status()).pool.capacity).toBe(16 * M);
     await shOk(`umount ${q(m.mp)}`);
