@@ -182,17 +182,18 @@ export const SERVER_NODE_FLAGS: readonly string[] = ['--initial-old-space-size=1
  * its caller set them; the bench gives them to null FUSE too):
  * - MALLOC_ARENA_MAX=2: FUSE serves requests on several threads, and glibc gives each its own malloc arena,
  *   which inflates resident memory for no gain.
- * - MALLOC_MMAP_THRESHOLD_ 2 MiB, MALLOC_TRIM_THRESHOLD_ 64 MiB: the binding hands every FUSE write a fresh
+ * - MALLOC_MMAP_THRESHOLD_ 2 MiB, MALLOC_TRIM_THRESHOLD_ 32 MiB: the binding hands every FUSE write a fresh
  *   Buffer of up to 1 MiB, freed in bunches by the young-generation collections. With glibc's defaults the
  *   freed top of the heap went back to the kernel each time, and the next buffers faulted every page in
  *   again: ~60 page faults per MiB written, each dear in a VM whose host takes freed memory back (a 1 MiB
- *   write answered in 4 ms instead of 1). With these, ~16 per MiB, +5–15 % on `dd` into a disk, the same
- *   peak resident memory (README, *Performance*).
+ *   write answered in 4 ms instead of 1). With these, ~16 per MiB (16 MiB of trim threshold left ~25) and
+ *   the same peak resident memory in a 1 GiB `dd`; with the table's read-ahead (meta/table.ts), 1 GiB `dd`
+ *   into a disk ran +35 % and into `import/` +10–25 % (README, *Performance*).
  */
 export const SERVER_ENV: Readonly<Record<string, string>> = {
   MALLOC_ARENA_MAX: '2',
   MALLOC_MMAP_THRESHOLD_: String(2 * 1024 * 1024),
-  MALLOC_TRIM_THRESHOLD_: String(64 * 1024 * 1024),
+  MALLOC_TRIM_THRESHOLD_: String(32 * 1024 * 1024),
 };
 
 /** `base` with SERVER_ENV's variables that it does not set itself. */
