@@ -145,11 +145,20 @@ start() {
 osds_up() { [[ "$(ceph_ osd stat -f json 2>/dev/null | sed -n 's/.*"num_up_osds":\([0-9]*\).*/\1/p')" -ge "$1" ]]; }
 probe_write() { echo probe | timeout 20 rados -c "$conf" -p "$POOL" put ceph-local-probe - >/dev/null 2>&1 && rados -c "$conf" -p "$POOL" rm ceph-local-probe >/dev/null 2>&1; }
 
+# The last error lines the daemons printed, on lines of their own (e.g. a monitor that refuses to run on a
+# nearly full filesystem says so only there), or nothing.
+last_errors() {
+  local e
+  e=$(grep -h -i 'error' "$dir"/log/*.out 2>/dev/null | tail -n 3) || true
+  [[ -n "$e" ]] && printf '\n%s' "$e"
+  return 0
+}
+
 wait_for() {
   local what=$1; shift
   local end=$((SECONDS + TIMEOUT))
   until "$@" >/dev/null 2>&1; do
-    ((SECONDS < end)) || die "timed out after ${TIMEOUT}s waiting for $what (logs in $dir/log)"
+    ((SECONDS < end)) || die "timed out after ${TIMEOUT}s waiting for $what (logs in $dir/log)$(last_errors)"
     sleep 1
   done
 }
