@@ -185,7 +185,7 @@ export const SERVER_NODE_FLAGS: readonly string[] = ['--initial-old-space-size=1
  * - MALLOC_MMAP_THRESHOLD_ 2 MiB, MALLOC_TRIM_THRESHOLD_ 32 MiB: the binding hands every FUSE write a fresh
  *   Buffer of up to 1 MiB, freed in bunches by the young-generation collections. With glibc's defaults the
  *   freed top of the heap went back to the kernel each time, and the next buffers faulted every page in
- *   again: ~60 page faults per MiB written, each dear in a VM whose host takes freed memory back. With
+ *   again: 25–65 page faults per MiB written, each dear in a VM whose host takes freed memory back. With
  *   these, ~16 per MiB (a 16 MiB trim threshold left ~25) and the same peak resident memory in a 1 GiB
  *   `dd`; with the table's read-ahead (meta/table.ts), 1 GiB `dd` into a disk ran +35 %, and into
  *   `import/` took 2.8–3.1 s instead of 3.4–4.3 (README, *Design*).
