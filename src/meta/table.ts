@@ -116,19 +116,27 @@ export class Table {
       return hit ?? undefined;
     }
     // A multi-block request misses on all its blocks at once; one LevelDB read serves them all.
-    const running = this.fetching.find((f) => lbn >= f.from && lbn < f.from + PREFETCH);
+    const running = this.fetchingAt(lbn);
     if (running) {
       await running.done;
       const again = this.pending.get(lbn) ?? this.cache.get(k);
       if (again !== undefined) return again ?? undefined;
     }
-    const fetch = { from: lbn, done: this.fetch(lbn, k) };
+    return this.startFetch(lbn, k, true);
+  }
+
+  /** The prefetch in flight whose run holds lbn, if any. */
+  private fetchingAt(lbn: number): { from: number; done: Promise<unknown> } | undefined {
+    return this.fetching.find((f) => lbn >= f.from && lbn < f.from + PREFETCH);
+  }
+
+  /** fetch(), listed in `fetching` until it settles. */
+  private startFetch(lbn: number, k: string, locked: boolean): Promise<Entry | undefined> {
+    const fetch = { from: lbn, done: this.fetch(lbn, k, locked) };
     this.fetching.push(fetch);
-    try {
-      return await fetch.done;
-    } finally {
-      this.fetching.splice(this.fetching.indexOf(fetch), 1);
-    }
+    const settled = (): void => void this.fetching.splice(this.fetching.indexOf(fetch), 1);
+    fetch.done.then(settled, settled);
+    return fetch.done;
   }
 
   /**
@@ -141,11 +149,9 @@ export class Table {
     this.last = lbn;
     if (lbn !== prev + 1 || lbn % AHEAD_STEP !== 0) return;
     const next = lbn + AHEAD;
-    if (this.pending.has(next) || this.cache.has(this.key(next)) || this.fetching.some((f) => next >= f.from && next < f.from + PREFETCH)) return;
-    const fetch = { from: next, done: this.fetch(next, this.key(next), false) };
-    this.fetching.push(fetch);
-    const done = (): void => void this.fetching.splice(this.fetching.indexOf(fetch), 1);
-    fetch.done.then(done, done);
+    const k = this.key(next);
+    if (this.pending.has(next) || this.cache.has(k) || this.fetchingAt(next)) return;
+    void this.startFetch(next, k, false);
   }
 
   /**
@@ -153,7 +159,7 @@ export class Table {
    * own entry cannot change meanwhile and is set whatever happened to its neighbours; a background fetch
    * (found) treats lbn as a neighbour.
    */
-  private async fetch(lbn: number, k: string, locked = true): Promise<Entry | undefined> {
+  private async fetch(lbn: number, k: string, locked: boolean): Promise<Entry | undefined> {
     const gen = this.gen;
     const found = new Map<number, Entry>();
     const it = this.db.iterator({ gte: k, lt: this.key(lbn + PREFETCH) });
