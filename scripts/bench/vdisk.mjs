@@ -16,14 +16,18 @@ import { pathToFileURL } from 'node:url'
 import process from 'node:process'
 import { aborting, exists, isMounted, startServer, waitFor } from './lib.mjs'
 
+/** The build's src/cli/mount.ts (dist/cli/mount.js under root), or null when it is not built. */
+async function mountModule (root) {
+  const mod = path.join(root, 'dist/cli/mount.js')
+  return (await exists(mod)) ? import(pathToFileURL(mod).href) : null
+}
+
 /**
  * The node flags a background mount gives its daemon (src/cli/mount.ts SERVER_NODE_FLAGS). The bench mounts
  * in the foreground, so it passes them itself, to vdiskfs and to null FUSE alike.
  */
 export async function serverFlags (root) {
-  const mod = path.join(root, 'dist/cli/mount.js')
-  if (!(await exists(mod))) return []
-  return [...(await import(pathToFileURL(mod).href)).SERVER_NODE_FLAGS]
+  return [...((await mountModule(root))?.SERVER_NODE_FLAGS ?? [])]
 }
 
 /**
@@ -31,9 +35,8 @@ export async function serverFlags (root) {
  * for the servers the bench starts in the foreground: vdiskfs and null FUSE alike.
  */
 export async function serverEnv (root) {
-  const mod = path.join(root, 'dist/cli/mount.js')
-  if (!(await exists(mod))) return { ...process.env }
-  return (await import(pathToFileURL(mod).href)).serverEnv(process.env)
+  const m = await mountModule(root)
+  return m ? m.serverEnv(process.env) : { ...process.env }
 }
 
 export function hrSeconds (t0) {
