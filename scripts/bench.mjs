@@ -17,7 +17,9 @@
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
 //   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
 //                                          (snapshot,backup,sparse,fig6,database,images,replicate,scrub,ceph); keys match exactly (vdiskfs is not vdiskfs-leveldb)
-//                                          vdiskfs-nosums: vdiskfs with VDISKFS_CHECKSUMS=off, printed as the checksums' cost
+//                                          vdiskfs-nosums: vdiskfs with VDISKFS_CHECKSUMS=off, printed as the checksums' cost:
+//                                          the ratio of the medians, the median of each round's pair (the two
+//                                          ran the figure one after the other), and daemon CPU per unit of work
 //   BENCH_SUSTAINED_GIB=8                  size of the sustained write
 //   BENCH_ROUNDS=3                         rounds (medians are reported; 1 with BENCH_QUICK)
 //   BENCH_DIR=/path                        where the temp dir goes (default: os.tmpdir())
@@ -50,7 +52,7 @@
 // Extending: push to FIGURES (one column each; run() returns a number or null when it does not apply to
 // the target), to TARGETS, or to SECTIONS ({ key, title, run(ctx, res) } filling res.tables/figures/notes/
 // errors; ctx has dir, src, root, config, mountpoints — push any mountpoint you create there).
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import process from 'node:process'
@@ -289,7 +291,9 @@ export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Sect
 
 /** Mount (or make) one target; returns { def, result, t } with t null when it failed or was skipped. */
 async function setupTarget (ctx, def) {
-  const result = { key: def.key, label: def.label, figures: {}, samples: {}, errors: [], raw: {} }
+  // samples: each figure's values in the order measured; byRound / cpuByRound: the value and the server's CPU
+  // seconds (all its threads) of each round, by round index, for figures compared in pairs (the checksums' cost)
+  const result = { key: def.key, label: def.label, figures: {}, samples: {}, byRound: {}, cpuByRound: {}, errors: [], raw: {} }
   let t = null
   try {
     t = await def.setup(ctx)
@@ -313,6 +317,26 @@ async function teardownTarget (ctx, { def, result, t }) {
   if (def.key === 'plain') await rm(t.file, { force: true })
   if (t.store) await rm(t.store, { recursive: true, force: true })
   if (def.key === 'qemu') await rm(path.join(ctx.dir, 'qemu.raw'), { force: true })
+}
+
+/** utime + stime of a process, all its threads, in seconds (null when it is gone). */
+async function cpuSeconds (pid) {
+  try {
+    const f = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ')
+    return (Number(f[11]) + Number(f[12])) / 100 // fields 14 and 15 of stat(5), in clock ticks (USER_HZ = 100)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * A target's daemon CPU seconds per unit of a figure's work, by round: the seq figures move a fixed number of
+ * bytes (CPU seconds as they are), fio's run for a fixed time (CPU seconds per operation).
+ */
+function cpuPerWork (fig, r) {
+  const cpu = r.cpuByRound[fig.key] ?? []
+  if (!fig.key.startsWith('rand')) return cpu
+  return cpu.map((c, i) => (c != null && r.byRound[fig.key]?.[i] ? c / r.byRound[fig.key][i] : null))
 }
 
 const median = (xs) => {
@@ -347,6 +371,7 @@ async function benchTargets (ctx, defs) {
             continue
           }
           const t0 = Date.now()
+          const cpu0 = t.server ? await cpuSeconds(t.server.pid) : null
           let v = null
           try {
             v = await fig.run(ctx, t)
@@ -356,6 +381,9 @@ async function benchTargets (ctx, defs) {
             continue
           }
           ;(result.samples[fig.key] ??= []).push(v)
+          ;(result.byRound[fig.key] ??= [])[round - 1] = v
+          const cpu1 = cpu0 != null ? await cpuSeconds(t.server.pid) : null
+          if (cpu0 != null && cpu1 != null) (result.cpuByRound[fig.key] ??= [])[round - 1] = cpu1 - cpu0
           process.stderr.write(`   ${result.label.padEnd(28)} ${fig.header.padEnd(22)} ${fmt(v, fig.digits).padStart(10)}   (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`)
         }
       }
@@ -438,9 +466,20 @@ function printResults (results) {
   if (on && off) {
     const keys = ['seqWriteMBps', 'seqReadMBps', 'sustainedWriteMBps', 'randReadIops', 'randWriteIops']
     const figs = FIGURES.filter((f) => keys.includes(f.key))
-    const row = figs.map((f) => (on.figures[f.key] == null || !off.figures[f.key] ? '–' : `${fmt(on.figures[f.key] / off.figures[f.key], 2)}×`))
-    console.log('\n### The cost of block checksums: vdiskfs with checksums / without (same run)\n')
-    console.log(markdownTable(['', ...figs.map((f) => f.header)], [['with / without', ...row]]))
+    const x = (q) => (q == null ? '–' : `${fmt(q, 2)}×`)
+    // Per round, the two targets ran the figure one right after the other: the ratio of each such pair is
+    // less exposed to the machine's drift than the ratio of two medians taken over minutes.
+    const pairs = (a, b) => (a ?? []).map((v, i) => (v != null && b?.[i] ? v / b[i] : null)).filter((q) => q != null)
+    const range = (qs) => (qs.length ? `${fmt(Math.min(...qs), 2)}–${fmt(Math.max(...qs), 2)}` : '–')
+    const rows = [
+      ['with / without, medians of the rounds', ...figs.map((f) => x(on.figures[f.key] == null || !off.figures[f.key] ? null : on.figures[f.key] / off.figures[f.key]))],
+      ['with / without, median of the rounds\' pairs', ...figs.map((f) => x(median(pairs(on.byRound[f.key], off.byRound[f.key]))))],
+      ['… range of the pairs', ...figs.map((f) => range(pairs(on.byRound[f.key], off.byRound[f.key])))],
+      ['daemon CPU per unit of work, with / without (median of pairs)', ...figs.map((f) => x(median(pairs(cpuPerWork(f, on), cpuPerWork(f, off)))))]
+    ]
+    ratios.checksums = Object.fromEntries(figs.map((f) => [f.key, { medians: on.figures[f.key] / off.figures[f.key], pairs: pairs(on.byRound[f.key], off.byRound[f.key]), cpuPerWork: pairs(cpuPerWork(f, on), cpuPerWork(f, off)) }]))
+    console.log(`\n### The cost of block checksums: vdiskfs with checksums / without (same run, ${config.rounds} rounds)\n`)
+    console.log(markdownTable(['', ...figs.map((f) => f.header)], rows))
   }
   for (const r of results) if (r.skipped) console.log(`\n- ${r.label}: skipped (${r.skipped})`)
   for (const r of results) for (const e of r.errors) console.log(`\n- ${r.label}: ERROR ${e}`)
