@@ -152,6 +152,7 @@ export class Context {
     readonly pool: Pool,
   ) {
     pool.onHeld = () => this.schedulePunch();
+    pool.sinceWrite = () => Date.now() - this.lastWrite;
   }
 
   /** Pool-file lengths known synced (block size -> bytes), as recorded under meta!pool! (durable.ts). */

@@ -19,6 +19,14 @@ const log = logger('pool');
 const PUNCH_SLICE = 256;
 /** A pool file taking this much more space than its blocks in use gets its free blocks punched at open. */
 const PUNCH_AT_OPEN_SLACK = 16 * 1024 * 1024;
+/**
+ * A slice is punched once the disks have not been written for this long (ms; `sinceWrite`), or after
+ * PUNCH_MAX_WAIT_MS of waiting for that: punching costs a process per range and takes the filesystem's
+ * lock of the pool file, and the ~900 ranges freed by deleting a snapshot of 1 GiB of random 8 KiB
+ * overwrites cut the IOPS of a writer running meanwhile from ~8,000 to ~1,250 (README, *Databases*).
+ */
+const PUNCH_QUIET_MS = 1000;
+const PUNCH_MAX_WAIT_MS = 10_000;
 
 export type StoreWrapper = (inner: BlockStore) => BlockStore;
 
@@ -149,6 +157,16 @@ export class Pool {
 
   /** Called when freed blocks start waiting for a durable batch (Context schedules one). */
   onHeld: (() => void) | undefined;
+  /** Milliseconds since a disk was last written (Context sets it): punching waits for a pause (PUNCH_QUIET_MS). */
+  sinceWrite: (() => number) | undefined;
+
+  /** Until the disks have been left alone for PUNCH_QUIET_MS, PUNCH_MAX_WAIT_MS at most, or the pool closes. */
+  private async quiet(): Promise<void> {
+    const start = Date.now();
+    while (this.sinceWrite && !this.closing && this.sinceWrite() < PUNCH_QUIET_MS && Date.now() - start < PUNCH_MAX_WAIT_MS) {
+      await new Promise((r) => setTimeout(r, Math.min(100, PUNCH_QUIET_MS - this.sinceWrite!() + 1)));
+    }
+  }
 
   /** Freed blocks waiting for their punch (Context forces a synced batch past a limit). */
   punchBacklog(): number {
@@ -175,7 +193,7 @@ export class Pool {
 
   /**
    * Punch the taken pbns' space out of the pool files, then give them back to the allocator, a slice of runs
-   * at a time (one at a time for the whole pool). A filesystem that cannot punch turns punching off (logged
+   * at a time (one at a time for the whole pool), each after a pause in writing (quiet). A filesystem that cannot punch turns punching off (logged
    * once); the blocks are freed all the same.
    */
   reclaim(taken: Map<number, number[]>): Promise<void> {
@@ -194,6 +212,7 @@ export class Pool {
       const runs = pbnRuns(pbns);
       for (let i = 0; i < runs.length; i += PUNCH_SLICE) {
         const slice = runs.slice(i, i + PUNCH_SLICE);
+        if (s?.punch && !this.punchFailed && !this.closing) await this.quiet();
         if (s?.punch && !this.punchFailed && !this.closing) {
           try {
             await s.punch(slice);

@@ -767,3 +767,36 @@ describe('table prefetch', () => {
     await again.close();
   });
 });
+
+describe('punching freed space waits for a pause in writing', () => {
+  it('blocks freed while a disk is being written are punched and given back once writing pauses', async () => {
+    const BS = 64 * K;
+    const dir = await tempDir();
+    const reg = await Registry.open({ dir });
+    try {
+      await reg.create('a', 32 * BS, BS);
+      await reg.create('b', 4 * BS, BS);
+      await writeDisk(reg.ctx, reg.disk('a'), 0, Buffer.alloc(32 * BS, 1));
+      await writeDisk(reg.ctx, reg.disk('b'), 0, Buffer.alloc(4 * BS, 2));
+      await reg.sync();
+      const pool = reg.ctx.pool;
+      const held = (): number => pool.allocator(BS).used - pool.usedBlocks(BS);
+      await reg.delete('a');
+      // A writer keeps writing for 2.5 s: the 32 freed blocks stay held (not punched, not allocatable).
+      const until = Date.now() + 2500;
+      let n = 0;
+      while (Date.now() < until) {
+        await writeDisk(reg.ctx, reg.disk('b'), (n++ % 4) * BS, Buffer.alloc(BS, 3 + (n % 5)));
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(held(), 'held while the disk is written').toBe(32);
+      // Then it pauses: they are punched and back in the allocator within about a second.
+      const t0 = Date.now();
+      while (held() > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
+      expect(held()).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(3000);
+    } finally {
+      await reg.close();
+    }
+  });
+});
