@@ -23,7 +23,7 @@ const PUNCH_AT_OPEN_SLACK = 16 * 1024 * 1024;
  * A slice is punched once the disks have not been written for this long (ms; `sinceWrite`), or after
  * PUNCH_MAX_WAIT_MS of waiting for that: punching costs a process per range and takes the filesystem's
  * lock of the pool file, and the ~900 ranges freed by deleting a snapshot of 1 GiB of random 8 KiB
- * overwrites cut the IOPS of a writer running meanwhile from ~8,000 to ~1,250 (README, *Databases*).
+ * overwrites cut the IOPS of a writer running meanwhile from ~8,000 to 1,250–6,150 (README, *Design*).
  */
 const PUNCH_QUIET_MS = 1000;
 const PUNCH_MAX_WAIT_MS = 10_000;
