@@ -152,7 +152,7 @@ export class Context {
     readonly pool: Pool,
   ) {
     pool.onHeld = () => this.schedulePunch();
-    pool.sinceWrite = () => Date.now() - this.lastWrite;
+    pool.sinceWrite = () => this.sinceWrite();
   }
 
   /** Pool-file lengths known synced (block size -> bytes), as recorded under meta!pool! (durable.ts). */
@@ -297,13 +297,21 @@ export class Context {
 
   /** A commit failed after its writes were acknowledged: the store is no longer trustworthy. */
   failure: Error | null = null;
-  /** When a disk of the store was last written (ms), and how many writes so far: the sealer yields to writers (scrub.ts startSealer). */
+  /**
+   * When a disk of the store was last written (ms), and how many writes so far: the sealer (scrub.ts
+   * startSealer) and punching (store/pool.ts) yield to writers.
+   */
   lastWrite = 0;
   writes = 0;
 
   wrote(): void {
     this.lastWrite = Date.now();
     this.writes++;
+  }
+
+  /** Milliseconds since a disk of the store was last written. */
+  sinceWrite(): number {
+    return Date.now() - this.lastWrite;
   }
   /** `ready`: the pool writes the batch's entries point at (written behind); the batch waits for them. */
   /**

@@ -128,7 +128,7 @@ export function startSealer(ctx: Context): () => void {
   const timer = setInterval(() => {
     if (running || ctx.failure) return;
     const forced = yielded >= SEAL_YIELDS;
-    if (!forced && Date.now() - ctx.lastWrite < SEAL_QUIET_MS) {
+    if (!forced && ctx.sinceWrite() < SEAL_QUIET_MS) {
       yielded++;
       return;
     }

@@ -193,8 +193,8 @@ export class Pool {
 
   /**
    * Punch the taken pbns' space out of the pool files, then give them back to the allocator, a slice of runs
-   * at a time (one at a time for the whole pool), each after a pause in writing (quiet). A filesystem that cannot punch turns punching off (logged
-   * once); the blocks are freed all the same.
+   * at a time (one at a time for the whole pool), each after a pause in writing (quiet). A filesystem that
+   * cannot punch turns punching off (logged once); the blocks are freed all the same.
    */
   reclaim(taken: Map<number, number[]>): Promise<void> {
     return this.chainPunch(() => this.punchAndFree(taken));
@@ -212,13 +212,16 @@ export class Pool {
       const runs = pbnRuns(pbns);
       for (let i = 0; i < runs.length; i += PUNCH_SLICE) {
         const slice = runs.slice(i, i + PUNCH_SLICE);
-        if (s?.punch && !this.punchFailed && !this.closing) await this.quiet();
         if (s?.punch && !this.punchFailed && !this.closing) {
-          try {
-            await s.punch(slice);
-          } catch (e) {
-            this.punchFailed = true;
-            log.warn({ err: e, blockSize: bs }, 'punching freed pool-file space failed: freed space stays in the pool files (reused by later writes)');
+          await this.quiet();
+          // The pool may have started closing during that wait (punchFailed is set only here, one slice at a time).
+          if (!this.closing) {
+            try {
+              await s.punch(slice);
+            } catch (e) {
+              this.punchFailed = true;
+              log.warn({ err: e, blockSize: bs }, 'punching freed pool-file space failed: freed space stays in the pool files (reused by later writes)');
+            }
           }
         }
         const a = this.allocator(bs);
