@@ -265,9 +265,9 @@ export class Integrity {
    * whose trusted checksum does not match, or -1. A mismatch of an untrusted checksum is counted and is no
    * damage: the bytes are what the disk holds.
    */
-  private damagedSector(e: DataEntry, part: Buffer, offsetInBlock: number): number {
+  private damagedSector(e: DataEntry, part: Buffer, offsetInBlock: number, crc?: number): number {
     if (e.sums === undefined || !this.enabled) return -1;
-    const bad = mismatch(e.sums, part, offsetInBlock);
+    const bad = mismatch(e.sums, part, offsetInBlock, crc);
     if (bad < 0) return -1;
     if (this.trusted(e)) return bad;
     this.unsettledMismatches++;
@@ -281,11 +281,14 @@ export class Integrity {
 
   /**
    * Check `part` against e's checksums (damagedSector). Damage throws CORRUPT (EIO) naming `where()` and is
-   * recorded; nothing is returned to the reader.
+   * recorded; nothing is returned to the reader. Returns crc32(part), which the check computes anyway (and
+   * which is computed here when there is nothing to check), so a caller that needs the CRC of what it read
+   * (an image's checksum groups) does not read the bytes a second time.
    */
-  verify(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): void {
-    const bad = this.damagedSector(e, part, offsetInBlock);
-    if (bad < 0) return;
+  verify(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): number {
+    const crc = crc32(part);
+    const bad = this.damagedSector(e, part, offsetInBlock, crc);
+    if (bad < 0) return crc;
     const at = `${where()}, sector at byte ${bad * SECTOR} of its block (pool block ${e.pbn})`;
     this.damaged(at);
     throw corrupt(`checksum mismatch: ${at}; the block is damaged and is not returned (vdiskfs scrub lists every such block)`);
@@ -306,12 +309,13 @@ export class Integrity {
  * (crc32OfPieces); only a part that fails is checked sector by sector, to name the sector. Damage within
  * one sector is caught exactly as by that sector's own checksum (the combination is a bijection of it);
  * damage in several sectors escapes only if the changes cancel, with the odds of a CRC-32 collision.
+ * `crc`: crc32(part), when the caller has computed it.
  */
-export function mismatch(sums: string, part: Buffer, offsetInBlock: number): number {
+export function mismatch(sums: string, part: Buffer, offsetInBlock: number, crc = crc32(part)): number {
   const want = Buffer.from(sums, 'base64');
   const first = offsetInBlock / SECTOR;
   const n = part.length / SECTOR;
-  if (Number.isInteger(n) && (first + n) * 4 <= want.length && crc32OfPieces(SECTOR, n, (i) => want.readUInt32LE((first + i) * 4)) === crc32(part)) return -1;
+  if (Number.isInteger(n) && (first + n) * 4 <= want.length && crc32OfPieces(SECTOR, n, (i) => want.readUInt32LE((first + i) * 4)) === crc) return -1;
   for (let i = 0; i * SECTOR < part.length; i++) {
     const s = first + i;
     if ((s + 1) * 4 > want.length) return s;

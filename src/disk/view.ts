@@ -92,10 +92,11 @@ export class View {
 
   /**
    * Check a whole block read from `entry`'s pbn (block lbn of this view) against its checksums (sums.ts):
-   * throws CORRUPT naming the view and the offset when it is damaged (image producers, scrub).
+   * throws CORRUPT naming the view and the offset when it is damaged (image producers, scrub). Returns the
+   * block's CRC-32, which the check computed.
    */
-  verifyBlock(entry: DataEntry, lbn: number, block: Buffer): void {
-    this.ctx.integrity.verify(entry, block, 0, () => `${this.name}, block ${lbn} (byte ${lbn * this.blockSize})`);
+  verifyBlock(entry: DataEntry, lbn: number, block: Buffer): number {
+    return this.ctx.integrity.verify(entry, block, 0, () => `${this.name}, block ${lbn} (byte ${lbn * this.blockSize})`);
   }
 
   /** Where block lbn's content is (data at a pbn, or zeros), the block locked meanwhile. */

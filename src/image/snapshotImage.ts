@@ -11,6 +11,7 @@ import { pbnRuns, planImage, type ImagePlan } from './layout.js';
 import { ImageProducer } from './writer.js';
 import { invalid, notFound } from '../errors.js';
 import type { DataEntry } from '../meta/keys.js';
+import { crc32 } from '../util/crc32.js';
 
 /** The snapshot an image holds, and for a delta the older snapshot of the same disk it applies onto. */
 export interface ImageTarget {
@@ -116,11 +117,15 @@ export async function producerFor(t: ImageTarget): Promise<ImageProducer> {
     readSlots: async (first, count, dst) => {
       await Promise.all(pbnRuns(plan.pbns, first, first + count).map(([s, n]) =>
         reader.readRun(plan.pbns[s]!, n, dst.subarray((s - first) * bs, (s - first + n) * bs))));
-      // A damaged block fails the image (CORRUPT: EIO to a reader of the copy file), never goes into it.
+      // A damaged block fails the image (CORRUPT: EIO to a reader of the copy file), never goes into it. The
+      // check computes each block's CRC-32, from which the producer combines its checksum groups' CRCs.
+      const crcs = new Uint32Array(count);
       for (let s = first; s < first + count; s++) {
         const b = blocks?.get(plan.pbns[s]!);
-        if (b) t.view.verifyBlock(b.entry, b.lbn, dst.subarray((s - first) * bs, (s - first + 1) * bs));
+        const block = dst.subarray((s - first) * bs, (s - first + 1) * bs);
+        crcs[s - first] = b ? t.view.verifyBlock(b.entry, b.lbn, block) : crc32(block);
       }
+      return crcs;
     },
     ...(reader.alloc ? { alloc: reader.alloc } : {}),
   });

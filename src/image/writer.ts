@@ -9,7 +9,7 @@
 // is pinned by a request in progress).
 
 import { Readable } from 'node:stream';
-import { crc32 } from '../util/crc32.js';
+import { crc32, crc32OfPieces } from '../util/crc32.js';
 import { H, encodeHeader, encodeTrailer } from './header.js';
 import { ImageError } from './imageError.js';
 import { groupSlots, type ImagePlan } from './layout.js';
@@ -19,8 +19,12 @@ export type ReadBlock = (lbn: number) => Promise<Buffer>;
 
 /** Reads the data of slots for a producer (the fast path; a ReadBlock is wrapped into one). */
 export interface SlotReader {
-  /** Fill dst (exactly count × blockSize bytes) with the data of slots [first, first+count). */
-  readSlots(first: number, count: number, dst: Buffer): Promise<void>;
+  /**
+   * Fill dst (exactly count × blockSize bytes) with the data of slots [first, first+count). May return the
+   * CRC-32 of each slot's data (a reader that checks what it read has computed them): the producer then
+   * combines its groups' CRCs from them instead of reading the data a second time.
+   */
+  readSlots(first: number, count: number, dst: Buffer): Promise<void | Uint32Array>;
   /** Memory for the piece buffers (e.g. aligned for O_DIRECT); default Buffer.allocUnsafeSlow. */
   alloc?(bytes: number): Promise<Buffer>;
 }
@@ -278,8 +282,9 @@ export class ImageProducer {
       await this.arena; // resolved after the first time; loads resume in the order they were asked for
       const buf = take();
       pc.buf = buf;
+      let crcs: void | Uint32Array;
       try {
-        await this.reader.readSlots(first, end - first, buf.subarray(0, bytes));
+        crcs = await this.reader.readSlots(first, end - first, buf.subarray(0, bytes));
       } catch (e) {
         if (this.byIdx.get(k) === pc) this.byIdx.delete(k);
         this.free.push(buf);
@@ -288,7 +293,9 @@ export class ImageProducer {
       for (let g = first / p.groupBlocks; g * p.groupBlocks < end; g++) {
         if (this.groupKnown[g]) continue;
         const [a, b] = groupSlots(p, g);
-        this.groupCrc[g] = crc32(buf.subarray((a - first) * p.blockSize, (b - first) * p.blockSize));
+        this.groupCrc[g] = crcs
+          ? crc32OfPieces(p.blockSize, b - a, (i) => crcs[a - first + i]!)
+          : crc32(buf.subarray((a - first) * p.blockSize, (b - first) * p.blockSize));
         this.groupKnown[g] = 1;
       }
       pc.loaded = true;

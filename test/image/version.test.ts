@@ -138,6 +138,31 @@ describe('image format versions', () => {
     }
   });
 
+  it('a SlotReader that returns its slots\' CRC-32s gives the same image (group CRCs combined from them)', async () => {
+    const { input, blocks } = shuffledInput(5, 1000);
+    const plan = planImage(input);
+    const read = (first: number, count: number, dst: Buffer): void => {
+      for (let i = 0; i < count; i++) blocks.get(plan.lbns[first + i]!)!.copy(dst, i * BS);
+    };
+    const crcs = new ImageProducer(plan, {
+      readSlots: async (first, count, dst) => {
+        read(first, count, dst);
+        return Uint32Array.from({ length: count }, (_, i) => crc32(dst.subarray(i * BS, (i + 1) * BS)));
+      },
+    }, { pieceBytes: 1 << 20, pieces: 4, readAhead: 2 });
+    const bytes = await collect(crcs.stream());
+    expect(bytes.equals(await imageOf(input, blocks))).toBe(true);
+    expect(plan.groupCount).toBeGreaterThan(1);
+    // a wrong CRC from the reader goes into that group's entry of the trailer, so verify refuses the image
+    const lying = new ImageProducer(plan, {
+      readSlots: async (first, count, dst) => {
+        read(first, count, dst);
+        return Uint32Array.from({ length: count }, (_, i) => crc32(dst.subarray(i * BS, (i + 1) * BS)) ^ (first + i === 300 ? 1 : 0));
+      },
+    }, { pieceBytes: 1 << 20, pieces: 4, readAhead: 2 });
+    await expect(verifyImage(lying.stream())).rejects.toThrow(/crc|checksum/i);
+  });
+
   it('restore commits in lbn order (byLbn)', () => {
     expect(byLbn([9, 3, 5], [1, 2, 3])).toEqual([[3, 5, 9], [2, 3, 1]]);
   });
