@@ -65,13 +65,16 @@ export class Landing {
     return new Landing(ctx, blockSize, await ctx.pool.store(blockSize));
   }
 
-  /** Stage block lbn's data (blockSize bytes; the caller may reuse its buffer once this returns or resolves). */
-  put(lbn: number, data: Buffer): void | Promise<void> {
+  /**
+   * Stage block lbn's data (blockSize bytes; the caller may reuse its buffer once this returns or resolves).
+   * `sectorCrcs`: the CRC-32 of each of its sectors (sums.ts SECTOR), when the caller has them.
+   */
+  put(lbn: number, data: Buffer, sectorCrcs?: Uint32Array): void | Promise<void> {
     const bs = this.blockSize;
     const pbn = this.ctx.pool.allocate(bs);
     this.pbns.push(pbn);
     this.lbns.push(lbn);
-    this.sums.push(sumsIfOn(this.ctx, data));
+    this.sums.push(sumsIfOn(this.ctx, data, sectorCrcs));
     const st = this.store;
     if (st.stageBehind && st.behindRoom) {
       // fresh: the open run takes the block while it has room, so the blocks go in whole runs

@@ -46,8 +46,15 @@ export const INTENT_REGION = 4096;
 /** Checksums of a whole block. */
 export function sumsOf(block: Buffer): string {
   const n = Math.ceil(block.length / SECTOR);
-  const out = Buffer.allocUnsafe(n * 4);
-  for (let i = 0; i < n; i++) out.writeUInt32LE(crc32(block.subarray(i * SECTOR, (i + 1) * SECTOR)), i * 4);
+  const crcs = new Uint32Array(n);
+  for (let i = 0; i < n; i++) crcs[i] = crc32(block.subarray(i * SECTOR, (i + 1) * SECTOR));
+  return sumsFrom(crcs);
+}
+
+/** A block's checksums from its sectors' CRC-32s (computed by whoever read the block: a restore's parser). */
+export function sumsFrom(sectorCrcs: Uint32Array): string {
+  const out = Buffer.allocUnsafe(sectorCrcs.length * 4);
+  for (let i = 0; i < sectorCrcs.length; i++) out.writeUInt32LE(sectorCrcs[i]!, i * 4);
   return out.toString('base64');
 }
 
@@ -63,9 +70,10 @@ export function spliceSums(sums: string | undefined, offsetInBlock: number, data
   return out.toString('base64');
 }
 
-/** The checksums of a whole new block, when checksums are on. */
-export function sumsIfOn(ctx: Context, block: Buffer): string | undefined {
-  return ctx.integrity.enabled ? sumsOf(block) : undefined;
+/** The checksums of a whole new block, when checksums are on (from its sectors' CRC-32s when given). */
+export function sumsIfOn(ctx: Context, block: Buffer, sectorCrcs?: Uint32Array): string | undefined {
+  if (!ctx.integrity.enabled) return undefined;
+  return sectorCrcs && sectorCrcs.length * SECTOR === block.length ? sumsFrom(sectorCrcs) : sumsOf(block);
 }
 
 /** A data entry for a new block, with its checksums (stamped with the current generation) when it has them. */

@@ -14,7 +14,7 @@ export {
 export { ImageProducer, type ReadBlock, type ProducerOptions } from './writer.js';
 export type { ImageSource } from './byteSource.js';
 export {
-  readImage, parseImage, type ImageEvent, type ImageHandler, type ImageReport, type ImageTables,
+  readImage, parseImage, type ImageEvent, type ImageHandler, type ImageReport, type ImageTables, type ReadOptions,
 } from './reader.js';
 export {
   verifyImage, inspectImage, formatInspection, formatRuns, type ImageInspection, type SlotEntry,

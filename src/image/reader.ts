@@ -6,7 +6,7 @@
 // the trailer, every group crc and end-of-input (no appended bytes) have checked out.
 // Any defect throws ImageError CORRUPT naming the first bad place (where) and image offset.
 
-import { Crc32, crc32 } from '../util/crc32.js';
+import { Crc32, crc32, crc32OfPieces } from '../util/crc32.js';
 import { ByteSource, type ImageSource } from './byteSource.js';
 import { checkHeaderPrefix, decodeHeader, decodeTrailer, readU64, type ImageHeader } from './header.js';
 import { corrupt, type ImageError } from './imageError.js';
@@ -30,7 +30,8 @@ export interface ImageReport {
 export type ImageEvent =
   | { type: 'header'; header: ImageHeader }
   | { type: 'tables'; tables: ImageTables }
-  | { type: 'block'; slot: number; lbn: number; data: Buffer }
+  /** `crcs`: with ReadOptions.pieceCrcs, the CRC-32 of each piece of the block's data. */
+  | { type: 'block'; slot: number; lbn: number; data: Buffer; crcs?: Uint32Array }
   | { type: 'zero'; lbn: number }
   | { type: 'end'; report: ImageReport };
 
@@ -38,8 +39,11 @@ export type ImageEvent =
 export interface ImageHandler {
   header?(header: ImageHeader): void | Promise<void>;
   tables?(tables: ImageTables): void | Promise<void>;
-  /** Provisional until end(). `data` may be a view of an input chunk: copy it if the source reuses buffers. */
-  block?(lbn: number, data: Buffer, slot: number): void | Promise<void>;
+  /**
+   * Provisional until end(). `data` may be a view of an input chunk: copy it if the source reuses buffers.
+   * `crcs`: with ReadOptions.pieceCrcs, the CRC-32 of each piece of `data`.
+   */
+  block?(lbn: number, data: Buffer, slot: number, crcs?: Uint32Array): void | Promise<void>;
   /** Provisional until end(). */
   zero?(lbn: number): void | Promise<void>;
   end?(report: ImageReport): void | Promise<void>;
@@ -47,8 +51,17 @@ export interface ImageHandler {
 
 const TABLE_PIECE = 8192; // entries decoded per read
 
+export interface ReadOptions {
+  /**
+   * Give each block event the CRC-32 of every piece of this many bytes of its data (a divisor of the block
+   * size; otherwise ignored). The groups' checksums are then combined from them (crc32OfPieces), so a
+   * consumer that keeps such CRCs (a restore: the sectors' checksums) does not read the data a second time.
+   */
+  pieceCrcs?: number;
+}
+
 /** Parse and verify an image, yielding events in order. See the module comment about finality. */
-export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent, void, undefined> {
+export async function* readImage(source: ImageSource, opts: ReadOptions = {}): AsyncGenerator<ImageEvent, void, undefined> {
   let layout: ImageLayout | undefined;
   const src = new ByteSource(source, (pos) => corrupt(layout ? describeOffset(layout, pos) : 'header',
     `truncated: input ends at byte ${pos}`, pos));
@@ -104,15 +117,29 @@ export async function* readImage(source: ImageSource): AsyncGenerator<ImageEvent
     yield { type: 'tables', tables: { lbns, pbns, zeros } };
 
     const groupCrcs = new Uint32Array(header.groupCount);
+    const bs = header.blockSize;
+    const piece = opts.pieceCrcs !== undefined && opts.pieceCrcs > 0 && bs % opts.pieceCrcs === 0 ? opts.pieceCrcs : 0;
     const dcrc = new Crc32();
+    /** With pieces: the CRC-32 of each block of the current group so far. */
+    const blockCrcs = new Uint32Array(piece ? header.groupBlocks : 0);
     for (let i = 0; i < header.slotCount; i++) {
-      const data = await src.read(header.blockSize);
-      dcrc.update(data);
-      if ((i + 1) % header.groupBlocks === 0 || i + 1 === header.slotCount) {
-        groupCrcs[Math.floor(i / header.groupBlocks)] = dcrc.digest();
-        dcrc.reset();
+      const data = await src.read(bs);
+      const inGroup = i % header.groupBlocks;
+      const last = inGroup + 1 === header.groupBlocks || i + 1 === header.slotCount;
+      let crcs: Uint32Array | undefined;
+      if (piece) {
+        crcs = new Uint32Array(bs / piece);
+        for (let k = 0; k < crcs.length; k++) crcs[k] = crc32(data.subarray(k * piece, (k + 1) * piece));
+        blockCrcs[inGroup] = crc32OfPieces(piece, crcs.length, (k) => crcs![k]!);
+        if (last) groupCrcs[Math.floor(i / header.groupBlocks)] = crc32OfPieces(bs, inGroup + 1, (k) => blockCrcs[k]!);
+      } else {
+        dcrc.update(data);
+        if (last) {
+          groupCrcs[Math.floor(i / header.groupBlocks)] = dcrc.digest();
+          dcrc.reset();
+        }
       }
-      yield { type: 'block', slot: i, lbn: lbns[i]!, data };
+      yield crcs ? { type: 'block', slot: i, lbn: lbns[i]!, data, crcs } : { type: 'block', slot: i, lbn: lbns[i]!, data };
     }
     for (let j = 0; j < zeros.length; j++) yield { type: 'zero', lbn: zeros[j]! };
 
@@ -160,12 +187,12 @@ export function groupMismatch(header: ImageLayout, g: number): ImageError {
 }
 
 /** Callback form of readImage; resolves with the report after end(), rejects with ImageError. */
-export async function parseImage(source: ImageSource, handler: ImageHandler): Promise<ImageReport> {
-  for await (const ev of readImage(source)) {
+export async function parseImage(source: ImageSource, handler: ImageHandler, opts: ReadOptions = {}): Promise<ImageReport> {
+  for await (const ev of readImage(source, opts)) {
     switch (ev.type) {
       case 'header': await handler.header?.(ev.header); break;
       case 'tables': await handler.tables?.(ev.tables); break;
-      case 'block': await handler.block?.(ev.lbn, ev.data, ev.slot); break;
+      case 'block': await handler.block?.(ev.lbn, ev.data, ev.slot, ev.crcs); break;
       case 'zero': await handler.zero?.(ev.lbn); break;
       case 'end': await handler.end?.(ev.report); return ev.report;
     }

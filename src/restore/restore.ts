@@ -13,6 +13,7 @@ import type { ImageHeader } from '../image/header.js';
 import { describeImage } from '../image/snapshotImage.js';
 import { busy, errorCode, errorMessage, exists, invalid, VdiskError } from '../errors.js';
 import { checkName } from '../disk/names.js';
+import { SECTOR } from '../disk/sums.js';
 import { checkBlockSize, checkVirtualSize } from '../util/size.js';
 
 /**
@@ -118,11 +119,11 @@ export async function restoreImage(reg: Registry, source: ImageSource, asked: Re
         header = h;
         landing = await reg.landing(h.blockSize);
       },
-      block: (lbn, data) => landing!.put(lbn, data),
+      block: (lbn, data, _slot, crcs) => landing!.put(lbn, data, crcs),
       zero: (lbn) => {
         zeros.push(lbn);
       },
-    });
+    }, { pieceCrcs: SECTOR }); // the parser's CRCs of the sectors are the landed blocks' checksums
     const h = header!;
     const l = landing!;
     await l.settle();

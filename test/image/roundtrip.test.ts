@@ -1,7 +1,7 @@
 // Producer -> parser round trips, random access equivalence, chunk-size independence, laziness.
 
 import { describe, it, expect } from 'vitest';
-import { ImageProducer, formatInspection, inspectImage, parseImage, planImage, verifyImage } from '../../src/image/index.js';
+import { ImageProducer, crc32, formatInspection, inspectImage, parseImage, planImage, verifyImage } from '../../src/image/index.js';
 import { chunked, collect, makeFixture, parseAll, prng, type Fixture } from './helpers.js';
 
 async function expectRoundTrip(f: Fixture, src: Parameters<typeof parseAll>[0]): Promise<void> {
@@ -82,6 +82,28 @@ describe('round trip', () => {
     for (let pos = 0; pos < p.size; pos += 100_003) parts.push(await p.read(pos, 100_003));
     expect(f.reads.count).toBe(600);
     await expectRoundTrip(f, [Buffer.concat(parts)]);
+  });
+
+  it('pieceCrcs: each block comes with its pieces\' CRC-32s, the groups still checked (combined from them)', async () => {
+    const f = makeFixture({ seed: 10, slots: 600, blockSize: 8192 }); // 5 groups of 128 blocks, the last one partial
+    const bytes = await collect(f.producer.stream());
+    const seen: number[] = [];
+    const report = await parseImage([bytes], {
+      block: (lbn, data, _slot, crcs) => {
+        expect(data.equals(f.blocks.get(lbn)!)).toBe(true);
+        expect(Array.from(crcs!)).toEqual([crc32(data.subarray(0, 4096)), crc32(data.subarray(4096))]);
+        seen.push(lbn);
+      },
+    }, { pieceCrcs: 4096 });
+    expect(report.groupCount).toBe(5);
+    expect(f.producer.plan.groupBlocks).toBe(128);
+    expect(seen).toEqual(Array.from(f.input.dataLbns));
+    // a changed byte in the last group's data is still refused at the end
+    const bad = Buffer.from(bytes);
+    bad[f.producer.plan.dataOffset + 599 * 8192 + 5]! ^= 1;
+    await expect(parseImage([bad], {}, { pieceCrcs: 4096 })).rejects.toThrow(/data group 4 .*data checksum mismatch/);
+    // a size that does not divide the block is ignored (no crcs, one CRC per group as before)
+    await parseImage([bytes], { block: (_l, _d, _s, crcs) => expect(crcs).toBeUndefined() }, { pieceCrcs: 3000 });
   });
 
   it('parseImage callbacks and inspectImage', async () => {
