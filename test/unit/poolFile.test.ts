@@ -317,6 +317,74 @@ describe('WriteBehindStore.copyBehind over the O_DIRECT pool file (copy-on-write
     }
   });
 
+  it('copies go into write-behind runs: the writes staged over them while the old blocks are read land on top, and adjacent targets go out in one pool write', async () => {
+    const { vi } = await import('vitest');
+    const inner = await openDirect(join(await tempDir(), 'pool.dat'));
+    const store = await WriteBehindStore.over(inner);
+    // slow reads of the old blocks, so that every write below is staged while its block is still being read
+    const readRun = inner.readRun.bind(inner);
+    const reads = vi.spyOn(inner, 'readRun').mockImplementation(async (pbn, count, dst) => {
+      await new Promise((r) => setTimeout(r, 20));
+      return readRun(pbn, count, dst);
+    });
+    const writes: number[] = [];
+    const writeRun = inner.writeRun.bind(inner);
+    vi.spyOn(inner, 'writeRun').mockImplementation((pbn, off, src) => {
+      writes.push(src.length);
+      return writeRun(pbn, off, src);
+    });
+    try {
+      const rnd = prng(9);
+      const olds = Array.from({ length: 8 }, () => randomBytes(rnd, BS));
+      olds.forEach((b, i) => store.writeSync(100 + i, b));
+      const want = olds.map((b) => Buffer.from(b));
+      const done: Promise<void>[] = [];
+      for (let i = 0; i < 8; i++) {
+        done.push(store.copyBehind(100 + i, 10 + i)); // new blocks 10..17, allocated in order
+        const w = randomBytes(rnd, 8192);
+        const at = 8192 * (i % 7);
+        done.push(store.stageBehind(10 + i, w, at)());
+        w.copy(want[i]!, at);
+      }
+      // a second write over the first block while it is still being read
+      const again = randomBytes(rnd, 4096);
+      done.push(store.stageBehind(10, again, 4096)());
+      again.copy(want[0]!, 4096);
+      await Promise.all(done);
+      expect(reads).toHaveBeenCalledTimes(8);
+      expect(writes).toEqual([8 * BS]); // the eight blocks and every write over them: one pool write
+      for (let i = 0; i < 8; i++) {
+        const got = Buffer.alloc(BS);
+        await store.read(10 + i, got);
+        expect(got.equals(want[i]!)).toBe(true);
+        const src = Buffer.alloc(BS);
+        await store.read(100 + i, src);
+        expect(src.equals(olds[i]!)).toBe(true);
+      }
+    } finally {
+      vi.restoreAllMocks();
+      await store.close();
+    }
+  });
+
+  it('a failed read of the old block fails the copy, the writes over it and the store', async () => {
+    const { vi } = await import('vitest');
+    const inner = await openDirect(join(await tempDir(), 'pool.dat'));
+    const store = await WriteBehindStore.over(inner);
+    vi.spyOn(inner, 'readRun').mockRejectedValue(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }));
+    try {
+      store.writeSync(1, randomBytes(prng(3), BS));
+      const copied = store.copyBehind(1, 2);
+      const over = store.stageBehind(2, Buffer.alloc(8192, 7), 0)();
+      await expect(copied).rejects.toThrow(/EIO/);
+      await expect(over).rejects.toThrow(/EIO/);
+      await expect(store.sync()).rejects.toThrow(/EIO/);
+    } finally {
+      vi.restoreAllMocks();
+      await store.close().catch(() => undefined);
+    }
+  });
+
   it('a read of the target waits for the copy', async () => {
     const store = await WriteBehindStore.over(await openDirect(join(await tempDir(), 'pool.dat')));
     try {
