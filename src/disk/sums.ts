@@ -289,14 +289,25 @@ export class Integrity {
 
   /**
    * Check `part` against e's checksums (damagedSector). Damage throws CORRUPT (EIO) naming `where()` and is
-   * recorded; nothing is returned to the reader. Returns crc32(part), which the check computes anyway (and
-   * which is computed here when there is nothing to check), so a caller that needs the CRC of what it read
+   * recorded; nothing is returned to the reader. Computes no CRC when there is nothing to check.
+   */
+  verify(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): void {
+    this.check(e, part, offsetInBlock, where);
+  }
+
+  /**
+   * verify(), returning crc32(part): computed once for both, so a caller that needs the CRC of what it read
    * (an image's checksum groups) does not read the bytes a second time.
    */
-  verify(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): number {
+  verifyCrc(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string): number {
     const crc = crc32(part);
+    this.check(e, part, offsetInBlock, where, crc);
+    return crc;
+  }
+
+  private check(e: DataEntry, part: Buffer, offsetInBlock: number, where: () => string, crc?: number): void {
     const bad = this.damagedSector(e, part, offsetInBlock, crc);
-    if (bad < 0) return crc;
+    if (bad < 0) return;
     const at = `${where()}, sector at byte ${bad * SECTOR} of its block (pool block ${e.pbn})`;
     this.damaged(at);
     throw corrupt(`checksum mismatch: ${at}; the block is damaged and is not returned (vdiskfs scrub lists every such block)`);
@@ -319,11 +330,11 @@ export class Integrity {
  * damage in several sectors escapes only if the changes cancel, with the odds of a CRC-32 collision.
  * `crc`: crc32(part), when the caller has computed it.
  */
-export function mismatch(sums: string, part: Buffer, offsetInBlock: number, crc = crc32(part)): number {
+export function mismatch(sums: string, part: Buffer, offsetInBlock: number, crc?: number): number {
   const want = Buffer.from(sums, 'base64');
   const first = offsetInBlock / SECTOR;
   const n = part.length / SECTOR;
-  if (Number.isInteger(n) && (first + n) * 4 <= want.length && crc32OfPieces(SECTOR, n, (i) => want.readUInt32LE((first + i) * 4)) === crc) return -1;
+  if (Number.isInteger(n) && (first + n) * 4 <= want.length && crc32OfPieces(SECTOR, n, (i) => want.readUInt32LE((first + i) * 4)) === (crc ?? crc32(part))) return -1;
   for (let i = 0; i * SECTOR < part.length; i++) {
     const s = first + i;
     if ((s + 1) * 4 > want.length) return s;

@@ -96,7 +96,7 @@ export class View {
    * block's CRC-32, which the check computed.
    */
   verifyBlock(entry: DataEntry, lbn: number, block: Buffer): number {
-    return this.ctx.integrity.verify(entry, block, 0, () => `${this.name}, block ${lbn} (byte ${lbn * this.blockSize})`);
+    return this.ctx.integrity.verifyCrc(entry, block, 0, () => `${this.name}, block ${lbn} (byte ${lbn * this.blockSize})`);
   }
 
   /** Where block lbn's content is (data at a pbn, or zeros), the block locked meanwhile. */
