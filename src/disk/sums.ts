@@ -29,7 +29,7 @@
  * that settles at the next fsync). Later writes to a dirty block cost nothing extra, so a database's hot
  * blocks take the same path as before checksums. `scrub` seals every unverified block it meets.
  */
-import { crc32, crc32OfPieces } from '../util/crc32.js';
+import { crc32, crc32Each, crc32OfPieces } from '../util/crc32.js';
 import type { DataEntry } from '../meta/keys.js';
 import type { Context } from './context.js';
 import { GEN_KEY } from '../meta/keys.js';
@@ -45,10 +45,7 @@ export const INTENT_REGION = 4096;
 
 /** Checksums of a whole block. */
 export function sumsOf(block: Buffer): string {
-  const n = Math.ceil(block.length / SECTOR);
-  const crcs = new Uint32Array(n);
-  for (let i = 0; i < n; i++) crcs[i] = crc32(block.subarray(i * SECTOR, (i + 1) * SECTOR));
-  return sumsFrom(crcs);
+  return sumsFrom(crc32Each(block, SECTOR));
 }
 
 /** A block's checksums from its sectors' CRC-32s (computed by whoever read the block: a restore's parser). */

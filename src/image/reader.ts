@@ -6,7 +6,7 @@
 // the trailer, every group crc and end-of-input (no appended bytes) have checked out.
 // Any defect throws ImageError CORRUPT naming the first bad place (where) and image offset.
 
-import { Crc32, crc32, crc32OfPieces } from '../util/crc32.js';
+import { Crc32, crc32, crc32Each, crc32OfPieces } from '../util/crc32.js';
 import { ByteSource, type ImageSource } from './byteSource.js';
 import { checkHeaderPrefix, decodeHeader, decodeTrailer, readU64, type ImageHeader } from './header.js';
 import { corrupt, type ImageError } from './imageError.js';
@@ -128,9 +128,8 @@ export async function* readImage(source: ImageSource, opts: ReadOptions = {}): A
       const last = inGroup + 1 === header.groupBlocks || i + 1 === header.slotCount;
       let crcs: Uint32Array | undefined;
       if (piece) {
-        crcs = new Uint32Array(bs / piece);
-        for (let k = 0; k < crcs.length; k++) crcs[k] = crc32(data.subarray(k * piece, (k + 1) * piece));
-        blockCrcs[inGroup] = crc32OfPieces(piece, crcs.length, (k) => crcs![k]!);
+        const each = (crcs = crc32Each(data, piece));
+        blockCrcs[inGroup] = crc32OfPieces(piece, each.length, (k) => each[k]!);
         if (last) groupCrcs[Math.floor(i / header.groupBlocks)] = crc32OfPieces(bs, inGroup + 1, (k) => blockCrcs[k]!);
       } else {
         dcrc.update(data);

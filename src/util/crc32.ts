@@ -48,6 +48,13 @@ export class Crc32 {
   }
 }
 
+/** The CRC-32 of each consecutive piece of `pieceBytes` bytes of data (the last may be shorter). */
+export function crc32Each(data: Uint8Array, pieceBytes: number): Uint32Array {
+  const out = new Uint32Array(Math.ceil(data.length / pieceBytes));
+  for (let i = 0; i < out.length; i++) out[i] = crc32(data.subarray(i * pieceBytes, (i + 1) * pieceBytes));
+  return out;
+}
+
 /**
  * The CRC-32 of `n` consecutive pieces of `pieceBytes` bytes each, from the pieces' own CRC-32s (`crcOf(i)`):
  * zlib's crc32_combine with the length fixed. crc(A ++ B) = L(crc(A)) ^ crc(B), where L (append
