@@ -317,6 +317,122 @@ describe('WriteBehindStore.copyBehind over the O_DIRECT pool file (copy-on-write
     }
   });
 
+  it('copies go into write-behind runs: the writes staged over them while the old blocks are read land on top, and adjacent targets go out in one pool write', async () => {
+    const { vi } = await import('vitest');
+    const inner = await openDirect(join(await tempDir(), 'pool.dat'));
+    const store = await WriteBehindStore.over(inner);
+    // slow reads of the old blocks, so that every write below is staged while its block is still being read
+    const readRun = inner.readRun.bind(inner);
+    const reads = vi.spyOn(inner, 'readRun').mockImplementation(async (pbn, count, dst) => {
+      await new Promise((r) => setTimeout(r, 20));
+      return readRun(pbn, count, dst);
+    });
+    const writes: number[] = [];
+    const writeRun = inner.writeRun.bind(inner);
+    vi.spyOn(inner, 'writeRun').mockImplementation((pbn, off, src) => {
+      writes.push(src.length);
+      return writeRun(pbn, off, src);
+    });
+    try {
+      const rnd = prng(9);
+      const olds = Array.from({ length: 8 }, () => randomBytes(rnd, BS));
+      olds.forEach((b, i) => store.writeSync(100 + i, b));
+      const want = olds.map((b) => Buffer.from(b));
+      const done: Promise<void>[] = [];
+      for (let i = 0; i < 8; i++) {
+        done.push(store.copyBehind(100 + i, 10 + i)); // new blocks 10..17, allocated in order
+        const w = randomBytes(rnd, 8192);
+        const at = 8192 * (i % 7);
+        done.push(store.stageBehind(10 + i, w, at)());
+        w.copy(want[i]!, at);
+      }
+      // a second write over the first block while it is still being read
+      const again = randomBytes(rnd, 4096);
+      done.push(store.stageBehind(10, again, 4096)());
+      again.copy(want[0]!, 4096);
+      await Promise.all(done);
+      expect(reads).toHaveBeenCalledTimes(8);
+      expect(writes).toEqual([8 * BS]); // the eight blocks and every write over them: one pool write
+      for (let i = 0; i < 8; i++) {
+        const got = Buffer.alloc(BS);
+        await store.read(10 + i, got);
+        expect(got.equals(want[i]!)).toBe(true);
+        const src = Buffer.alloc(BS);
+        await store.read(100 + i, src);
+        expect(src.equals(olds[i]!)).toBe(true);
+      }
+    } finally {
+      vi.restoreAllMocks();
+      await store.close();
+    }
+  });
+
+  it('a failed read of the old block fails the copy, the writes over it and the store', async () => {
+    const { vi } = await import('vitest');
+    const inner = await openDirect(join(await tempDir(), 'pool.dat'));
+    const store = await WriteBehindStore.over(inner);
+    vi.spyOn(inner, 'readRun').mockRejectedValue(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }));
+    try {
+      store.writeSync(1, randomBytes(prng(3), BS));
+      const copied = store.copyBehind(1, 2);
+      const over = store.stageBehind(2, Buffer.alloc(8192, 7), 0)();
+      await expect(copied).rejects.toThrow(/EIO/);
+      await expect(over).rejects.toThrow(/EIO/);
+      await expect(store.sync()).rejects.toThrow(/EIO/);
+    } finally {
+      vi.restoreAllMocks();
+      await store.close().catch(() => undefined);
+    }
+  });
+
+  it('a copy that fills the last free run (1 MiB blocks) still takes the write over it, and a write with no run free goes on its own', async () => {
+    const { vi } = await import('vitest');
+    const MB = 1024 * 1024;
+    const inner = await DirectPoolFileStore.open(join(await tempDir(), 'pool.dat'), MB);
+    if (!inner) throw new Error('O_DIRECT is not supported where the tests run: these tests need it');
+    const store = await WriteBehindStore.over(inner);
+    // pool writes hang until released, so that the runs they hold stay taken
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const writeRun = inner.writeRun.bind(inner);
+    vi.spyOn(inner, 'writeRun').mockImplementation(async (pbn, off, src) => {
+      await held;
+      return writeRun(pbn, off, src);
+    });
+    try {
+      const rnd = prng(11);
+      const old = randomBytes(rnd, MB);
+      store.writeSync(50, old);
+      const done: Promise<void>[] = [];
+      const whole = Array.from({ length: 7 }, () => randomBytes(rnd, MB));
+      whole.forEach((b, i) => done.push(store.stageBehind(i, b)())); // seven runs, each full and submitted
+      expect(store.behindRoom(MB)).toBe(true); // one run left: room for the copy of one block
+      const want = Buffer.from(old);
+      const over = randomBytes(rnd, 8192);
+      over.copy(want, 65536);
+      done.push(store.copyBehind(50, 7));
+      done.push(store.stageBehind(7, over, 65536)()); // patches the copy's run (threw "no free write-behind run")
+      const alone = randomBytes(rnd, 8192);
+      done.push(store.stageBehind(8, alone, 0)()); // the run is full and none is free: written on its own
+      release();
+      await Promise.all(done);
+      await store.sync();
+      const got = Buffer.alloc(MB);
+      await store.read(7, got);
+      expect(got.equals(want)).toBe(true);
+      await store.read(8, got);
+      expect(got.subarray(0, 8192).equals(alone)).toBe(true);
+      for (let i = 0; i < 7; i++) {
+        await store.read(i, got);
+        expect(got.equals(whole[i]!)).toBe(true);
+      }
+    } finally {
+      release();
+      vi.restoreAllMocks();
+      await store.close();
+    }
+  });
+
   it('a read of the target waits for the copy', async () => {
     const store = await WriteBehindStore.over(await openDirect(join(await tempDir(), 'pool.dat')));
     try {
