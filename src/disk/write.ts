@@ -149,9 +149,8 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   // of their own (writeBehind.ts Run.gate): with new blocks besides, the request would need two; the async
   // path takes it.
   if (intentPbns.length && changes.length && !ctx.integrity.intended(intentPbns)) return giveBack();
-  // Merged blocks stage more bytes than the request carries, and so do blocks copied behind (the old
-  // block goes into a write-behind run): the store must have room for all of them.
-  const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + (copies.has(c) ? disk.blockSize : c.block!.length), 0);
+  // Merged blocks stage more bytes than the request carries: the store must have room for all of them.
+  const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + c.block!.length, 0);
   if (staged > src.length && !store.behindRoom(staged)) return giveBack();
   const reserved: number[] = [];
   try {

@@ -15,9 +15,6 @@
  *   the synchronous path asks busy() first;
  * - the table batch that references a new block waits for the block's write (disk/write.ts), so a crash never
  *   leaves an entry pointing at unwritten data;
- * - a block copied behind (copyBehind) is read from the bottom straight into a run's memory, after the
- *   source's earlier writes; writes staged over it before that read is in are kept aside and applied over
- *   it, in order, in the step that ends the read (Run.filling), and the run is written only after its reads;
  * - a failed write fails every later sync() and ends write-behind (like a disk whose cache lost data).
  */
 import type { BlockStore, RunStore } from './blockStore.js';
@@ -64,12 +61,6 @@ interface Run {
    * while that batch is queued before `after`'s own, ever waits for `after`.
    */
   gate?: Promise<unknown> | undefined;
-  /**
-   * Blocks being copied into this run (copyBehind: the old block is read straight into the run's memory):
-   * pbn -> the writes staged over it meanwhile (memory offset, a copy of the bytes), applied in order once
-   * the read is in. The run is written only after its reads (they are deps).
-   */
-  filling?: Map<number, { mem: number; data: Buffer }[]>;
   done: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
@@ -189,7 +180,12 @@ export class WriteBehindStore implements BlockStore {
     if (pos % sector || len % sector) {
       // not whole sectors: the bottom reads, patches and writes them, after the pbn's earlier writes
       if (this.open?.byPbn.has(pbn)) this.submit(this.open);
-      return this.writeAlone(pbn, data, offsetInBlock, after);
+      const copy = Buffer.from(data);
+      const gated = after ? this.gate(after) : undefined;
+      return this.inflight.after(pbn, 1, async () => {
+        await gated;
+        return this.guard(() => this.inner.write(pbn, copy, offsetInBlock));
+      });
     }
     let run = this.open;
     if (run && run.gate !== after) {
@@ -200,10 +196,7 @@ export class WriteBehindStore implements BlockStore {
       const mine = run.byPbn.get(pbn);
       const hit = mine?.find((s) => pos < s.pos + s.len && s.pos < pos + len);
       if (hit && pos >= hit.pos && pos + len <= hit.pos + hit.len) {
-        // patch what is staged: still one write, in order (over a block still being copied in: once it is)
-        const filling = run.filling?.get(pbn);
-        if (filling) filling.push({ mem: hit.mem + pos - hit.pos, data: Buffer.from(data) });
-        else data.copy(run.buf, hit.mem + pos - hit.pos);
+        data.copy(run.buf, hit.mem + pos - hit.pos); // patch what is staged: still one write, in order
         return run.done;
       }
       if (hit || run.used + len > run.buf.length) {
@@ -211,9 +204,6 @@ export class WriteBehindStore implements BlockStore {
         run = null;
       }
     }
-    // No run free (behindRoom promised one for the request, but a copy behind may have filled it): the write
-    // goes on its own, still in order, instead of failing a request that is already half staged.
-    if (!run && this.freeRuns.length === 0) return this.writeAlone(pbn, data, offsetInBlock, after);
     if (!run) {
       run = this.newRun();
       if (after) {
@@ -221,36 +211,16 @@ export class WriteBehindStore implements BlockStore {
         this.addDep(run, this.gate(after));
       }
     }
-    data.copy(run.buf, this.reserve(run, pbn, pos, len));
-    if (run.used === run.buf.length) this.submit(run);
-    return run.done;
-  }
-
-  /** A write outside any run (a copy of the bytes), after the pbn's earlier writes and before its later ones. */
-  private writeAlone(pbn: number, data: Buffer, offsetInBlock: number, after?: Promise<unknown>): Promise<void> {
-    const copy = Buffer.from(data);
-    const gated = after ? this.gate(after) : undefined;
-    return this.inflight.after(pbn, 1, async () => {
-      await gated;
-      return this.guard(() => this.inner.write(pbn, copy, offsetInBlock));
-    });
-  }
-
-  /**
-   * `len` bytes of run memory for store bytes [pos, +len) of block pbn (appended to the last stretch when
-   * contiguous with it); pbn's tail becomes the run, after its earlier writes. Returns the memory offset.
-   */
-  private reserve(run: Run, pbn: number, pos: number, len: number): number {
     const tail = this.inflight.get(pbn);
     if (tail && tail !== run.done) this.addDep(run, tail);
-    const mem = run.used;
+    data.copy(run.buf, run.used);
     const last = run.stretches[run.stretches.length - 1];
     let s: Stretch;
-    if (last && last.pos + last.len === pos && last.mem + last.len === mem) {
+    if (last && last.pos + last.len === pos && last.mem + last.len === run.used) {
       last.len += len;
       s = last;
     } else {
-      s = { pos, len, mem };
+      s = { pos, len, mem: run.used };
       run.stretches.push(s);
     }
     run.used += len;
@@ -258,7 +228,8 @@ export class WriteBehindStore implements BlockStore {
     if (!list) run.byPbn.set(pbn, [s]);
     else if (!list.includes(s)) list.push(s);
     this.inflight.set(pbn, run.done);
-    return mem;
+    if (run.used === run.buf.length) this.submit(run);
+    return run.done;
   }
 
   private newRun(): Run {
@@ -357,54 +328,22 @@ export class WriteBehindStore implements BlockStore {
    * it issued so far has settled, and is ordered before every write to `to` issued after this call (it
    * becomes `to`'s tail, which later stages and reads wait for). A partial write into a block a snapshot
    * holds is then acknowledged without waiting for the old block to be read (disk/write.ts writeDiskNow).
-   * Takes a block of run room (the fast path counts it: disk/write.ts). One thread-pool job per copy (the
-   * read) instead of two, and the copies of blocks allocated one after another go out as one pool write.
    */
   copyBehind(from: number, to: number): Promise<void> {
-    const bs = this.blockSize;
-    // The open run goes now if it holds a write to either block (the copy waits for `from`'s writes, so a
-    // run that held both would wait for itself), is gated (Run.gate), or has no room for the block.
-    const open = this.open;
-    if (open && (open.byPbn.has(from) || open.byPbn.has(to) || open.gate !== undefined || open.used + bs > open.buf.length)) this.submit(open);
+    // The open run goes now if it holds a write to either block: a write staged to `to` after this call
+    // lands in a later run that waits for the copy, and the copy waits for `from`'s writes, so a run that
+    // held both would wait for itself.
+    if (this.open && (this.open.byPbn.has(from) || this.open.byPbn.has(to))) this.submit(this.open);
     this.copies++;
+    const p = this.inflight.after(to, 1, async () => {
+      await this.settled(from);
+      await this.guard(() => this.inner.copyBlock(from, to));
+    });
     const done = (): void => {
       this.copies--;
     };
-    if (!this.open && this.freeRuns.length === 0) {
-      // no run to copy into: read and write the block on its own, ordered before every later write to `to`
-      const p = this.inflight.after(to, 1, async () => {
-        await this.settled(from);
-        await this.guard(() => this.inner.copyBlock(from, to));
-      });
-      p.then(done, done);
-      return p;
-    }
-    // The old block is read straight into a run's memory, where the writes staged to `to` after this call
-    // land over it (Run.filling) and the block goes out with the run's other blocks: new blocks are
-    // allocated in order, so a stream of copies fills whole runs, one pool write for many blocks.
-    const run = this.open ?? this.newRun();
-    const mem = this.reserve(run, to, to * bs, bs);
-    const over: { mem: number; data: Buffer }[] = [];
-    (run.filling ??= new Map()).set(to, over);
-    const read = this.settled(from)
-      .then(() => this.guard(() => this.inner.readRun(from, 1, run.buf.subarray(mem, mem + bs))))
-      .then(
-        () => {
-          // in the same step as the end of `filling`: a write staged after it patches the memory itself
-          for (const w of over) w.data.copy(run.buf, w.mem);
-          run.filling!.delete(to);
-        },
-        (e: unknown) => {
-          run.filling!.delete(to);
-          throw e;
-        },
-      );
-    read.catch(() => undefined); // a failure fails the store (guard) and with it the run
-    this.addDep(run, read);
-    // Not submitted even when full: the write this copy is for comes next and patches it (a submitted run
-    // would leave that write needing a run of its own). The next stage that does not fit submits it.
-    run.done.then(done, done);
-    return run.done;
+    p.then(done, done);
+    return p;
   }
 
   copyRoom(): boolean {
