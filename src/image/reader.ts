@@ -128,7 +128,8 @@ export async function* readImage(source: ImageSource, opts: ReadOptions = {}): A
       const last = inGroup + 1 === header.groupBlocks || i + 1 === header.slotCount;
       let crcs: Uint32Array | undefined;
       if (piece) {
-        const each = (crcs = crc32Each(data, piece));
+        const each = crc32Each(data, piece);
+        crcs = each;
         blockCrcs[inGroup] = crc32OfPieces(piece, each.length, (k) => each[k]!);
         if (last) groupCrcs[Math.floor(i / header.groupBlocks)] = crc32OfPieces(bs, inGroup + 1, (k) => blockCrcs[k]!);
       } else {
