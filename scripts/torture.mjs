@@ -1014,8 +1014,9 @@ const LOAD_READER = `
   // A record read while its writer overwrites it may be torn: Linux gives buffered reads no atomicity against a
   // concurrent buffered write (the writer's copy into a page-cache page is not locked against readers; ext4 does
   // the same, README "Proof under faults"). Such a record is accepted, and counted, only if every 8-byte word of
-  // it is that word of some version of this very slot by its writer (or zero, before its first write), and reading it again gives a whole record.
-  // Anything else (another slot's or writer's data, garbage, a tear that stays) is an error.
+  // it is that word of some version of this very slot by its writer (or zero, before its first write), and
+  // reading it again gives a whole record. Anything else (another slot's or writer's data, garbage, a tear that
+  // stays) is an error.
   async function torn(rec, r, slot) {
     if (rec.readUInt32LE(8) !== r.w || rec.readUInt32LE(16) !== slot) return 'it names writer ' + rec.readUInt32LE(8) + ' slot ' + rec.readUInt32LE(16);
     const seq = rec.readUInt32LE(12);
