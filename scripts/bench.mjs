@@ -3,6 +3,9 @@
 //   plain    a plain file in a temp dir (the filesystem the store lives on)
 //   null     scripts/nullfs.mjs, a FUSE filesystem that discards writes and reads zeros: the ceiling for
 //            any fuse-napi filesystem on this machine
+//   pass     scripts/nullfs.mjs over a plain file in the temp dir (passthrough): each request one O_DIRECT
+//            read or write of that file, answered when done; no tables, caches or checksums. The least a
+//            FUSE filesystem keeping its data on this disk does per request: the ceiling of uncached reads
 //   vdiskfs  a disk file of a vdiskfs mount (dist/cli/main.js mount ... -f), store in the temp dir
 //   vdiskfs-pagecache  the same with VDISKFS_POOL_IO=buffered: pool files read and written through the page
 //            cache instead of with O_DIRECT (store/poolFile.ts instead of store/directPool.ts)
@@ -15,7 +18,7 @@
 //
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
-//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
+//   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,pass,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
 //                                          (snapshot,backup,sparse,fig6,database,images,replicate,scrub,ceph); keys match exactly (vdiskfs is not vdiskfs-leveldb)
 //                                          vdiskfs-nosums: vdiskfs with VDISKFS_CHECKSUMS=off, printed as the checksums' cost:
 //                                          the ratio of the medians, each round's pair (the two ran the figure
@@ -91,7 +94,7 @@ export const config = (() => {
     rounds: Math.max(1, Number(env.BENCH_ROUNDS || (quick ? 1 : 3))),
     fioRuntime: quick ? 3 : 15,
     fioSize: quick ? '64M' : '1G',
-    only: (env.BENCH_ONLY || 'plain,null,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images,replicate,scrub,ceph').split(',').map((s) => s.trim()).filter(Boolean),
+    only: (env.BENCH_ONLY || 'plain,null,pass,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu,snapshot,backup,sparse,fig6,database,images,replicate,scrub,ceph').split(',').map((s) => s.trim()).filter(Boolean),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     jsonOut: env.BENCH_JSON || '/tmp/vdiskfs-bench-results.json',
     keep: env.BENCH_KEEP === '1',
@@ -146,6 +149,18 @@ export const TARGETS = [
       const server = await startServer(process.execPath,
         [...(await serverFlags(ROOT)), path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB)],
         { mountpoint, env: await serverEnv(ROOT), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name: 'nullfs' })
+      return { file: path.join(mountpoint, 'null'), server, mountpoint }
+    }
+  },
+  {
+    key: 'pass',
+    label: 'passthrough FUSE (O_DIRECT file)',
+    async setup (ctx) {
+      const mountpoint = path.join(ctx.dir, 'mnt-pass')
+      await mkdir(mountpoint, { recursive: true })
+      const server = await startServer(process.execPath,
+        [...(await serverFlags(ROOT)), path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB), path.join(ctx.dir, 'pass.img')],
+        { mountpoint, env: await serverEnv(ROOT), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name: 'passthrough' })
       return { file: path.join(mountpoint, 'null'), server, mountpoint }
     }
   },
@@ -440,24 +455,32 @@ function printResults (results) {
     `median of ${config.rounds} round${config.rounds > 1 ? 's' : ''}, targets taking turns)\n`)
   console.log(markdownTable(headers, rows))
 
-  const nul = results.find((r) => r.key === 'null' && !r.skipped)
-  const ratios = {}
-  if (nul) {
-    const ratioRows = measured.filter((r) => r.key !== 'null').map((r) => {
-      ratios[r.key] = {}
+  /** Each other target's figures as ratios to `baseKey`'s; returns them by target key (null when absent). */
+  const ratioTable = (baseKey, title, keep = () => true) => {
+    const base = results.find((r) => r.key === baseKey && !r.skipped)
+    if (!base) return null
+    const out = {}
+    const ratioRows = measured.filter((r) => r.key !== baseKey && keep(r)).map((r) => {
+      out[r.key] = {}
       return [r.label, ...FIGURES.map((f) => {
         const a = r.figures[f.key]
-        const b = nul.figures[f.key]
+        const b = base.figures[f.key]
         const q = a == null || !b ? null : a / b
-        ratios[r.key][f.key] = q
+        out[r.key][f.key] = q
         return q == null ? '–' : `${fmt(q, 2)}×`
       })]
     })
     if (ratioRows.length) {
-      console.log('\n### Ratio to null FUSE (higher is better, except peak RSS)\n')
+      console.log(`\n### ${title}\n`)
       console.log(markdownTable(headers, ratioRows))
     }
+    return out
   }
+  const ratios = ratioTable('null', 'Ratio to null FUSE (higher is better, except peak RSS)') ?? {}
+  // The passthrough reads and writes the disk once per request and keeps nothing: for the FUSE targets, what
+  // their own work costs over that (above 1×: caching or writing behind beats it).
+  const toPass = ratioTable('pass', 'Ratio to the passthrough FUSE filesystem (each request one O_DIRECT read or write of a plain file)', (r) => r.key !== 'plain' && r.key !== 'null')
+  if (toPass) ratios.toPassthrough = toPass
   const disk = results.find((r) => r.key === 'plain' && !r.skipped)?.figures.diskReadMBps
   if (disk) {
     const rows = measured.filter((r) => r.figures.seqReadMBps != null).map((r) => [r.label, fmt(r.figures.seqReadMBps), `${fmt(r.figures.seqReadMBps / disk, 2)}×`])

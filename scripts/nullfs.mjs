@@ -1,22 +1,29 @@
 #!/usr/bin/env node
 // Null FUSE filesystem: the throughput ceiling for any Node filesystem built on fuse-napi (FUSE 3).
 //
-//   node scripts/nullfs.mjs MOUNTPOINT SIZE_BYTES
+//   node scripts/nullfs.mjs MOUNTPOINT SIZE_BYTES [BACKING_FILE]
 //
 // Serves one regular file, /null, of SIZE_BYTES bytes. Writes are accepted and discarded, reads return
 // zeros, so the figures measure only the kernel <-> libfuse <-> N-API <-> JS round trip. Mount options
 // are the ones vdiskfs uses (see FastFuse below). Prints "ready" on stdout once mounted; unmounts
 // on SIGINT/SIGTERM (and SIGHUP).
 //
+// With BACKING_FILE it is a *passthrough*: /null's bytes are that file's (made SIZE_BYTES long), every read
+// and write goes to it with O_DIRECT and is answered once done, with no tables, caches or checksums: the
+// least a FUSE filesystem that keeps its data on this disk must do per request. Requests of up to 128 KiB
+// run synchronously on the event loop (as vdiskfs's fast path reads), larger ones on libuv's thread pool,
+// so that the kernel's readahead keeps several in flight. fsync is fdatasync of the file.
+//
 // This process serves the mount: it must never block its event loop on I/O to the mount itself
 // (no execSync/spawnSync here), or the kernel request and the JS thread wait for each other.
 import Fuse from 'fuse-napi'
+import { constants, fdatasync, ftruncateSync, openSync, read, readSync, write, writeSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import process from 'node:process'
 
-const [mountpoint, sizeArg] = process.argv.slice(2)
+const [mountpoint, sizeArg, backingPath] = process.argv.slice(2)
 if (!mountpoint || !sizeArg || !/^\d+$/.test(sizeArg)) {
-  process.stderr.write('usage: node scripts/nullfs.mjs MOUNTPOINT SIZE_BYTES\n')
+  process.stderr.write('usage: node scripts/nullfs.mjs MOUNTPOINT SIZE_BYTES [BACKING_FILE]\n')
   process.exit(2)
 }
 let size = Number(sizeArg)
@@ -26,6 +33,48 @@ let size = Number(sizeArg)
 export const EXTRA_MOUNT_OPTIONS = ['attr_timeout=0', 'entry_timeout=0', 'auto_cache']
 const MAX_IO = 1024 * 1024
 const MAX_CONCURRENCY = Number(process.env.VDISKFS_FUSE_WORKERS ?? 4) // as vdiskfs: same variable
+
+// ---- passthrough (BACKING_FILE) -------------------------------------------------------------------
+const SECTOR = 4096 // O_DIRECT transfers: offsets, lengths and memory on this boundary
+const SYNC_MAX = 128 * 1024
+const backing = backingPath ? openSync(backingPath, constants.O_RDWR | constants.O_CREAT | constants.O_DIRECT, 0o644) : -1
+if (backing >= 0) ftruncateSync(backing, size)
+/**
+ * Page-aligned bounce buffers for O_DIRECT, one per request in flight: a WebAssembly.Memory's buffer starts on
+ * a page boundary (src/util/memory.ts explains why vdiskfs uses the same). A reply's buffer is given back
+ * after the binding has copied it (it does so on the next tick after the callback).
+ */
+const BOUNCE = MAX_IO + 2 * SECTOR
+const spare = []
+const takeBounce = () => spare.pop() ?? Buffer.from(new WebAssembly.Memory({ initial: Math.ceil(BOUNCE / 65536), maximum: Math.ceil(BOUNCE / 65536) }).buffer, 0, BOUNCE)
+const giveBounce = (b) => setImmediate(() => spare.push(b))
+const span = (pos, len) => {
+  const from = Math.floor(pos / SECTOR) * SECTOR
+  return { from, bytes: Math.ceil((pos + len) / SECTOR) * SECTOR - from }
+}
+/** Read `bytes` at `from` (sector-aligned) into b; cb(err). Synchronous for small requests. */
+function passRead (b, from, bytes, cb) {
+  if (bytes <= SYNC_MAX) {
+    try {
+      readSync(backing, b, 0, bytes, from)
+    } catch (e) {
+      return cb(e)
+    }
+    return cb(null)
+  }
+  read(backing, b, 0, bytes, from, (e) => cb(e))
+}
+function passWrite (b, from, bytes, cb) {
+  if (bytes <= SYNC_MAX) {
+    try {
+      writeSync(backing, b, 0, bytes, from)
+    } catch (e) {
+      return cb(e)
+    }
+    return cb(null)
+  }
+  write(backing, b, 0, bytes, from, (e) => cb(e))
+}
 
 class FastFuse extends Fuse {
   _fuseOptions () {
@@ -74,23 +123,49 @@ const ops = {
     const n = Math.max(0, Math.min(len, size - pos))
     stats.reads++
     stats.readBytes += n
-    return cb(0, ZEROS.subarray(0, n))
+    if (backing < 0 || n === 0) return cb(0, ZEROS.subarray(0, n))
+    const { from, bytes } = span(pos, n)
+    const b = takeBounce()
+    passRead(b, from, bytes, (e) => {
+      if (e) cb(Fuse.EIO)
+      else cb(0, b.subarray(pos - from, pos - from + n))
+      giveBounce(b)
+    })
   },
   write (path, fd, buf, len, pos, cb) {
     stats.writes++
     stats.writeBytes += len
-    return cb(len)
+    if (backing < 0) return cb(len)
+    if (pos + len > size) return cb(Fuse.EFBIG)
+    const { from, bytes } = span(pos, len)
+    const b = takeBounce()
+    const done = (e) => {
+      cb(e ? Fuse.EIO : len)
+      giveBounce(b)
+    }
+    const fill = () => {
+      buf.copy(b, pos - from, 0, len)
+      passWrite(b, from, bytes, done)
+    }
+    // A write that does not cover whole sectors keeps the rest of them: read them first.
+    if (from === pos && bytes === len) fill()
+    else passRead(b, from, bytes, (e) => (e ? done(e) : fill()))
   },
   truncate (path, newSize, cb) {
     if (path !== '/null') return cb(Fuse.ENOENT)
     size = newSize
+    if (backing >= 0) ftruncateSync(backing, size)
     return cb(0)
   },
   ftruncate (path, fd, newSize, cb) {
     size = newSize
+    if (backing >= 0) ftruncateSync(backing, size)
     return cb(0)
   },
-  fsync (path, datasync, fd, cb) { cb(0) },
+  fsync (path, datasync, fd, cb) {
+    if (backing < 0) return cb(0)
+    fdatasync(backing, (e) => cb(e ? Fuse.EIO : 0))
+  },
   flush (path, fd, cb) { cb(0) },
   utimens (path, atime, mtime, cb) { cb(0) },
   chmod (path, mode, cb) { cb(0) },
