@@ -37,7 +37,17 @@ const MAX_CONCURRENCY = Number(process.env.VDISKFS_FUSE_WORKERS ?? 4) // as vdis
 // ---- passthrough (BACKING_FILE) -------------------------------------------------------------------
 const SECTOR = 4096 // O_DIRECT transfers: offsets, lengths and memory on this boundary
 const SYNC_MAX = 128 * 1024
-const backing = backingPath ? openSync(backingPath, constants.O_RDWR | constants.O_CREAT | constants.O_DIRECT, 0o644) : -1
+/** The backing file, with O_DIRECT where its filesystem takes it (tmpfs does not: then through the page cache, said on stderr). */
+function openBacking (file) {
+  try {
+    return openSync(file, constants.O_RDWR | constants.O_CREAT | constants.O_DIRECT, 0o644)
+  } catch (e) {
+    if (e.code !== 'EINVAL') throw e
+    process.stderr.write(`nullfs: ${file}: no O_DIRECT on its filesystem, passing through the page cache\n`)
+    return openSync(file, constants.O_RDWR | constants.O_CREAT, 0o644)
+  }
+}
+const backing = backingPath ? openBacking(backingPath) : -1
 if (backing >= 0) ftruncateSync(backing, size)
 /**
  * Page-aligned bounce buffers for O_DIRECT, one per request in flight: a WebAssembly.Memory's buffer starts on
