@@ -131,6 +131,21 @@ function vdiskfsSetup ({ mnt, store: storeName, mountArgs = [], env: extraEnv = 
   }
 }
 
+/**
+ * setup() of scripts/nullfs.mjs mounted on ctx.dir/<mnt>: null FUSE, or with `backing` (a file in ctx.dir)
+ * the passthrough over it.
+ */
+function nullfsSetup ({ mnt, name, backing }) {
+  return async function setup (ctx) {
+    const mountpoint = path.join(ctx.dir, mnt)
+    await mkdir(mountpoint, { recursive: true })
+    const server = await startServer(process.execPath,
+      [...(await serverFlags(ROOT)), path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB), ...(backing ? [path.join(ctx.dir, backing)] : [])],
+      { mountpoint, env: await serverEnv(ROOT), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name })
+    return { file: path.join(mountpoint, 'null'), server, mountpoint }
+  }
+}
+
 export const TARGETS = [
   {
     key: 'plain',
@@ -143,26 +158,12 @@ export const TARGETS = [
   {
     key: 'null',
     label: 'null FUSE',
-    async setup (ctx) {
-      const mountpoint = path.join(ctx.dir, 'mnt-null')
-      await mkdir(mountpoint, { recursive: true })
-      const server = await startServer(process.execPath,
-        [...(await serverFlags(ROOT)), path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB)],
-        { mountpoint, env: await serverEnv(ROOT), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name: 'nullfs' })
-      return { file: path.join(mountpoint, 'null'), server, mountpoint }
-    }
+    setup: nullfsSetup({ mnt: 'mnt-null', name: 'nullfs' })
   },
   {
     key: 'pass',
     label: 'passthrough FUSE (O_DIRECT file)',
-    async setup (ctx) {
-      const mountpoint = path.join(ctx.dir, 'mnt-pass')
-      await mkdir(mountpoint, { recursive: true })
-      const server = await startServer(process.execPath,
-        [...(await serverFlags(ROOT)), path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB), path.join(ctx.dir, 'pass.img')],
-        { mountpoint, env: await serverEnv(ROOT), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name: 'passthrough' })
-      return { file: path.join(mountpoint, 'null'), server, mountpoint }
-    }
+    setup: nullfsSetup({ mnt: 'mnt-pass', name: 'passthrough', backing: 'pass.img' })
   },
   {
     key: 'vdiskfs',

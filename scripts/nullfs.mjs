@@ -17,7 +17,7 @@
 // This process serves the mount: it must never block its event loop on I/O to the mount itself
 // (no execSync/spawnSync here), or the kernel request and the JS thread wait for each other.
 import Fuse from 'fuse-napi'
-import { constants, fdatasync, ftruncateSync, openSync, read, readSync, write, writeSync } from 'node:fs'
+import { constants, fdatasync, ftruncateSync, openSync, read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import process from 'node:process'
 
@@ -62,28 +62,18 @@ const span = (pos, len) => {
   const from = Math.floor(pos / SECTOR) * SECTOR
   return { from, bytes: Math.ceil((pos + len) / SECTOR) * SECTOR - from }
 }
-/** Read `bytes` at `from` (sector-aligned) into b; cb(err). Synchronous for small requests. */
-function passRead (b, from, bytes, cb) {
-  if (bytes <= SYNC_MAX) {
-    try {
-      readSync(backing, b, 0, bytes, from)
-    } catch (e) {
-      return cb(e)
-    }
-    return cb(null)
+/**
+ * Read or write (`write`) `bytes` at `from` (sector-aligned) between b and the backing file; cb(err).
+ * Synchronous for small requests.
+ */
+function passIo (write, b, from, bytes, cb) {
+  if (bytes > SYNC_MAX) return (write ? fsWrite : fsRead)(backing, b, 0, bytes, from, (e) => cb(e))
+  try {
+    (write ? writeSync : readSync)(backing, b, 0, bytes, from)
+  } catch (e) {
+    return cb(e)
   }
-  read(backing, b, 0, bytes, from, (e) => cb(e))
-}
-function passWrite (b, from, bytes, cb) {
-  if (bytes <= SYNC_MAX) {
-    try {
-      writeSync(backing, b, 0, bytes, from)
-    } catch (e) {
-      return cb(e)
-    }
-    return cb(null)
-  }
-  write(backing, b, 0, bytes, from, (e) => cb(e))
+  cb(null)
 }
 
 class FastFuse extends Fuse {
@@ -136,7 +126,7 @@ const ops = {
     if (backing < 0 || n === 0) return cb(0, ZEROS.subarray(0, n))
     const { from, bytes } = span(pos, n)
     const b = takeBounce()
-    passRead(b, from, bytes, (e) => {
+    passIo(false, b, from, bytes, (e) => {
       if (e) cb(Fuse.EIO)
       else cb(0, b.subarray(pos - from, pos - from + n))
       giveBounce(b)
@@ -155,11 +145,11 @@ const ops = {
     }
     const fill = () => {
       buf.copy(b, pos - from, 0, len)
-      passWrite(b, from, bytes, done)
+      passIo(true, b, from, bytes, done)
     }
     // A write that does not cover whole sectors keeps the rest of them: read them first.
     if (from === pos && bytes === len) fill()
-    else passRead(b, from, bytes, (e) => (e ? done(e) : fill()))
+    else passIo(false, b, from, bytes, (e) => (e ? done(e) : fill()))
   },
   truncate (path, newSize, cb) {
     if (path !== '/null') return cb(Fuse.ENOENT)
