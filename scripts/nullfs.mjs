@@ -37,7 +37,7 @@ const MAX_CONCURRENCY = Number(process.env.VDISKFS_FUSE_WORKERS ?? 4) // as vdis
 // ---- passthrough (BACKING_FILE) -------------------------------------------------------------------
 const SECTOR = 4096 // O_DIRECT transfers: offsets, lengths and memory on this boundary
 const SYNC_MAX = 128 * 1024
-/** The backing file, with O_DIRECT where its filesystem takes it (tmpfs does not: then through the page cache, said on stderr). */
+/** The backing file, with O_DIRECT where its filesystem takes it (else through the page cache, said on stderr). */
 function openBacking (file) {
   try {
     return openSync(file, constants.O_RDWR | constants.O_CREAT | constants.O_DIRECT, 0o644)
@@ -147,7 +147,8 @@ const ops = {
       buf.copy(b, pos - from, 0, len)
       passIo(true, b, from, bytes, done)
     }
-    // A write that does not cover whole sectors keeps the rest of them: read them first.
+    // A write that does not cover whole sectors keeps the rest of them: read them first. (The kernel sends
+    // one file's buffered writes one at a time, under the inode's lock: no two of these overlap.)
     if (from === pos && bytes === len) fill()
     else passIo(false, b, from, bytes, (e) => (e ? done(e) : fill()))
   },
