@@ -31,7 +31,7 @@ _vdiskfs() {
   local args=()
   for ((i = 1; i < COMP_CWORD; i++)); do
     case ${COMP_WORDS[i]} in
-      --store | --pool-size | --block-store | --rados-pool | --rados-store | --ceph-conf | --readahead | -o | --options | --log-level | --output | --since | --as | --into | --block-size | --rows | --to-store | --to-command | --prefix | --keep) ((i++)) ;;
+      --store | --pool-size | --block-store | --rados-pool | --rados-store | --ceph-conf | --readahead | --table-cache | -o | --options | --log-level | --output | --since | --as | --into | --block-size | --rows | --to-store | --to-command | --prefix | --keep) ((i++)) ;;
       -*) ;;
       *) args+=("${COMP_WORDS[i]}") ;;
     esac
@@ -46,7 +46,7 @@ _vdiskfs() {
     --into) mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names disks)" -- "$cur"); return ;;
     --since) [[ $cmd == replicate ]] && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names snaps "${args[1]}")" -- "$cur") && return
       [[ ${args[1]} == *@* ]] && mapfile -t COMPREPLY < <(compgen -W "$(_vdiskfs_names snaps "${args[1]%@*}")" -- "$cur"); return ;;
-    --as | --pool-size | --readahead | --block-size | --rows | --to-command | --prefix | --keep) return ;;
+    --as | --pool-size | --readahead | --table-cache | --block-size | --rows | --to-command | --prefix | --keep) return ;;
   esac
 
   if [[ -z $cmd ]]; then
@@ -61,7 +61,7 @@ _vdiskfs() {
   if [[ $cur == -* ]]; then
     local opts="--store --json -p -q --help"
     case $cmd in
-      mount) opts="--store --pool-size --block-store --rados-pool --rados-store --ceph-conf --readahead -f --foreground -o --log-level --help" ;;
+      mount) opts="--store --pool-size --block-store --rados-pool --rados-store --ceph-conf --readahead --table-cache -f --foreground -o --log-level --help" ;;
       create) opts+=" --block-size --block-store" ;;
       delete) opts+=" -r --recursive" ;;
       backup) opts+=" -o --output --since" ;;

@@ -11,7 +11,7 @@ import { Tree } from '../fuse/nodes.js';
 import { mountTree, type Mounted } from '../fuse/mount.js';
 import { configureLog, logger, reopenLog } from '../log.js';
 import { logPath, mountInfoPath, parseBlockStore } from '../meta/db.js';
-import { parseReadahead, parseSize } from '../util/size.js';
+import { parseReadahead, parseSize, parseTableCache } from '../util/size.js';
 import { mountDevice } from '../util/mountinfo.js';
 import { errorCode, errorMessage, invalid } from '../errors.js';
 import { storeDir } from './storeDir.js';
@@ -31,6 +31,8 @@ export interface MountArgs {
   radosStore?: string;
   /** Kernel readahead for the mount (a size; 0 keeps the kernel default). */
   readahead?: string;
+  /** Memory for cached table entries (a size; meta/table.ts EntryCache). */
+  tableCache?: string;
   foreground?: boolean;
   options?: string[];
   logLevel?: string;
@@ -53,6 +55,7 @@ export function parseMountOptions(args: MountArgs): MountArgs & { fuseOptions: s
     else if (k === 'rados-pool') out.radosPool = v;
     else if (k === 'rados-store') out.radosStore = v;
     else if (k === 'readahead') out.readahead = v;
+    else if (k === 'table-cache') out.tableCache = v;
     else if (k === 'log-level') out.logLevel = v;
     else if (k === 'foreground') out.foreground = true;
     else if (!DROPPED.has(o) && !o.startsWith('x-') && !o.startsWith('comment=')) out.fuseOptions.push(o);
@@ -72,6 +75,7 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: Verdict) =>
   if (poolSize !== undefined && poolSize <= 0) throw invalid('pool size must be positive');
   const blockStore = args.blockStore !== undefined ? parseBlockStore(args.blockStore) : undefined;
   const readahead = args.readahead !== undefined ? parseReadahead(args.readahead) : undefined;
+  const tableCache = args.tableCache !== undefined ? parseTableCache(args.tableCache) : undefined;
   // Fail before creating anything where we can; a store directory (and any parent) this mount creates is
   // removed again if the mount fails later.
   // (ENOTCONN: the dead mount of a killed daemon, which mountTree clears and mounts over.)
@@ -93,7 +97,7 @@ export async function mountForeground(raw: MountArgs, notify?: (msg: Verdict) =>
   let reg: Registry;
   try {
     const rados = { ...(args.cephConf !== undefined ? { conf: resolve(args.cephConf) } : {}), ...(args.radosPool !== undefined ? { pool: args.radosPool } : {}), ...(args.radosStore !== undefined ? { store: args.radosStore } : {}) };
-    reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(blockStore !== undefined ? { blockStore } : {}), ...(Object.keys(rados).length ? { rados } : {}) });
+    reg = await Registry.open({ dir, ...(poolSize !== undefined ? { poolSize } : {}), ...(tableCache !== undefined ? { tableCache } : {}), ...(blockStore !== undefined ? { blockStore } : {}), ...(Object.keys(rados).length ? { rados } : {}) });
   } catch (e) {
     await removeCreated();
     throw e;
@@ -213,6 +217,7 @@ export async function mountBackground(raw: MountArgs): Promise<void> {
   if (raw.radosPool) argv.push('--rados-pool', raw.radosPool);
   if (raw.radosStore) argv.push('--rados-store', raw.radosStore);
   if (raw.readahead) argv.push('--readahead', raw.readahead);
+  if (raw.tableCache) argv.push('--table-cache', raw.tableCache);
   if (raw.logLevel) argv.push('--log-level', raw.logLevel);
   for (const o of raw.options ?? []) argv.push('-o', o);
   const child = spawn(process.execPath, argv, { detached: true, env: serverEnv(), stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });

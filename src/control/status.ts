@@ -34,6 +34,11 @@ export interface StoreStatus {
     unverified: number;
     scrub?: { what: string; started: string; finished: string | null; blocks: number; total: number; verified: number; sealed: number; damaged: { view: string; offset: number }[]; summary: string };
   };
+  /**
+   * The cache of table entries (meta/table.ts): entries and bytes held, its budget (`--table-cache`), and
+   * the table lookups since the store was opened, with how many it answered without reading LevelDB.
+   */
+  tableCache: { entries: number; bytes: number; maxBytes: number; lookups: number; found: number };
   /** The daemon's log file (JSON lines), STORE/vdiskfs.log. */
   log: string;
 }
@@ -75,6 +80,7 @@ export function storeStatus(reg: Registry): StoreStatus {
     checksums,
     pool: { capacity: Number.isFinite(cap) ? cap : null, usedBytes: used, freeBytes: Number.isFinite(cap) ? Math.max(0, cap - used) : null, blockStore: reg.blockStore, ...(reg.rados ? { rados: reg.rados } : {}) },
     disks,
+    tableCache: reg.ctx.cache.size,
     log: logPath(reg.dir),
   };
 }
@@ -98,6 +104,11 @@ export function renderStatus(st: StoreStatus): string {
       : 'checksums: off (VDISKFS_CHECKSUMS=off)',
   );
   if (c.scrub) lines.push(c.scrub.summary);
+  const t = st.tableCache;
+  if (t.lookups > 0) {
+    const pct = (100 * t.found) / t.lookups;
+    lines.push(`table cache: ${t.entries} entries, ${formatSize(t.bytes)} of ${formatSize(t.maxBytes)}; ${pct.toFixed(pct >= 99.95 ? 0 : 1)}% of ${t.lookups} lookups since mount found in memory` + (t.bytes > 0.9 * t.maxBytes && pct < 90 ? ' (full: random I/O over more blocks than it holds reads the tables from disk; a larger --table-cache helps)' : ''));
+  }
   lines.push(`log: ${st.log}`);
   return lines.join('\n') + '\n';
 }

@@ -141,7 +141,7 @@ export const MAX_BACKLOG = 20_000;
 
 export class Context {
   readonly disks = new Map<string, DiskState>();
-  readonly cache = new EntryCache();
+  readonly cache: EntryCache;
   readonly clock = new ChangeClock();
   /** Block checksums: generations, counts of damaged blocks (sums.ts). */
   readonly integrity = new Integrity();
@@ -150,7 +150,9 @@ export class Context {
   constructor(
     readonly db: Db,
     readonly pool: Pool,
+    tableCacheBytes?: number,
   ) {
+    this.cache = new EntryCache(tableCacheBytes);
     pool.onHeld = () => this.schedulePunch();
     pool.sinceWrite = () => this.sinceWrite();
   }

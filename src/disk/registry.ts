@@ -44,6 +44,8 @@ export interface OpenOptions {
   blockStore?: BlockStoreKind;
   /** A `rados` store's ceph.conf (else the recorded one) and, creating one, its pool (meta/db.ts). */
   rados?: RadosOptions;
+  /** Bytes of memory for cached table entries (default DEFAULT_TABLE_CACHE, meta/table.ts). */
+  tableCache?: number;
 }
 
 const log = logger('registry');
@@ -86,7 +88,7 @@ export class Registry {
         }
       }
       const pool = new Pool(bottomFactory(blockStore, opts.dir, db, rados), opts.poolSize ?? Infinity, opts.wrap);
-      const ctx = new Context(db, pool);
+      const ctx = new Context(db, pool, opts.tableCache);
       const [seq, gen] = await db.getMany([SEQ_KEY, GEN_KEY]);
       ctx.seq = JSON.parse(seq!) as SeqRecord;
       ctx.integrity.load(gen === undefined ? undefined : (JSON.parse(gen) as GenRecord));

@@ -1,7 +1,10 @@
 /**
  * Access to one allocation table (a disk's live table or a snapshot's preserved table) through a shared
- * LRU cache of entries. A miss reads a run of PREFETCH entries with one iterator, so sequential I/O costs
- * one LevelDB seek per PREFETCH blocks. Negative results (no entry) are cached too.
+ * LRU cache of entries, bounded by the memory its entries take (EntryCache). A miss reads a run of entries
+ * with one iterator: PREFETCH of them where the miss continues a sequential access, so sequential I/O costs
+ * one LevelDB seek per PREFETCH blocks, and RANDOM_RUN where it does not (a random reader wants one entry;
+ * reading and caching 256 for each of its misses made a working set just larger than the cache ten times
+ * slower: README, *Performance*). Negative results (no entry) are cached too.
  * Consistency: callers hold the block's lock while they read and update its entry. A change that is queued
  * for commit but not yet in LevelDB is kept in `pending` (never evicted) and wins over the cache and the
  * database; when its batch commits it moves to the cache. A prefetch racing with a change on another
@@ -11,28 +14,52 @@
  * every entry in memory (without it, a 1 MiB writer of 64 KiB blocks took the slow path every 16 MiB, for
  * ~4 ms each). A background fetch never sets an entry that changed while it read, its own included.
  */
+import { totalmem } from 'node:os';
 import type { Db } from './db.js';
 import { decodeEntry, encodeEntry, lbnOfKey, prefixEnd, tableKey, type Entry } from './keys.js';
 
 const PREFETCH = 256;
+/** Entries a miss that does not continue a sequential access reads (its block and the next ones). */
+const RANDOM_RUN = 16;
 /** How far ahead of a sequential access the next run is fetched (checked every AHEAD_STEP blocks). */
 const AHEAD = PREFETCH / 2;
 const AHEAD_STEP = 64;
 
-/** What an entry costs the cache, roughly (bytes): its key and object, and its checksums' string. */
-const entryCost = (v: Entry | null): number => 96 + (v?.kind === 'data' ? (v.sums?.length ?? 0) : 0);
+/**
+ * What an entry takes in V8's heap (bytes): its key string, the map's slot, the entry object and its
+ * checksums' string. Measured with 500,000 entries decoded as LevelDB gives them: 93 bytes with no entry,
+ * 142 for an entry without checksums, 181-310 for blocks of 4-64 KiB (8-88 characters of checksums), 1,590
+ * for 1 MiB blocks.
+ */
+export const entryCost = (v: Entry | null): number => (v === null ? 96 : v.kind === 'data' && v.sums !== undefined ? 200 + v.sums.length : 144);
+
+/**
+ * The cache's default budget: 128 MiB, at most 1/16 of the machine's memory. That holds the entries of
+ * ~28 GiB of 64 KiB blocks, or ~4.8 GiB of 8 KiB blocks, read or written at random.
+ */
+export const DEFAULT_TABLE_CACHE = Math.min(128 * 1024 * 1024, Math.floor(totalmem() / 16));
 
 export class EntryCache {
   private map = new Map<string, Entry | null>();
-  private bytes = 0;
-  /**
-   * At most `limit` entries and `maxBytes` (entries of 1 MiB blocks carry 1.4 KB of checksums each: by
-   * count alone 100,000 of them would hold 140 MB).
-   */
-  constructor(
-    private limit = 100_000,
-    private maxBytes = 32 * 1024 * 1024,
-  ) {}
+  private used = 0;
+  /** Lookups of the tables (Table.get and peek) since the cache was made, and how many it answered. */
+  private lookups = 0;
+  private found = 0;
+  /** At most maxBytes of entries (entryCost). */
+  constructor(readonly maxBytes = DEFAULT_TABLE_CACHE) {}
+
+  /** Entries held, the bytes they take, and the tables' lookups it answered (status shows them). */
+  get size(): { entries: number; bytes: number; maxBytes: number; lookups: number; found: number } {
+    return { entries: this.map.size, bytes: this.used, maxBytes: this.maxBytes, lookups: this.lookups, found: this.found };
+  }
+
+  /** get() for a table lookup: counted in size's lookups and found. */
+  lookup(key: string): Entry | null | undefined {
+    const v = this.get(key);
+    this.lookups++;
+    if (v !== undefined) this.found++;
+    return v;
+  }
 
   /** Whether key is cached, without making it recent. */
   has(key: string): boolean {
@@ -51,8 +78,8 @@ export class EntryCache {
   set(key: string, v: Entry | null): void {
     this.delete(key);
     this.map.set(key, v);
-    this.bytes += entryCost(v);
-    while (this.map.size > this.limit || this.bytes > this.maxBytes) {
+    this.used += entryCost(v);
+    while (this.used > this.maxBytes) {
       const first = this.map.keys().next();
       if (first.done) break;
       this.delete(first.value);
@@ -63,7 +90,7 @@ export class EntryCache {
     const old = this.map.get(key);
     if (old === undefined) return;
     this.map.delete(key);
-    this.bytes -= entryCost(old);
+    this.used -= entryCost(old);
   }
 
   clearPrefix(prefix: string): void {
@@ -82,6 +109,8 @@ export class Table {
   private changedFloor = 0;
   /** The block last found in memory (sequential access detection). */
   private last = -2;
+  /** The block of the last get(), hit or miss. A miss at the block after it or after `last` continues a sequential access. */
+  private lastGet = -2;
 
   private touch(lbn: number): void {
     this.gen++;
@@ -104,13 +133,15 @@ export class Table {
   }
 
   /** Prefetches in flight: a get inside one waits for it instead of reading the same run again. */
-  private fetching: { from: number; done: Promise<unknown> }[] = [];
+  private fetching: { from: number; n: number; done: Promise<unknown> }[] = [];
 
   async get(lbn: number): Promise<Entry | undefined> {
+    const seq = lbn === this.lastGet + 1 || lbn === this.last + 1;
+    this.lastGet = lbn;
     const p = this.pending.get(lbn);
     if (p !== undefined) return p ?? undefined;
     const k = this.key(lbn);
-    const hit = this.cache.get(k);
+    const hit = this.cache.lookup(k);
     if (hit !== undefined) {
       this.found(lbn);
       return hit ?? undefined;
@@ -122,17 +153,17 @@ export class Table {
       const again = this.pending.get(lbn) ?? this.cache.get(k);
       if (again !== undefined) return again ?? undefined;
     }
-    return this.startFetch(lbn, k, true);
+    return this.startFetch(lbn, k, true, seq ? PREFETCH : RANDOM_RUN);
   }
 
   /** The prefetch in flight whose run holds lbn, if any. */
   private fetchingAt(lbn: number): { from: number; done: Promise<unknown> } | undefined {
-    return this.fetching.find((f) => lbn >= f.from && lbn < f.from + PREFETCH);
+    return this.fetching.find((f) => lbn >= f.from && lbn < f.from + f.n);
   }
 
   /** fetch(), listed in `fetching` until it settles. */
-  private startFetch(lbn: number, k: string, locked: boolean): Promise<Entry | undefined> {
-    const fetch = { from: lbn, done: this.fetch(lbn, k, locked) };
+  private startFetch(lbn: number, k: string, locked: boolean, n: number): Promise<Entry | undefined> {
+    const fetch = { from: lbn, n, done: this.fetch(lbn, k, locked, n) };
     this.fetching.push(fetch);
     const settled = (): void => void this.fetching.splice(this.fetching.indexOf(fetch), 1);
     fetch.done.then(settled, settled);
@@ -151,23 +182,23 @@ export class Table {
     const next = lbn + AHEAD;
     const k = this.key(next);
     if (this.pending.has(next) || this.cache.has(k) || this.fetchingAt(next)) return;
-    void this.startFetch(next, k, false);
+    void this.startFetch(next, k, false, PREFETCH);
   }
 
   /**
-   * Read the run of PREFETCH entries from lbn into the cache. `locked`: the caller holds lbn's lock, so lbn's
+   * Read the run of n entries from lbn into the cache. `locked`: the caller holds lbn's lock, so lbn's
    * own entry cannot change meanwhile and is set whatever happened to its neighbours; a background fetch
    * (found) treats lbn as a neighbour.
    */
-  private async fetch(lbn: number, k: string, locked: boolean): Promise<Entry | undefined> {
+  private async fetch(lbn: number, k: string, locked: boolean, n: number): Promise<Entry | undefined> {
     const gen = this.gen;
     const found = new Map<number, Entry>();
-    const it = this.db.iterator({ gte: k, lt: this.key(lbn + PREFETCH) });
+    const it = this.db.iterator({ gte: k, lt: this.key(lbn + n) });
     try {
       // nextv may return fewer entries than asked for (LevelDB's iterator caps a read by bytes): read until
       // the range is exhausted, or what is missing would be cached as holes.
       for (;;) {
-        const got = await it.nextv(PREFETCH);
+        const got = await it.nextv(n);
         if (got.length === 0) break;
         for (const [key, value] of got) found.set(lbnOfKey(key), decodeEntry(value));
       }
@@ -175,7 +206,7 @@ export class Table {
       await it.close();
     }
     if (gen >= this.changedFloor) {
-      for (let i = locked ? 1 : 0; i < PREFETCH; i++) {
+      for (let i = locked ? 1 : 0; i < n; i++) {
         const g = this.changed.get(lbn + i);
         if (g !== undefined && g > gen) continue; // changed while we read: our copy may be stale
         const nk = this.key(lbn + i);
@@ -194,8 +225,12 @@ export class Table {
   peek(lbn: number): Entry | null | undefined {
     const p = this.pending.get(lbn);
     if (p !== undefined) return p;
-    const hit = this.cache.get(this.key(lbn));
+    const k = this.key(lbn);
+    const hit = this.cache.lookup(k);
     if (hit !== undefined) this.found(lbn);
+    // A sequential reader served from memory has come to the end of what a short run read: the run from
+    // here on is fetched in the background (the caller's get() meanwhile waits for it), as found() does.
+    else if (lbn === this.last + 1 && !this.fetchingAt(lbn)) void this.startFetch(lbn, k, false, PREFETCH);
     return hit;
   }
 

@@ -22,6 +22,13 @@ export function parseReadahead(text: string): number {
   return bytes;
 }
 
+/** The table cache's budget (meta/table.ts EntryCache): from 1 MiB to 64 GiB. */
+export function parseTableCache(text: string): number {
+  const bytes = parseSize(text);
+  if (!(bytes >= 1024 ** 2 && bytes <= 64 * 1024 ** 3)) throw invalid(`table cache '${text}' must be from 1M to 64G`);
+  return bytes;
+}
+
 export function formatSize(bytes: number): string {
   const names = ['B', 'K', 'M', 'G', 'T', 'P'];
   let v = bytes;

@@ -92,13 +92,15 @@ describe('usage', () => {
       ['mount', mp, '--store', fresh, '-o', 'log_level=chatty'],
       ['mount', mp, '--store', fresh, '--pool-size', '10X'],
       ['mount', mp, '--store', fresh, '--readahead', '3000'],
+      ['mount', mp, '--store', fresh, '--table-cache', '100K'],
+      ['mount', mp, '--store', fresh, '-o', 'table_cache=lots'],
       ['mount', mp, '--store', fresh, '--block-store', 'tape'],
       ['create', 'z', '1M', '--block-size', '64Q', '--store', fresh],
       ['inspect', full, '--rows', 'many'],
     ]) {
       const r = await vdiskfs(args);
       expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(2);
-      expect(r.stderr, args.join(' ')).toMatch(/log level|invalid|bad size|readahead|block store|rows/i);
+      expect(r.stderr, args.join(' ')).toMatch(/log level|invalid|bad size|readahead|table cache|block store|rows/i);
       expect(r.stderr).not.toMatch(/at .*\.js:\d+/); // no stack trace
     }
     expect(await isMountpoint(mp)).toBe(false);

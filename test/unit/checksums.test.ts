@@ -13,7 +13,7 @@ import { sealDue } from '../../src/disk/scrub.js';
 import { producerFor } from '../../src/image/snapshotImage.js';
 import { storeStatus } from '../../src/control/status.js';
 import { runLine } from '../../src/control/commands.js';
-import { EntryCache } from '../../src/meta/table.js';
+import { EntryCache, entryCost } from '../../src/meta/table.js';
 import { encodeEntry, type DataEntry } from '../../src/meta/keys.js';
 import { cleanupDirs, tempDir } from './helpers.js';
 
@@ -386,15 +386,16 @@ describe('block checksums', () => {
     });
   });
 
-  it('the entry cache bounds its bytes as well as its count (entries of 1 MiB blocks carry 1.4 KB of checksums)', () => {
-    const cache = new EntryCache(1000, 20_000);
+  it('the entry cache bounds the memory its entries take (entries of 1 MiB blocks carry 1.4 KB of checksums)', () => {
+    const cache = new EntryCache(20_000);
     const sums = 'A'.repeat(1364) + '==';
     for (let i = 0; i < 100; i++) cache.set(`t!${i}`, { kind: 'data', pbn: i, epoch: 1, sums, gen: 1 });
     const kept = Array.from({ length: 100 }, (_, i) => cache.get(`t!${i}`)).filter((e) => e !== undefined).length;
-    expect(kept).toBeGreaterThan(5);
-    expect(kept).toBeLessThanOrEqual(13); // 20,000 bytes / ~1,460 per entry
+    expect(kept).toBe(Math.floor(20_000 / entryCost({ kind: 'data', pbn: 0, epoch: 1, sums, gen: 1 }))); // 12
     expect(cache.get('t!99')).toMatchObject({ pbn: 99 }); // the newest are kept
-    for (let i = 0; i < 100; i++) cache.set(`u!${i}`, null); // small entries: the count bounds them
-    expect(Array.from({ length: 100 }, (_, i) => cache.get(`u!${i}`)).filter((e) => e !== undefined).length).toBe(100);
+    expect(cache.size.bytes).toBeLessThanOrEqual(20_000);
+    for (let i = 0; i < 300; i++) cache.set(`u!${i}`, null); // small entries: more of them fit
+    expect(Array.from({ length: 300 }, (_, i) => cache.get(`u!${i}`)).filter((e) => e !== undefined).length).toBe(Math.floor(20_000 / entryCost(null)));
+    expect(cache.get('t!99')).toBeUndefined(); // the least recently used went first
   });
 });
