@@ -19,7 +19,7 @@
 //   npm run bench                          full run (1 GiB sequential, 8 GiB sustained, 15 s fio)
 //   BENCH_QUICK=1 npm run bench            smoke run (64 MiB sizes, 3 s fio)
 //   BENCH_ONLY=plain,null npm run bench    pick targets (plain,null,pass,vdiskfs,vdiskfs-nosums,vdiskfs-pagecache,vdiskfs-leveldb,qemu) and sections
-//                                          (snapshot,backup,sparse,fig6,database,images,replicate,scrub,ceph); keys match exactly (vdiskfs is not vdiskfs-leveldb)
+//                                          (snapshot,backup,sparse,fig6,database,images,replicate,scrub,workingset,ceph); keys match exactly (vdiskfs is not vdiskfs-leveldb)
 //                                          vdiskfs-nosums: vdiskfs with VDISKFS_CHECKSUMS=off, printed as the checksums' cost:
 //                                          the ratio of the medians, each round's pair (the two ran the figure
 //                                          one after the other; an even BENCH_ROUNDS gives both orders alike),
@@ -50,6 +50,8 @@
 //   replicate scripts/bench/replicate.mjs: `vdiskfs replicate` between two mounted stores (full, then deltas
 //             with 1% and 10% changed: seconds and bytes), rollback time against the data changed
 //   scrub     scripts/bench/scrub.mjs: `scrub` of 1 GiB of data against the disk's own O_DIRECT read
+//   workingset scripts/bench/workingset.mjs: random 8 KiB writes and 4 KiB reads over all of a disk with 8 GiB
+//             written (64 KiB blocks) and one with 2 GiB (8 KiB blocks), against the same over 1 GiB of it
 //   ceph      scripts/bench/ceph.mjs: a store on Ceph (--block-store rados, its own local cluster) against
 //             `rados bench` and `rbd bench` on that cluster, and a write with one OSD down (needs setup --ceph)
 //
@@ -74,6 +76,7 @@ import { databaseSection } from './bench/database.mjs'
 import { imagesSection } from './bench/images.mjs'
 import { replicateSection } from './bench/replicate.mjs'
 import { scrubSection } from './bench/scrub.mjs'
+import { workingsetSection } from './bench/workingset.mjs'
 import { cephSection } from './bench/ceph.mjs'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -302,7 +305,7 @@ export const FIGURES = [
 // ---- sections --------------------------------------------------------------------------------
 // Run after the targets, in order; each prints its own markdown tables.
 
-export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection, replicateSection, scrubSection, cephSection]
+export const SECTIONS = [snapshotSection, backupSection, sparseSection, fig6Section, databaseSection, imagesSection, replicateSection, scrubSection, workingsetSection, cephSection]
 
 // ---- driver ----------------------------------------------------------------------------------
 
