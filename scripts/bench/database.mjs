@@ -5,9 +5,11 @@
 //            written first (2 GiB; quick 128 MiB): IOPS and fsync latency p50/p99, disk file vs plain file
 //   cow      fio 8 KiB random writes (psync, buffered) over the same kind of region right after a new
 //            snapshot of the disk, against the same with no snapshot (the snapshot is deleted after each
-//            round, so every round starts from blocks the disk owns); plain file for scale
-//   pgbench  PostgreSQL on ext4 on a loop device over a 20 GiB (quick 4 GiB) vdiskfs disk, and over a plain
-//            sparse file of the same size: `pgbench -i -s 20` (quick 2) once each, then `pgbench -c 4 -j 2
+//            round, so every round starts from blocks the disk owns); plain file for scale. The same on a
+//            disk of 8 KiB blocks (`block-size=8K`, the database's page: a first write after a snapshot
+//            then replaces a whole block, copying nothing)
+//   pgbench  PostgreSQL on ext4 on a loop device over a 20 GiB (quick 4 GiB) vdiskfs disk (default 64 KiB
+//            blocks, and 8 KiB blocks), and over a plain sparse file of the same size: `pgbench -i -s 20` (quick 2) once each, then `pgbench -c 4 -j 2
 //            -T 60` (quick 10) per round; TPS ratio
 //   snaplat  snapshot creation (`snapshot` line to .vdisk/ctl, timed from this process) every 2 s during one
 //            more vdiskfs pgbench run, and 20 while idle (after sync and 5 s): median, p99, max; the TPS of that run too
@@ -106,7 +108,7 @@ export const databaseSection = {
     const fill = (dst) => ddRepeat({ src: ctx.src, dst, chunkMiB, times: regionBytes / MiB / chunkMiB, timeoutMs: config.ddTimeoutMs })
     const runtime = config.fioRuntime
     const rounds = config.rounds
-    const figures = { fsync: { plain: [], vdiskfs: [] }, cow: { plain: [], without: [], after: [] }, pgbench: { plain: [], vdiskfs: [] } }
+    const figures = { fsync: { plain: [], vdiskfs: [] }, cow: { plain: [], without: [], after: [], without8k: [], after8k: [] }, pgbench: { plain: [], vdiskfs: [], vdiskfs8k: [] } }
     const guard = async (key, fn) => {
       try {
         return await fn()
@@ -126,9 +128,10 @@ export const databaseSection = {
       // ---- fsync and cow ---------------------------------------------------------------------------
       await m.create('fs', `${2 * regionBytes / MiB}M`)
       await m.create('cow', `${2 * regionBytes / MiB}M`)
-      log(`writing the ${regionBytes / MiB} MiB regions (plain file, disks fs and cow)...`)
+      await m.create('cow8k', `${2 * regionBytes / MiB}M block-size=8K`)
+      log(`writing the ${regionBytes / MiB} MiB regions (plain file, disks fs, cow and cow8k)...`)
       await run('truncate', ['-s', String(2 * regionBytes), plainFile])
-      for (const f of [plainFile, m.diskFile('fs'), m.diskFile('cow')]) await fill(f)
+      for (const f of [plainFile, m.diskFile('fs'), m.diskFile('cow'), m.diskFile('cow8k')]) await fill(f)
       for (let round = 1; round <= rounds; round++) {
         log(`round ${round} of ${rounds}`)
         await guard('fsync plain', async () => figures.fsync.plain.push(await fio8k(plainFile, regionBytes, runtime, true)))
@@ -136,20 +139,22 @@ export const databaseSection = {
         const [p, v] = [figures.fsync.plain.at(-1), figures.fsync.vdiskfs.at(-1)]
         if (p && v) log(`fsync=1 8K: plain ${fmt(p.iops)} IOPS p50 ${fmt(p.syncP50Us)} µs; vdiskfs ${fmt(v.iops)} IOPS p50 ${fmt(v.syncP50Us)} µs`)
         await guard('cow plain', async () => figures.cow.plain.push(await fio8k(plainFile, regionBytes, runtime, false)))
-        await guard('cow without', async () => figures.cow.without.push(await fio8k(m.diskFile('cow'), regionBytes, runtime, false)))
-        await guard('cow after', async () => {
-          await m.snapshot('cow', `r${round}`)
-          try {
-            figures.cow.after.push(await fio8k(m.diskFile('cow'), regionBytes, runtime, false))
-          } finally {
-            await m.control(`delete-snapshot cow r${round}`)
-          }
-        })
-        const [w, a] = [figures.cow.without.at(-1), figures.cow.after.at(-1)]
-        if (w && a) log(`8K randwrite: without snapshot ${fmt(w.iops)} IOPS, after a new snapshot ${fmt(a.iops)} IOPS`)
+        for (const [disk, without, after] of [['cow', 'without', 'after'], ['cow8k', 'without8k', 'after8k']]) {
+          await guard(`${disk} without`, async () => figures.cow[without].push(await fio8k(m.diskFile(disk), regionBytes, runtime, false)))
+          await guard(`${disk} after`, async () => {
+            await m.snapshot(disk, `r${round}`)
+            try {
+              figures.cow[after].push(await fio8k(m.diskFile(disk), regionBytes, runtime, false))
+            } finally {
+              await m.control(`delete-snapshot ${disk} r${round}`)
+            }
+          })
+          const [w, a] = [figures.cow[without].at(-1), figures.cow[after].at(-1)]
+          if (w && a) log(`8K randwrite, disk ${disk}: without snapshot ${fmt(w.iops)} IOPS, after a new snapshot ${fmt(a.iops)} IOPS`)
+        }
       }
       await rm(plainFile, { force: true })
-      for (const d of ['fs', 'cow']) await m.control(`delete ${d}`)
+      for (const d of ['fs', 'cow', 'cow8k']) await m.control(`delete ${d}`)
 
       const med = (xs, k) => xs.length ? median(xs.map((x) => x[k])) : null
       const fp = { iops: med(figures.fsync.plain, 'iops'), p50: med(figures.fsync.plain, 'syncP50Us'), p99: med(figures.fsync.plain, 'syncP99Us'), w: med(figures.fsync.plain, 'writeP50Us') }
@@ -160,15 +165,16 @@ export const databaseSection = {
         rows: [['plain file', fp, true], ['vdiskfs disk', fv, false]].map(([label, f, base]) => [label, fmt(f.iops), fmt(f.w), fmt(f.p50), fmt(f.p99),
           base ? '1.00×' : ratio(f.iops, fp.iops), base ? '1.00×' : ratio(f.p50, fp.p50), base ? '1.00×' : ratio(f.p99, fp.p99)])
       })
-      const cw = { plain: med(figures.cow.plain, 'iops'), without: med(figures.cow.without, 'iops'), after: med(figures.cow.after, 'iops') }
+      const cw = { plain: med(figures.cow.plain, 'iops'), without: med(figures.cow.without, 'iops'), after: med(figures.cow.after, 'iops'), without8k: med(figures.cow.without8k, 'iops'), after8k: med(figures.cow.after8k, 'iops') }
       res.tables.push({
         title: `fio 8 KiB random writes (psync, buffered, ${regionBytes / MiB} MiB region, ${runtime} s; median of ${rounds}), after a new snapshot vs without`,
         headers: ['case', 'IOPS', '× without snapshot', '× plain file'],
-        rows: [['plain file', cw.plain], ['vdiskfs disk, no snapshot', cw.without], ['vdiskfs disk, right after a new snapshot', cw.after]]
-          .map(([label, v]) => [label, fmt(v), ratio(v, cw.without), ratio(v, cw.plain)])
+        rows: [['plain file', cw.plain, null], ['vdiskfs disk, no snapshot', cw.without, cw.without], ['vdiskfs disk, right after a new snapshot', cw.after, cw.without],
+          ['vdiskfs disk of 8 KiB blocks, no snapshot', cw.without8k, cw.without8k], ['vdiskfs disk of 8 KiB blocks, right after a new snapshot', cw.after8k, cw.without8k]]
+          .map(([label, v, base]) => [label, fmt(v), base == null ? '–' : ratio(v, base), ratio(v, cw.plain)])
       })
       res.figures.fsync = { plain: fp, vdiskfs: fv, p50Ratio: fp.p50 ? fv.p50 / fp.p50 : null, raw: figures.fsync }
-      res.figures.cow = { ...cw, afterToWithout: cw.without ? cw.after / cw.without : null, raw: figures.cow }
+      res.figures.cow = { ...cw, afterToWithout: cw.without ? cw.after / cw.without : null, afterToWithout8k: cw.without8k ? cw.after8k / cw.without8k : null, raw: figures.cow }
 
       // ---- pgbench ---------------------------------------------------------------------------------
       const bins = await pgBinaries()
@@ -182,9 +188,11 @@ export const databaseSection = {
       const plainImage = path.join(ctx.dir, 'pg-plain.img')
       await run('truncate', ['-s', String(pgBytes), plainImage])
       await m.create('pg', `${pgBytes / MiB}M`)
+      await m.create('pg8k', `${pgBytes / MiB}M block-size=8K`)
       const targets = [
         { key: 'plain', label: 'ext4 on a plain sparse file', image: plainImage, port: 5441 },
-        { key: 'vdiskfs', label: 'ext4 on a vdiskfs disk', image: m.diskFile('pg'), port: 5442 }
+        { key: 'vdiskfs', label: 'ext4 on a vdiskfs disk', image: m.diskFile('pg'), port: 5442 },
+        { key: 'vdiskfs8k', label: 'ext4 on a vdiskfs disk of 8 KiB blocks', image: m.diskFile('pg8k'), port: 5443 }
       ]
       const init = {}
       for (const t of targets) {
@@ -206,7 +214,7 @@ export const databaseSection = {
           log(`pgbench round ${round}, ${t.label}: ${fmt(tps)} TPS`)
         }
       }
-      const [tp, tv] = [median(figures.pgbench.plain), median(figures.pgbench.vdiskfs)]
+      const [tp, tv, tv8] = [median(figures.pgbench.plain), median(figures.pgbench.vdiskfs), median(figures.pgbench.vdiskfs8k)]
       // ---- snapshots under that load, and idle ---------------------------------------------------------
       const vd = targets[1]
       const underLoad = []
@@ -243,6 +251,7 @@ export const databaseSection = {
         rows: [
           [targets[0].label, fmt(init.plain, 1), fmt(tp), '1.00×'],
           [targets[1].label, fmt(init.vdiskfs, 1), fmt(tv), ratio(tv, tp)],
+          [targets[2].label, fmt(init.vdiskfs8k, 1), fmt(tv8), ratio(tv8, tp)],
           ...(loadTps != null ? [[`${targets[1].label}, a snapshot every 2 s`, '', fmt(loadTps), ratio(loadTps, tp)]] : [])
         ]
       })
@@ -254,7 +263,7 @@ export const databaseSection = {
         rows: [['during pgbench (every 2 s)', sl.underLoad], ['idle (after sync and 5 s; every 100 ms)', sl.idle]]
           .map(([label, d]) => [label, String(d.n), fmt(d.median, 1), fmt(d.p99, 1), fmt(d.max, 1)])
       })
-      res.figures.pgbench = { init, plainTps: tp, vdiskfsTps: tv, ratio: tp ? tv / tp : null, withSnapshotsTps: loadTps, raw: figures.pgbench }
+      res.figures.pgbench = { init, plainTps: tp, vdiskfsTps: tv, ratio: tp ? tv / tp : null, vdiskfs8kTps: tv8, ratio8k: tp ? tv8 / tp : null, withSnapshotsTps: loadTps, raw: figures.pgbench }
       res.figures.snapshotMs = { ...sl, raw: { underLoad, idle } }
       res.figures.peakRssMiB = await m.server.peakRssMiB()
       res.notes.push(`server peak RSS ${fmt(res.figures.peakRssMiB, 0)} MiB`)
