@@ -20,6 +20,8 @@
 //   copyNull    dd copies/<disk>/<snap> of=/dev/null bs=1M (what the mount delivers, no output file to write)
 //   copy        dd copies/<disk>/<snap> of=OUT.vdimg bs=1M conv=fsync
 //   backup      vdiskfs backup disk@snap -o OUT.vdimg (the CLI; through the mount)
+//   floor       OUT.vdimg copied to another file by durable-copy.mjs: backup -o's own reader and writer over a
+//               plain file, no FUSE (the least any tool pays to write these bytes durably here)
 //   verify      vdiskfs verify OUT.vdimg
 //   restore     dd if=OUT.vdimg of=.vdisk/import/<new> bs=1M (the disk is deleted again after each round)
 //   restoreCli  vdiskfs restore OUT.vdimg --as <new>
@@ -37,6 +39,7 @@
 import { randomFillSync } from 'node:crypto'
 import { mkdir, open, rm } from 'node:fs/promises'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import process from 'node:process'
 import {
   GiB, MiB, allocatedBytes, dd, dropCaches, exists, fileSize, fmt, fmtBytes, median, mulberry32, run, waitFor, which
@@ -218,11 +221,19 @@ export const fig6Section = {
         const img = path.join(work, `${set.key}.vdimg`)
         const qcow = path.join(work, `${set.key}.qcow2`)
         const back = path.join(work, `${set.key}.back.raw`)
+        const floorOut = path.join(work, `${set.key}.floor.vdimg`)
         const copyFile = path.join(m.vdisk, 'copies', set.disk, set.snap)
         const methods = [
           ['copyNull', 'dd of copies/… to /dev/null (the mount\'s read side alone)', async () => (await dd({ src: copyFile, dst: '/dev/null', bs: '1M', timeoutMs: config.ddTimeoutMs })).wallSeconds],
           ['copy', 'dd of copies/… to a file (conv=fsync)', () => ddOut(copyFile, img)],
           ['backup', 'vdiskfs backup -o FILE', () => cli(['backup', `${set.disk}@${set.snap}`, '-o', img])],
+          // the floor of the two rows above: the same image bytes, from a plain file on this disk, through
+          // the reader and writer backup -o uses (durable-copy.mjs); what the mount adds is the difference
+          ['floor', 'the floor: the image file copied durably by backup -o\'s reader and writer (no FUSE)', async () => {
+            const s = await timed(process.execPath, [fileURLToPath(new URL('./durable-copy.mjs', import.meta.url)), img, floorOut])
+            await rm(floorOut, { force: true })
+            return s
+          }],
           ['verify', 'vdiskfs verify FILE', () => timed(process.execPath, [m.cli, 'verify', img])],
           ['restore', 'dd FILE into import/', async () => {
             const s = (await dd({ src: img, dst: path.join(m.vdisk, 'import', 'rb'), bs: '1M', timeoutMs: config.ddTimeoutMs })).wallSeconds
@@ -280,7 +291,7 @@ export const fig6Section = {
           const mbps = usedBytes / 1e6 / s
           const vsQ = k.startsWith('restore') ? qBest.back : (k.startsWith('copy') || k === 'backup') ? qBest.out : null
           // flushed against flushed: restores, backup -o and dd conv=fsync make their output durable
-          const vsQs = k.startsWith('restore') ? qBest.backSync : (k === 'copy' || k === 'backup') ? qBest.outSync : null
+          const vsQs = k.startsWith('restore') ? qBest.backSync : (k === 'copy' || k === 'backup' || k === 'floor') ? qBest.outSync : null
           perByteRows.push([set.key, label, fmt(s, 2), fmt(mbps), `${fmt(mbps / dMed, 2)}×`, vsQ ? `${fmt(vsQ / s, 2)}×` : '–', vsQs ? `${fmt(vsQs / s, 2)}×` : '–'])
         }
         figures.perByte[set.key] = set6
