@@ -10,12 +10,14 @@
 //            then replaces a whole block, copying nothing)
 //   pgbench  PostgreSQL on ext4 on a loop device over a 20 GiB (quick 4 GiB) vdiskfs disk (default 64 KiB
 //            blocks, and 8 KiB blocks), and over a plain sparse file of the same size: `pgbench -i -s 20` (quick 2) once each, then `pgbench -c 4 -j 2
-//            -T 60` (quick 10) per round; TPS ratio
+//            -T 60` (quick 10) per round; TPS ratio. The three servers run side by side; after each run its
+//            server takes a CHECKPOINT and the machine a sync, so no run pays for another's writeback
 //   snaplat  snapshot creation (`snapshot` line to .vdisk/ctl, timed from this process) every 2 s during one
-//            more vdiskfs pgbench run, and 20 while idle (after sync and 5 s): median, p99, max; the TPS of that run too
+//            more vdiskfs pgbench run, with the other two servers stopped, and 20 while idle (after sync and
+//            5 s): median, p99, max; the TPS of that run too
 // PostgreSQL runs as the `postgres` user (runuser); its directories are under the bench temp dir, which is
 // made traversable (0711) for it. Skipped parts say why in the notes (no pgbench, not root, no postgres user).
-import { chmod, mkdir, readdir, rm } from 'node:fs/promises'
+import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { MiB, ddRepeat, exists, fio, fmt, median, onCleanup, run, which } from './lib.mjs'
@@ -80,8 +82,16 @@ async function startPostgres (ctx, bins, name, image, port) {
   const stopPg = onCleanup(() => as(bins.pgCtl, ['-D', data, 'stop', '-m', 'immediate', '-w'], { check: false, duringCleanup: true, timeoutMs: 60_000 }))
   await as(bins.pgCtl, ['-D', data, '-w', '-l', path.join(mnt, 'server.log'), '-o', `-p ${port} -k ${mnt} -c listen_addresses=''`, 'start'], { timeoutMs: 120_000 })
   const pgbench = (args, timeoutMs = 30 * 60_000) => as(bins.pgbench, ['-h', mnt, '-p', String(port), ...args, 'postgres'], { timeoutMs })
+  // A CHECKPOINT through pgbench (no psql needed): the server's dirty pages reach the disk now, not during
+  // the next target's run.
+  const checkpointSql = path.join(mnt, 'checkpoint.sql')
+  await writeFile(checkpointSql, 'CHECKPOINT;\n', { mode: 0o644 })
   return {
     pgbench,
+    async checkpoint () {
+      await pgbench(['-n', '-t', '1', '-f', checkpointSql], 5 * 60_000)
+      await run('sync', [], { check: false })
+    },
     async stop () {
       await stopPg()
       await unmountExt4()
@@ -212,6 +222,9 @@ export const databaseSection = {
           const tps = await bench(t)
           if (tps != null) figures.pgbench[t.key].push(tps)
           log(`pgbench round ${round}, ${t.label}: ${fmt(tps)} TPS`)
+          // the three servers run side by side: what this one still has to write back must not fall into
+          // the next one's run
+          await guard(`checkpoint ${t.key}`, () => t.pg.checkpoint())
         }
       }
       const [tp, tv, tv8] = [median(figures.pgbench.plain), median(figures.pgbench.vdiskfs), median(figures.pgbench.vdiskfs8k)]
@@ -221,6 +234,8 @@ export const databaseSection = {
       let loadTps = null
       const idle = []
       if (vd.pg) {
+        // only the server under test runs from here on: the snapshot figures are vdiskfs's under its load
+        for (const t of targets) if (t !== vd && t.pg) await guard(`stop ${t.key}`, () => t.pg.stop())
         log(`pgbench on vdiskfs with a snapshot every 2 s...`)
         let done = false
         const taker = (async () => {
