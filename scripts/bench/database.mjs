@@ -175,7 +175,7 @@ export const databaseSection = {
         rows: [['plain file', fp, true], ['vdiskfs disk', fv, false]].map(([label, f, base]) => [label, fmt(f.iops), fmt(f.w), fmt(f.p50), fmt(f.p99),
           base ? '1.00×' : ratio(f.iops, fp.iops), base ? '1.00×' : ratio(f.p50, fp.p50), base ? '1.00×' : ratio(f.p99, fp.p99)])
       })
-      const cw = { plain: med(figures.cow.plain, 'iops'), without: med(figures.cow.without, 'iops'), after: med(figures.cow.after, 'iops'), without8k: med(figures.cow.without8k, 'iops'), after8k: med(figures.cow.after8k, 'iops') }
+      const cw = Object.fromEntries(Object.entries(figures.cow).map(([k, xs]) => [k, med(xs, 'iops')]))
       res.tables.push({
         title: `fio 8 KiB random writes (psync, buffered, ${regionBytes / MiB} MiB region, ${runtime} s; median of ${rounds}), after a new snapshot vs without`,
         headers: ['case', 'IOPS', '× without snapshot', '× plain file'],
@@ -227,7 +227,8 @@ export const databaseSection = {
           await guard(`checkpoint ${t.key}`, () => t.pg.checkpoint())
         }
       }
-      const [tp, tv, tv8] = [median(figures.pgbench.plain), median(figures.pgbench.vdiskfs), median(figures.pgbench.vdiskfs8k)]
+      const tps = Object.fromEntries(targets.map((t) => [t.key, median(figures.pgbench[t.key])]))
+      const [tp, tv, tv8] = [tps.plain, tps.vdiskfs, tps.vdiskfs8k]
       // ---- snapshots under that load, and idle ---------------------------------------------------------
       const vd = targets[1]
       const underLoad = []
@@ -264,9 +265,7 @@ export const databaseSection = {
         title: `pgbench on ext4 on a loop device (PostgreSQL defaults; -i -s ${scale}, then -c 4 -j 2 -T ${seconds}; median of ${rounds})`,
         headers: ['target', 'pgbench -i s', 'TPS', 'TPS × plain'],
         rows: [
-          [targets[0].label, fmt(init.plain, 1), fmt(tp), '1.00×'],
-          [targets[1].label, fmt(init.vdiskfs, 1), fmt(tv), ratio(tv, tp)],
-          [targets[2].label, fmt(init.vdiskfs8k, 1), fmt(tv8), ratio(tv8, tp)],
+          ...targets.map((t) => [t.label, fmt(init[t.key], 1), fmt(tps[t.key]), t.key === 'plain' ? '1.00×' : ratio(tps[t.key], tp)]),
           ...(loadTps != null ? [[`${targets[1].label}, a snapshot every 2 s`, '', fmt(loadTps), ratio(loadTps, tp)]] : [])
         ]
       })

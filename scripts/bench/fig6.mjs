@@ -46,6 +46,9 @@ import {
 } from './lib.mjs'
 import { hrSeconds, mountVdiskfs, writeChunks } from './vdisk.mjs'
 
+/** The floor row's copier (part B). */
+const DURABLE_COPY = fileURLToPath(new URL('./durable-copy.mjs', import.meta.url))
+
 const BLOCK = 64 * 1024
 
 function shuffled (arr, seed) {
@@ -230,7 +233,7 @@ export const fig6Section = {
           // the floor of the two rows above: the same image bytes, from a plain file on this disk, through
           // the reader and writer backup -o uses (durable-copy.mjs); what the mount adds is the difference
           ['floor', 'the floor: the image file copied durably by backup -o\'s reader and writer (no FUSE)', async () => {
-            const s = await timed(process.execPath, [fileURLToPath(new URL('./durable-copy.mjs', import.meta.url)), img, floorOut])
+            const s = await timed(process.execPath, [DURABLE_COPY, img, floorOut])
             await rm(floorOut, { force: true })
             return s
           }],
