@@ -16,7 +16,8 @@
 //
 // This process serves the mount: it must never block its event loop on I/O to the mount itself
 // (no execSync/spawnSync here), or the kernel request and the JS thread wait for each other.
-import Fuse from 'fuse-napi'
+// The binding as vdiskfs loads it (src/fuse/binding.ts: without its per-request AsyncLocalStorage).
+import { Fuse } from '../dist/fuse/binding.js'
 import { constants, fdatasync, ftruncateSync, openSync, read as fsRead, readSync, write as fsWrite, writeSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import process from 'node:process'

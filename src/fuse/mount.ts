@@ -1,16 +1,17 @@
 /**
- * The only code that imports the FUSE binding (fuse-napi, FUSE 3.1 API): mounting the operation table of
- * ops.ts with the options we need (1 MiB requests, subtype, timeouts, auto_cache, capabilities at init).
+ * The only code that uses the FUSE binding (fuse-napi, FUSE 3.1 API; binding.ts loads it): mounting the
+ * operation table of ops.ts with the options we need (1 MiB requests, subtype, timeouts, auto_cache, capabilities at init).
  * Write buffers are the binding's own copies (a fresh Buffer per request), so handles may keep them.
  */
-import Fuse from 'fuse-napi';
 import { readFile, writeFile } from 'node:fs/promises';
+import { Fuse } from './binding.js';
 import { Tree, MAX_WRITE } from './nodes.js';
 import { operations } from './ops.js';
 import { E } from './errno.js';
 import { logger } from '../log.js';
 import { mountDevice } from '../util/mountinfo.js';
 import type { Registry } from '../disk/registry.js';
+
 
 /** FUSE_CAP_ATOMIC_O_TRUNC (fuse_common.h). */
 const CAP_ATOMIC_O_TRUNC = 1 << 3;
