@@ -180,10 +180,37 @@ export class Disk extends View {
       d.mtime = this.ctx.clock.now();
       return n;
     }
-    return writeDisk(this.ctx, d, pos, data).then((m) => {
+    return this.writeCold(data, pos).then((m) => {
       d.mtime = this.ctx.clock.now();
       return m;
     });
+  }
+
+  /**
+   * A write the fast path declined. When the reason may be that a block's entry is not in memory yet (after
+   * a mount, or past the table cache), the entries are read and the fast path is tried once more: otherwise
+   * the async path would make a partial write into a block a snapshot holds wait for the old block's read and
+   * the new block's write, where the fast path copies the block behind the writer (write.ts). Measured by
+   * hand (fio 8 KiB random writes over 2 GiB right after a snapshot on a disk mounted afresh, ABBA): 2,987
+   * and 3,156 IOPS against 2,592 and 2,641 before.
+   */
+  private async writeCold(data: Buffer, pos: number): Promise<number> {
+    const d = this.state;
+    const bs = d.blockSize;
+    const lbns: number[] = [];
+    for (let lbn = Math.floor(pos / bs); lbn * bs < pos + data.length; lbn++) if (d.live.peek(lbn) === undefined) lbns.push(lbn);
+    if (lbns.length) {
+      // Read under the blocks' locks, as every table read that may cache what it finds (meta/table.ts get).
+      const release = await d.lock.acquireAll(lbns);
+      try {
+        await Promise.all(lbns.map((lbn) => d.live.get(lbn)));
+      } finally {
+        release();
+      }
+      const n = writeDiskNow(this.ctx, d, pos, data);
+      if (n !== undefined) return n;
+    }
+    return writeDisk(this.ctx, d, pos, data);
   }
 
   /** The range reads as zeros and holds no block afterwards (the part past the end is ignored). */

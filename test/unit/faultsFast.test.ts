@@ -66,6 +66,47 @@ describe('the fault layer under the fast path', () => {
   });
 });
 
+describe('a write whose entries are not in memory yet (a disk mounted afresh)', () => {
+  it('reads the entries and gives a partial write into a block a snapshot holds to the fast path (copied behind)', async () => {
+    const dir = await tempDir();
+    const BS = 64 * K;
+    const rnd = prng(33);
+    const model = randomBytes(rnd, 8 * BS);
+    {
+      const { reg } = await openFaulty(dir, {});
+      await reg.create('d', 8 * BS, BS);
+      await writeVia('async path', reg, reg.disk('d'), 0, model);
+      await createSnapshot(reg.ctx, reg.disk('d'), 's');
+      await reg.close();
+    }
+    const snap = Buffer.from(model);
+    const { reg, layers } = await openFaulty(dir, {});
+    const disk = reg.diskView('d');
+    const d = reg.disk('d');
+    await writeVia('async path', reg, d, 7 * BS, model.subarray(7 * BS)); // opens the block store
+    expect(d.live.peek(3), 'block 3 is not in memory').toBeUndefined();
+    const data = randomBytes(rnd, 8 * K);
+    const n = disk.write(data, 3 * BS + 16 * K);
+    expect(typeof n, 'the first try declined: the entry had to be read').not.toBe('number');
+    expect(await n).toBe(data.length);
+    data.copy(model, 3 * BS + 16 * K);
+    const layer = layers[0]!;
+    if (layer.copyBehind) expect(layer.calls.copyBehind, 'the second try took it and copied the block behind').toBe(1);
+    await reg.sync();
+    expectSame(await readAll(reg, 'd'), model, 'live disk');
+    expectSame(await readAll(reg, 'd', 0), snap, 'snapshot');
+    await reg.close();
+    await expectCleanCheck(dir);
+    const again = await Registry.open({ dir });
+    try {
+      expectSame(await readAll(again, 'd'), model, 'live disk after reopen');
+      expectSame(await readAll(again, 'd', 0), snap, 'snapshot after reopen');
+    } finally {
+      await again.close();
+    }
+  });
+});
+
 describe('a failed write the fast path acknowledged', () => {
   // Each case: synced content, then one fast-path write whose Nth store write fails behind the caller's
   // back. The write was acknowledged; the next fsync must fail, the fast path must decline from then on,
