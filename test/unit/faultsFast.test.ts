@@ -17,6 +17,19 @@ async function closeFailed(reg: Registry): Promise<void> {
   await expect(reg.close()).rejects.toThrow();
 }
 
+/** Close, check clean, reopen: disk d holds `model` and its snapshot 0 `snap`. */
+async function closeAndReopen(reg: Registry, dir: string, model: Buffer, snap: Buffer): Promise<void> {
+  await reg.close();
+  await expectCleanCheck(dir);
+  const again = await Registry.open({ dir });
+  try {
+    expectSame(await readAll(again, 'd'), model, 'live disk after reopen');
+    expectSame(await readAll(again, 'd', 0), snap, 'snapshot after reopen');
+  } finally {
+    await again.close();
+  }
+}
+
 describe('the fault layer under the fast path', () => {
   it('writes, copy-on-write, reads and fsync go through the production fast path (stageBehind, copyBehind, readSync, syncNow)', async () => {
     const dir = await tempDir();
@@ -54,15 +67,7 @@ describe('the fault layer under the fast path', () => {
       expect(reg.syncNow(), 'fsync on the event loop: nothing in flight').toBe(true);
       expect(layer.calls.syncNow).toBeGreaterThan(0);
     }
-    await reg.close();
-    await expectCleanCheck(dir);
-    const again = await Registry.open({ dir });
-    try {
-      expectSame(await readAll(again, 'd'), model, 'live disk after reopen');
-      expectSame(await readAll(again, 'd', 0), snap, 'snapshot after reopen');
-    } finally {
-      await again.close();
-    }
+    await closeAndReopen(reg, dir, model, snap);
   });
 });
 
@@ -95,15 +100,7 @@ describe('a write whose entries are not in memory yet (a disk mounted afresh)', 
     await reg.sync();
     expectSame(await readAll(reg, 'd'), model, 'live disk');
     expectSame(await readAll(reg, 'd', 0), snap, 'snapshot');
-    await reg.close();
-    await expectCleanCheck(dir);
-    const again = await Registry.open({ dir });
-    try {
-      expectSame(await readAll(again, 'd'), model, 'live disk after reopen');
-      expectSame(await readAll(again, 'd', 0), snap, 'snapshot after reopen');
-    } finally {
-      await again.close();
-    }
+    await closeAndReopen(reg, dir, model, snap);
   });
 });
 
