@@ -1,6 +1,7 @@
 /**
  * The only code that uses the FUSE binding (fuse-napi, FUSE 3.1 API; binding.ts loads it): mounting the
- * operation table of ops.ts with the options we need (1 MiB requests, subtype, timeouts, auto_cache, capabilities at init).
+ * operation table of ops.ts with the options we need (1 MiB requests, subtype, timeouts, auto_cache,
+ * capabilities at init).
  * Write buffers are the binding's own copies (a fresh Buffer per request), so handles may keep them.
  */
 import { readFile, writeFile } from 'node:fs/promises';
@@ -11,7 +12,6 @@ import { E } from './errno.js';
 import { logger } from '../log.js';
 import { mountDevice } from '../util/mountinfo.js';
 import type { Registry } from '../disk/registry.js';
-
 
 /** FUSE_CAP_ATOMIC_O_TRUNC (fuse_common.h). */
 const CAP_ATOMIC_O_TRUNC = 1 << 3;
