@@ -20,6 +20,7 @@ import { resolve, type Resolved } from './resolve.js';
 import { changedSince } from './snapshots.js';
 import { flushStore, flushStoreNow } from './durable.js';
 import { invalid, notFound } from '../errors.js';
+import { splitRange } from '../util/range.js';
 import { heldContent } from './identity.js';
 
 /** Reads runs of physically adjacent blocks of a view's block size (image producers). */
@@ -196,9 +197,9 @@ export class Disk extends View {
    */
   private async writeCold(data: Buffer, pos: number): Promise<number> {
     const d = this.state;
-    const bs = d.blockSize;
-    const lbns: number[] = [];
-    for (let lbn = Math.floor(pos / bs); lbn * bs < pos + data.length; lbn++) if (d.live.peek(lbn) === undefined) lbns.push(lbn);
+    const lbns = splitRange(pos, data.length, d.blockSize)
+      .map((p) => p.lbn)
+      .filter((lbn) => d.live.peek(lbn) === undefined);
     if (lbns.length) {
       // Read under the blocks' locks, as every table read that may cache what it finds (meta/table.ts get).
       const release = await d.lock.acquireAll(lbns);
