@@ -71,7 +71,7 @@ import { snapshotSection } from './bench/snapshot.mjs'
 import { backupSection } from './bench/backup.mjs'
 import { sparseSection } from './bench/sparse.mjs'
 import { fig6Section } from './bench/fig6.mjs'
-import { serverEnv, serverFlags } from './bench/vdisk.mjs'
+import { serverEnv, serverFlags, startNullfs } from './bench/vdisk.mjs'
 import { databaseSection } from './bench/database.mjs'
 import { imagesSection } from './bench/images.mjs'
 import { replicateSection } from './bench/replicate.mjs'
@@ -139,14 +139,7 @@ function vdiskfsSetup ({ mnt, store: storeName, mountArgs = [], env: extraEnv = 
  * the passthrough over it.
  */
 function nullfsSetup ({ mnt, name, backing }) {
-  return async function setup (ctx) {
-    const mountpoint = path.join(ctx.dir, mnt)
-    await mkdir(mountpoint, { recursive: true })
-    const server = await startServer(process.execPath,
-      [...(await serverFlags(ROOT)), path.join(ROOT, 'scripts/nullfs.mjs'), mountpoint, String(config.diskGiB * GiB), ...(backing ? [path.join(ctx.dir, backing)] : [])],
-      { mountpoint, env: await serverEnv(ROOT), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name })
-    return { file: path.join(mountpoint, 'null'), server, mountpoint }
-  }
+  return (ctx) => startNullfs({ root: ROOT, mountpoint: path.join(ctx.dir, mnt), bytes: config.diskGiB * GiB, backing: backing && path.join(ctx.dir, backing), name })
 }
 
 export const TARGETS = [

@@ -2,7 +2,10 @@
 // file of the filesystem the store lives on, measured in the same run (vdiskfs and plain take turns, medians
 // of config.rounds):
 //   fsync    fio 8 KiB random overwrites, psync, --fsync=1 (each write followed by fsync), over a region
-//            written first (2 GiB; quick 128 MiB): IOPS and fsync latency p50/p99, disk file vs plain file
+//            written first (2 GiB; quick 128 MiB): IOPS and fsync latency p50/p99, disk file vs plain file,
+//            and vs the passthrough FUSE filesystem (scripts/nullfs.mjs with a backing file: O_DIRECT writes,
+//            fsync = fdatasync), the least any FUSE filesystem keeping its data on this disk pays; the three
+//            take turns, in alternating order
 //   cow      fio 8 KiB random writes (psync, buffered) over the same kind of region right after a new
 //            snapshot of the disk, against the same with no snapshot (the snapshot is deleted after each
 //            round, so every round starts from blocks the disk owns); plain file for scale. The same on a
@@ -21,7 +24,7 @@ import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { MiB, ddRepeat, exists, fio, fmt, median, onCleanup, run, which } from './lib.mjs'
-import { mountVdiskfs } from './vdisk.mjs'
+import { mountVdiskfs, startNullfs } from './vdisk.mjs'
 
 const log = (s) => process.stderr.write(`   ${s}\n`)
 const pct = (xs, p) => {
@@ -118,7 +121,7 @@ export const databaseSection = {
     const fill = (dst) => ddRepeat({ src: ctx.src, dst, chunkMiB, times: regionBytes / MiB / chunkMiB, timeoutMs: config.ddTimeoutMs })
     const runtime = config.fioRuntime
     const rounds = config.rounds
-    const figures = { fsync: { plain: [], vdiskfs: [] }, cow: { plain: [], without: [], after: [], without8k: [], after8k: [] }, pgbench: { plain: [], vdiskfs: [], vdiskfs8k: [] } }
+    const figures = { fsync: { plain: [], pass: [], vdiskfs: [] }, cow: { plain: [], without: [], after: [], without8k: [], after8k: [] }, pgbench: { plain: [], vdiskfs: [], vdiskfs8k: [] } }
     const guard = async (key, fn) => {
       try {
         return await fn()
@@ -136,18 +139,20 @@ export const databaseSection = {
     const pgs = []
     try {
       // ---- fsync and cow ---------------------------------------------------------------------------
+      const pass = await guard('passthrough FUSE', () => startNullfs({ root: ctx.root, mountpoint: path.join(ctx.dir, 'mnt-db-pass'), bytes: 2 * regionBytes, backing: path.join(ctx.dir, 'db-pass.bin'), name: 'passthrough FUSE (database)' }))
       await m.create('fs', `${2 * regionBytes / MiB}M`)
       await m.create('cow', `${2 * regionBytes / MiB}M`)
       await m.create('cow8k', `${2 * regionBytes / MiB}M block-size=8K`)
       log(`writing the ${regionBytes / MiB} MiB regions (plain file, disks fs, cow and cow8k)...`)
       await run('truncate', ['-s', String(2 * regionBytes), plainFile])
-      for (const f of [plainFile, m.diskFile('fs'), m.diskFile('cow'), m.diskFile('cow8k')]) await fill(f)
+      for (const f of [plainFile, ...(pass ? [pass.file] : []), m.diskFile('fs'), m.diskFile('cow'), m.diskFile('cow8k')]) await fill(f)
+      const fsyncTargets = [['plain', plainFile], ...(pass ? [['pass', pass.file]] : []), ['vdiskfs', m.diskFile('fs')]]
       for (let round = 1; round <= rounds; round++) {
         log(`round ${round} of ${rounds}`)
-        await guard('fsync plain', async () => figures.fsync.plain.push(await fio8k(plainFile, regionBytes, runtime, true)))
-        await guard('fsync vdiskfs', async () => figures.fsync.vdiskfs.push(await fio8k(m.diskFile('fs'), regionBytes, runtime, true)))
-        const [p, v] = [figures.fsync.plain.at(-1), figures.fsync.vdiskfs.at(-1)]
-        if (p && v) log(`fsync=1 8K: plain ${fmt(p.iops)} IOPS p50 ${fmt(p.syncP50Us)} µs; vdiskfs ${fmt(v.iops)} IOPS p50 ${fmt(v.syncP50Us)} µs`)
+        for (const [key, file] of round % 2 ? fsyncTargets : [...fsyncTargets].reverse()) {
+          await guard(`fsync ${key}`, async () => figures.fsync[key].push(await fio8k(file, regionBytes, runtime, true)))
+        }
+        log(`fsync=1 8K: ${fsyncTargets.map(([key]) => figures.fsync[key].at(-1) && `${key} ${fmt(figures.fsync[key].at(-1).iops)} IOPS p50 ${fmt(figures.fsync[key].at(-1).syncP50Us)} µs`).filter(Boolean).join('; ')}`)
         await guard('cow plain', async () => figures.cow.plain.push(await fio8k(plainFile, regionBytes, runtime, false)))
         for (const [disk, without, after] of [['cow', 'without', 'after'], ['cow8k', 'without8k', 'after8k']]) {
           await guard(`${disk} without`, async () => figures.cow[without].push(await fio8k(m.diskFile(disk), regionBytes, runtime, false)))
@@ -164,17 +169,25 @@ export const databaseSection = {
         }
       }
       await rm(plainFile, { force: true })
+      if (pass) {
+        await pass.server.stop()
+        await rm(path.join(ctx.dir, 'db-pass.bin'), { force: true })
+      }
       for (const d of ['fs', 'cow', 'cow8k']) await m.control(`delete ${d}`)
 
       const med = (xs, k) => xs.length ? median(xs.map((x) => x[k])) : null
       const fp = { iops: med(figures.fsync.plain, 'iops'), p50: med(figures.fsync.plain, 'syncP50Us'), p99: med(figures.fsync.plain, 'syncP99Us'), w: med(figures.fsync.plain, 'writeP50Us') }
       const fv = { iops: med(figures.fsync.vdiskfs, 'iops'), p50: med(figures.fsync.vdiskfs, 'syncP50Us'), p99: med(figures.fsync.vdiskfs, 'syncP99Us'), w: med(figures.fsync.vdiskfs, 'writeP50Us') }
+      const fpass = { iops: med(figures.fsync.pass, 'iops'), p50: med(figures.fsync.pass, 'syncP50Us'), p99: med(figures.fsync.pass, 'syncP99Us'), w: med(figures.fsync.pass, 'writeP50Us') }
+      // each round's vdiskfs p50 against the other two's of the same round (they ran minutes apart at most)
+      const perRound = (key) => figures.fsync.vdiskfs.map((v, i) => figures.fsync[key][i] ? v.syncP50Us / figures.fsync[key][i].syncP50Us : null).filter((x) => x != null)
       res.tables.push({
         title: `fio 8 KiB random overwrites with --fsync=1 (psync, ${regionBytes / MiB} MiB region, ${runtime} s; median of ${rounds})`,
-        headers: ['target', 'IOPS', 'write p50 µs', 'fsync p50 µs', 'fsync p99 µs', 'IOPS × plain', 'fsync p50 × plain', 'fsync p99 × plain'],
-        rows: [['plain file', fp, true], ['vdiskfs disk', fv, false]].map(([label, f, base]) => [label, fmt(f.iops), fmt(f.w), fmt(f.p50), fmt(f.p99),
-          base ? '1.00×' : ratio(f.iops, fp.iops), base ? '1.00×' : ratio(f.p50, fp.p50), base ? '1.00×' : ratio(f.p99, fp.p99)])
+        headers: ['target', 'IOPS', 'write p50 µs', 'fsync p50 µs', 'fsync p99 µs', 'IOPS × plain', 'fsync p50 × plain', 'fsync p99 × plain', 'fsync p50 × passthrough'],
+        rows: [['plain file', fp, true], ...(figures.fsync.pass.length ? [['passthrough FUSE (O_DIRECT, fdatasync)', fpass, false]] : []), ['vdiskfs disk', fv, false]].map(([label, f, base]) => [label, fmt(f.iops), fmt(f.w), fmt(f.p50), fmt(f.p99),
+          base ? '1.00×' : ratio(f.iops, fp.iops), base ? '1.00×' : ratio(f.p50, fp.p50), base ? '1.00×' : ratio(f.p99, fp.p99), ratio(f.p50, fpass.p50)])
       })
+      res.notes.push(`fsync p50, vdiskfs / plain file round by round: ${perRound('plain').map((x) => fmt(x, 2)).join(', ')}; vdiskfs / passthrough FUSE: ${perRound('pass').map((x) => fmt(x, 2)).join(', ')}`)
       const cw = Object.fromEntries(Object.entries(figures.cow).map(([k, xs]) => [k, med(xs, 'iops')]))
       res.tables.push({
         title: `fio 8 KiB random writes (psync, buffered, ${regionBytes / MiB} MiB region, ${runtime} s; median of ${rounds}), after a new snapshot vs without`,
@@ -183,7 +196,7 @@ export const databaseSection = {
           ['vdiskfs disk of 8 KiB blocks, no snapshot', cw.without8k, cw.without8k], ['vdiskfs disk of 8 KiB blocks, right after a new snapshot', cw.after8k, cw.without8k]]
           .map(([label, v, base]) => [label, fmt(v), base == null ? '–' : ratio(v, base), ratio(v, cw.plain)])
       })
-      res.figures.fsync = { plain: fp, vdiskfs: fv, p50Ratio: fp.p50 ? fv.p50 / fp.p50 : null, raw: figures.fsync }
+      res.figures.fsync = { plain: fp, pass: fpass, vdiskfs: fv, p50Ratio: fp.p50 ? fv.p50 / fp.p50 : null, p50ToPass: fpass.p50 ? fv.p50 / fpass.p50 : null, raw: figures.fsync }
       res.figures.cow = { ...cw, afterToWithout: cw.without ? cw.after / cw.without : null, afterToWithout8k: cw.without8k ? cw.after8k / cw.without8k : null, raw: figures.cow }
 
       // ---- pgbench ---------------------------------------------------------------------------------

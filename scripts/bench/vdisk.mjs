@@ -49,6 +49,19 @@ export function hrSeconds (t0) {
  * Returns { mountpoint, store, ctl, vdisk, cli, server, control(line) -> seconds, create(disk, size),
  *           snapshot(disk, snap) -> seconds, checkAlive(), stop() }.
  */
+/**
+ * scripts/nullfs.mjs mounted at `mountpoint` serving one file, `null`, of `bytes` bytes: the null FUSE
+ * filesystem, or with `backing` (a file path) the passthrough to that file with O_DIRECT (the least a FUSE
+ * filesystem keeping its data on this disk does per request). Returns the file and the server.
+ */
+export async function startNullfs ({ root, mountpoint, bytes, backing, name }) {
+  await mkdir(mountpoint, { recursive: true })
+  const server = await startServer(process.execPath,
+    [...(await serverFlags(root)), path.join(root, 'scripts/nullfs.mjs'), mountpoint, String(bytes), ...(backing ? [backing] : [])],
+    { mountpoint, env: await serverEnv(root), readyLine: /^ready$/m, ready: () => isMounted(mountpoint), name })
+  return { file: path.join(mountpoint, 'null'), server, mountpoint }
+}
+
 export async function mountVdiskfs (ctx, name, extraArgs = []) {
   const cli = path.join(ctx.root, 'dist/cli/main.js')
   if (!(await exists(cli))) return { skip: 'dist/cli/main.js not built (npm run build)' }
