@@ -140,8 +140,9 @@ export const databaseSection = {
     try {
       // ---- fsync and cow ---------------------------------------------------------------------------
       // The passthrough is mounted for its own fsync runs only, afresh each time (its backing file keeps the
-      // region): in a run where it stayed mounted through the cow figures, its rounds 2 and 3 ran at a third
-      // of round 1's IOPS, where by hand, in turns with vdiskfs, it never did.
+      // region). In the runs so far its rounds after the first ran at a third of round 1's IOPS, mounted
+      // afresh or not, where by hand, in turns with vdiskfs, it never did (README, *Databases*): the rounds
+      // are printed for that reason.
       const passBacking = path.join(ctx.dir, 'db-pass.bin')
       const mountPass = () => startNullfs({ root: ctx.root, mountpoint: path.join(ctx.dir, 'mnt-db-pass'), bytes: 2 * regionBytes, backing: passBacking, name: 'passthrough FUSE (database)' })
       const pass = await guard('passthrough FUSE', mountPass)

@@ -44,12 +44,6 @@ export function hrSeconds (t0) {
 }
 
 /**
- * Mount vdiskfs on ctx.dir/mnt-<name> with a new store ctx.dir/store-<name>. The mountpoint is added to
- * ctx.mountpoints so the bench's exit cleanup never removes the temp dir through a live mount.
- * Returns { mountpoint, store, ctl, vdisk, cli, server, control(line) -> seconds, create(disk, size),
- *           snapshot(disk, snap) -> seconds, checkAlive(), stop() }.
- */
-/**
  * scripts/nullfs.mjs mounted at `mountpoint` serving one file, `null`, of `bytes` bytes: the null FUSE
  * filesystem, or with `backing` (a file path) the passthrough to that file with O_DIRECT (the least a FUSE
  * filesystem keeping its data on this disk does per request). Returns the file and the server.
@@ -62,6 +56,12 @@ export async function startNullfs ({ root, mountpoint, bytes, backing, name }) {
   return { file: path.join(mountpoint, 'null'), server, mountpoint }
 }
 
+/**
+ * Mount vdiskfs on ctx.dir/mnt-<name> with a new store ctx.dir/store-<name>. The mountpoint is added to
+ * ctx.mountpoints so the bench's exit cleanup never removes the temp dir through a live mount.
+ * Returns { mountpoint, store, ctl, vdisk, cli, server, control(line) -> seconds, create(disk, size),
+ *           snapshot(disk, snap) -> seconds, checkAlive(), stop() }.
+ */
 export async function mountVdiskfs (ctx, name, extraArgs = []) {
   const cli = path.join(ctx.root, 'dist/cli/main.js')
   if (!(await exists(cli))) return { skip: 'dist/cli/main.js not built (npm run build)' }
