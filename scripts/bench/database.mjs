@@ -187,9 +187,8 @@ export const databaseSection = {
       for (const d of ['fs', 'cow', 'cow8k']) await m.control(`delete ${d}`)
 
       const med = (xs, k) => xs.length ? median(xs.map((x) => x[k])) : null
-      const fp = { iops: med(figures.fsync.plain, 'iops'), p50: med(figures.fsync.plain, 'syncP50Us'), p99: med(figures.fsync.plain, 'syncP99Us'), w: med(figures.fsync.plain, 'writeP50Us') }
-      const fv = { iops: med(figures.fsync.vdiskfs, 'iops'), p50: med(figures.fsync.vdiskfs, 'syncP50Us'), p99: med(figures.fsync.vdiskfs, 'syncP99Us'), w: med(figures.fsync.vdiskfs, 'writeP50Us') }
-      const fpass = { iops: med(figures.fsync.pass, 'iops'), p50: med(figures.fsync.pass, 'syncP50Us'), p99: med(figures.fsync.pass, 'syncP99Us'), w: med(figures.fsync.pass, 'writeP50Us') }
+      const fsyncMedians = (xs) => ({ iops: med(xs, 'iops'), p50: med(xs, 'syncP50Us'), p99: med(xs, 'syncP99Us'), w: med(xs, 'writeP50Us') })
+      const [fp, fv, fpass] = [figures.fsync.plain, figures.fsync.vdiskfs, figures.fsync.pass].map(fsyncMedians)
       // each round's vdiskfs p50 against the other two's of the same round (they ran minutes apart at most)
       const perRound = (key) => figures.fsync.vdiskfs.map((v, i) => figures.fsync[key][i] ? v.syncP50Us / figures.fsync[key][i].syncP50Us : null).filter((x) => x != null)
       res.tables.push({

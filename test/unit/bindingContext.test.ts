@@ -1,4 +1,4 @@
-// The FUSE binding is loaded without its per-request AsyncLocalStorage (fuse/mount.ts): what that loader
+// The FUSE binding is loaded without its per-request AsyncLocalStorage (fuse/binding.ts): what that loader
 // gives the module it loads, and that everyone else keeps node's real AsyncLocalStorage.
 import { describe, it, expect, afterAll } from 'vitest';
 import asyncHooks, { AsyncLocalStorage } from 'node:async_hooks';
