@@ -17,10 +17,12 @@
 //            server takes a CHECKPOINT and the machine a sync, so no run pays for another's writeback
 //   snaplat  snapshot creation (`snapshot` line to .vdisk/ctl, timed from this process) every 2 s during one
 //            more vdiskfs pgbench run, with the other two servers stopped, and 20 while idle (after sync and
-//            5 s): median, p99, max; the TPS of that run too
+//            5 s): median, p99, max; the TPS of that run too. Between the snapshots, the baseline: a 200-byte
+//            append + fdatasync of a file on the store's filesystem (what a synced append there waits for,
+//            as LevelDB's synced batch is one; an append's fdatasync waits for a commit of ext4's journal)
 // PostgreSQL runs as the `postgres` user (runuser); its directories are under the bench temp dir, which is
 // made traversable (0711) for it. Skipped parts say why in the notes (no pgbench, not root, no postgres user).
-import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { MiB, ddRepeat, exists, fio, fmt, median, onCleanup, run, which } from './lib.mjs'
@@ -43,6 +45,14 @@ async function fio8k (filename, sizeBytes, runtime, fsync) {
     writeP50Us: r.job?.write?.clat_ns?.percentile?.['50.000000'] / 1000,
     ...(fsync && sync?.N ? { syncP50Us: sync.percentile['50.000000'] / 1000, syncP99Us: sync.percentile['99.000000'] / 1000 } : {})
   }
+}
+
+/** Append 200 bytes to the open file `fh` and fdatasync it: ms. */
+async function appendSynced (fh) {
+  const t0 = process.hrtime.bigint()
+  await fh.write(Buffer.alloc(200, 0x61))
+  await fh.datasync()
+  return Number(process.hrtime.bigint() - t0) / 1e6
 }
 
 /** Debian keeps initdb and pg_ctl under /usr/lib/postgresql/<version>/bin, off PATH: the newest there. */
@@ -257,7 +267,12 @@ export const databaseSection = {
       const underLoad = []
       let loadTps = null
       const idle = []
+      const appendUnderLoad = []
+      const appendIdle = []
+      const probeFile = path.join(ctx.dir, 'append-probe')
       if (vd.pg) {
+        const probe = await open(probeFile, 'a')
+        const closeProbe = onCleanup(() => probe.close().catch(() => undefined))
         // only the server under test runs from here on: the snapshot figures are vdiskfs's under its load
         for (const t of targets) if (t !== vd && t.pg) await guard(`stop ${t.key}`, () => t.pg.stop())
         log(`pgbench on vdiskfs with a snapshot every 2 s...`)
@@ -266,7 +281,9 @@ export const databaseSection = {
           await sleep(2000)
           for (let i = 0; !done; i++) {
             underLoad.push((await m.control(`snapshot pg load${i}`)) * 1000) // control() times open + write + close
-            await sleep(2000)
+            await sleep(1000)
+            if (!done) appendUnderLoad.push(await appendSynced(probe))
+            await sleep(1000)
           }
         })()
         loadTps = await bench(vd)
@@ -279,10 +296,13 @@ export const databaseSection = {
         for (let i = 0; i < 20; i++) {
           const s = await guard('idle snapshot', () => m.control(`snapshot pg idle${i}`))
           if (s != null) idle.push(s * 1000)
-          await sleep(100)
+          await sleep(50)
+          appendIdle.push(await appendSynced(probe))
+          await sleep(50)
         }
         for (let i = 0; i < underLoad.length; i++) await guard('delete snapshot', () => m.control(`delete-snapshot pg load${i}`))
         for (let i = 0; i < 20; i++) await guard('delete snapshot', () => m.control(`delete-snapshot pg idle${i}`))
+        await closeProbe()
       }
       res.tables.push({
         title: `pgbench on ext4 on a loop device (PostgreSQL defaults; -i -s ${scale}, then -c 4 -j 2 -T ${seconds}; median of ${rounds})`,
@@ -293,15 +313,19 @@ export const databaseSection = {
         ]
       })
       const dist = (xs) => ({ n: xs.length, median: median(xs), p99: pct(xs, 0.99), max: xs.length ? Math.max(...xs) : null })
-      const sl = { underLoad: dist(underLoad), idle: dist(idle) }
+      const sl = { underLoad: dist(underLoad), idle: dist(idle), appendUnderLoad: dist(appendUnderLoad), appendIdle: dist(appendIdle) }
       res.tables.push({
-        title: 'Snapshot creation (`snapshot` line to .vdisk/ctl, open + write + close timed from the bench process)',
-        headers: ['when', 'snapshots', 'median ms', 'p99 ms', 'max ms'],
-        rows: [['during pgbench (every 2 s)', sl.underLoad], ['idle (after sync and 5 s; every 100 ms)', sl.idle]]
-          .map(([label, d]) => [label, String(d.n), fmt(d.median, 1), fmt(d.p99, 1), fmt(d.max, 1)])
+        title: 'Snapshot creation (`snapshot` line to .vdisk/ctl, open + write + close timed from the bench process), and the baseline: a 200-byte append + fdatasync on the store\'s filesystem, between the snapshots',
+        headers: ['when', 'what', 'n', 'median ms', 'p99 ms', 'max ms'],
+        rows: [
+          ['during pgbench (every 2 s)', 'snapshot', sl.underLoad],
+          ['', 'append + fdatasync', sl.appendUnderLoad],
+          ['idle (after sync and 5 s; every 100 ms)', 'snapshot', sl.idle],
+          ['', 'append + fdatasync', sl.appendIdle]
+        ].map(([when, what, d]) => [when, what, String(d.n), fmt(d.median, 1), fmt(d.p99, 1), fmt(d.max, 1)])
       })
       res.figures.pgbench = { init, plainTps: tp, vdiskfsTps: tv, ratio: tp ? tv / tp : null, vdiskfs8kTps: tv8, ratio8k: tp ? tv8 / tp : null, withSnapshotsTps: loadTps, raw: figures.pgbench }
-      res.figures.snapshotMs = { ...sl, raw: { underLoad, idle } }
+      res.figures.snapshotMs = { ...sl, raw: { underLoad, idle, appendUnderLoad, appendIdle } }
       res.figures.peakRssMiB = await m.server.peakRssMiB()
       res.notes.push(`server peak RSS ${fmt(res.figures.peakRssMiB, 0)} MiB`)
     } finally {
@@ -309,6 +333,7 @@ export const databaseSection = {
       await m.stop()
       await rm(plainFile, { force: true })
       await rm(path.join(ctx.dir, 'pg-plain.img'), { force: true })
+      await rm(path.join(ctx.dir, 'append-probe'), { force: true })
     }
     return res
   }
