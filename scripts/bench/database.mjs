@@ -144,6 +144,7 @@ export const databaseSection = {
 
     await chmod(ctx.dir, 0o711) // PostgreSQL (user postgres) reaches its directories under it
     const plainFile = path.join(ctx.dir, 'db-plain.bin')
+    const probeFile = path.join(ctx.dir, 'append-probe') // the snapshot figure's baseline (snaplat)
     const m = await mountVdiskfs(ctx, 'db')
     if (m.skip) return { skipped: m.skip }
     const pgs = []
@@ -269,7 +270,6 @@ export const databaseSection = {
       const idle = []
       const appendUnderLoad = []
       const appendIdle = []
-      const probeFile = path.join(ctx.dir, 'append-probe')
       if (vd.pg) {
         const probe = await open(probeFile, 'a')
         const closeProbe = onCleanup(() => probe.close().catch(() => undefined))
@@ -333,7 +333,7 @@ export const databaseSection = {
       await m.stop()
       await rm(plainFile, { force: true })
       await rm(path.join(ctx.dir, 'pg-plain.img'), { force: true })
-      await rm(path.join(ctx.dir, 'append-probe'), { force: true })
+      await rm(probeFile, { force: true })
     }
     return res
   }
