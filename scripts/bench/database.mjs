@@ -26,7 +26,7 @@ import { chmod, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { MiB, ddRepeat, exists, fio, fmt, median, onCleanup, run, which } from './lib.mjs'
-import { mountVdiskfs, startNullfs } from './vdisk.mjs'
+import { hrSeconds, mountVdiskfs, startNullfs } from './vdisk.mjs'
 
 const log = (s) => process.stderr.write(`   ${s}\n`)
 const pct = (xs, p) => {
@@ -52,7 +52,7 @@ async function appendSynced (fh) {
   const t0 = process.hrtime.bigint()
   await fh.write(Buffer.alloc(200, 0x61))
   await fh.datasync()
-  return Number(process.hrtime.bigint() - t0) / 1e6
+  return hrSeconds(t0) * 1000
 }
 
 /** Debian keeps initdb and pg_ctl under /usr/lib/postgresql/<version>/bin, off PATH: the newest there. */
