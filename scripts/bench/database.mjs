@@ -10,7 +10,8 @@
 //            snapshot of the disk, against the same with no snapshot (the snapshot is deleted after each
 //            round, so every round starts from blocks the disk owns); plain file for scale. The same on a
 //            disk of 8 KiB blocks (`block-size=8K`, the database's page: a first write after a snapshot
-//            then replaces a whole block, copying nothing)
+//            then replaces a whole block, copying nothing). The snapshot's delete after each run is timed (in a
+//            note): what a backup's snapshot costs to drop after a database wrote under it
 //   pgbench  PostgreSQL on ext4 on a loop device over a 20 GiB (quick 4 GiB) vdiskfs disk (default 64 KiB
 //            blocks, and 8 KiB blocks), and over a plain sparse file of the same size: `pgbench -i -s 20` (quick 2) once each, then `pgbench -c 4 -j 2
 //            -T 60` (quick 10) per round; TPS ratio. The three servers run side by side; after each run its
@@ -131,7 +132,7 @@ export const databaseSection = {
     const fill = (dst) => ddRepeat({ src: ctx.src, dst, chunkMiB, times: regionBytes / MiB / chunkMiB, timeoutMs: config.ddTimeoutMs })
     const runtime = config.fioRuntime
     const rounds = config.rounds
-    const figures = { fsync: { plain: [], pass: [], vdiskfs: [] }, cow: { plain: [], without: [], after: [], without8k: [], after8k: [] }, pgbench: { plain: [], vdiskfs: [], vdiskfs8k: [] } }
+    const figures = { fsync: { plain: [], pass: [], vdiskfs: [] }, cow: { plain: [], without: [], after: [], without8k: [], after8k: [] }, deleteS: { cow: [], cow8k: [] }, pgbench: { plain: [], vdiskfs: [], vdiskfs8k: [] } }
     const guard = async (key, fn) => {
       try {
         return await fn()
@@ -186,7 +187,8 @@ export const databaseSection = {
             try {
               figures.cow[after].push(await fio8k(m.diskFile(disk), regionBytes, runtime, false))
             } finally {
-              await m.control(`delete-snapshot ${disk} r${round}`)
+              // timed: what dropping a backup's snapshot costs after the writes under it
+              figures.deleteS[disk].push(await m.control(`delete-snapshot ${disk} r${round}`))
             }
           })
           const [w, a] = [figures.cow[without].at(-1), figures.cow[after].at(-1)]
@@ -217,8 +219,10 @@ export const databaseSection = {
           ['vdiskfs disk of 8 KiB blocks, no snapshot', cw.without8k, cw.without8k], ['vdiskfs disk of 8 KiB blocks, right after a new snapshot', cw.after8k, cw.without8k]]
           .map(([label, v, base]) => [label, fmt(v), base == null ? '–' : ratio(v, base), ratio(v, cw.plain)])
       })
+      const del = { cow: figures.deleteS.cow.length ? median(figures.deleteS.cow) : null, cow8k: figures.deleteS.cow8k.length ? median(figures.deleteS.cow8k) : null }
+      res.notes.push(`delete-snapshot right after each "after a new snapshot" run (median, s): default disk ${fmt(del.cow, 2)} (rounds ${figures.deleteS.cow.map((x) => fmt(x, 2)).join(', ')}), disk of 8 KiB blocks ${fmt(del.cow8k, 2)}`)
       res.figures.fsync = { plain: fp, pass: fpass, vdiskfs: fv, p50Ratio: fp.p50 ? fv.p50 / fp.p50 : null, p50ToPass: fpass.p50 ? fv.p50 / fpass.p50 : null, raw: figures.fsync }
-      res.figures.cow = { ...cw, afterToWithout: cw.without ? cw.after / cw.without : null, afterToWithout8k: cw.without8k ? cw.after8k / cw.without8k : null, raw: figures.cow }
+      res.figures.cow = { ...cw, afterToWithout: cw.without ? cw.after / cw.without : null, afterToWithout8k: cw.without8k ? cw.after8k / cw.without8k : null, deleteS: del, raw: figures.cow }
 
       // ---- pgbench ---------------------------------------------------------------------------------
       const bins = await pgBinaries()

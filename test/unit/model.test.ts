@@ -170,8 +170,16 @@ class Run {
     let off: number;
     let len: number;
     let buf: Buffer;
-    const kind = this.int(6);
-    if (kind === 0) {
+    const kind = this.int(7);
+    if (kind === 6 && bs > 4096) {
+      // whole 4 KiB sectors inside one block (a database's pages): into a block a snapshot holds, copied behind
+      const sectors = bs / 4096;
+      const first = this.int(sectors);
+      off = Math.floor(this.int(size) / bs) * bs + first * 4096;
+      if (off >= size) off = Math.floor((size - 1) / 4096) * 4096; // the last block is short
+      len = Math.min(size - off, 4096 * (1 + this.int(sectors - first)));
+      buf = this.bytes(len);
+    } else if (kind === 0) {
       // whole blocks of zeros (frees / no-op on holes)
       const lbn = this.int(Math.ceil(size / bs));
       off = lbn * bs;
@@ -206,11 +214,13 @@ class Run {
     const n = 2 + this.int(4);
     const base = this.int(size);
     const ranges: [number, Buffer][] = [];
-    let pos = base;
+    // Often whole sectors (a database's pages, several into one block), else any bytes.
+    const sectors = this.rnd() < 0.4 && m.bs > 4096;
+    let pos = sectors ? base - (base % 4096) : base;
     for (let i = 0; i < n && pos < size; i++) {
-      const len = Math.min(size - pos, 1 + this.int(m.bs / 2));
+      const len = Math.min(size - pos, sectors ? 4096 * (1 + this.int(m.bs / 8192)) : 1 + this.int(m.bs / 2));
       ranges.push([pos, this.rnd() < 0.3 ? Buffer.alloc(len) : this.bytes(len)]);
-      pos += len + this.int(m.bs / 4);
+      pos += len + (sectors ? 4096 * this.int(2) : this.int(m.bs / 4));
     }
     this.log.push(`concurrent ${m.name} ${ranges.map(([o, b]) => `${o}+${b.length}`).join(' ')}`);
     const res = await Promise.allSettled(ranges.map(([o, b]) => this.write(this.d(m.name), o, b)));
