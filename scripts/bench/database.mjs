@@ -219,7 +219,7 @@ export const databaseSection = {
           ['vdiskfs disk of 8 KiB blocks, no snapshot', cw.without8k, cw.without8k], ['vdiskfs disk of 8 KiB blocks, right after a new snapshot', cw.after8k, cw.without8k]]
           .map(([label, v, base]) => [label, fmt(v), base == null ? '–' : ratio(v, base), ratio(v, cw.plain)])
       })
-      const del = { cow: figures.deleteS.cow.length ? median(figures.deleteS.cow) : null, cow8k: figures.deleteS.cow8k.length ? median(figures.deleteS.cow8k) : null }
+      const del = { cow: median(figures.deleteS.cow), cow8k: median(figures.deleteS.cow8k) } // null when no round ran
       res.notes.push(`delete-snapshot right after each "after a new snapshot" run (median, s): default disk ${fmt(del.cow, 2)} (rounds ${figures.deleteS.cow.map((x) => fmt(x, 2)).join(', ')}), disk of 8 KiB blocks ${fmt(del.cow8k, 2)}`)
       res.figures.fsync = { plain: fp, pass: fpass, vdiskfs: fv, p50Ratio: fp.p50 ? fv.p50 / fp.p50 : null, p50ToPass: fpass.p50 ? fv.p50 / fpass.p50 : null, raw: figures.fsync }
       res.figures.cow = { ...cw, afterToWithout: cw.without ? cw.after / cw.without : null, afterToWithout8k: cw.without8k ? cw.after8k / cw.without8k : null, deleteS: del, raw: figures.cow }
