@@ -129,9 +129,9 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     } else if (p.whole) changes.push({ lbn: p.lbn, cur: cur ?? undefined, next: undefined, preserve, block: data });
     else if (cur?.kind === 'data' && store.copyBehind && store.copyRoom?.()) {
       // A partial write into a block a snapshot holds: the new block gets the old one's content by a copy
-      // behind (the store reads it off this thread, ordered before this write and every later one to the
-      // new block), so the answer does not wait for a read of the old block. Copied once; the block's
-      // later writes land in place.
+      // behind with this write over it (the store reads the old block off this thread and writes the new
+      // one once, ordered before every later write to it), so the answer does not wait for a read of the
+      // old block. Copied once; the block's later writes land in place.
       const c: Change = { lbn: p.lbn, cur, next: undefined, preserve, block: data };
       copies.set(c, { from: cur.pbn, offsetInBlock: p.offsetInBlock, sums: ctx.integrity.reliable(cur) ? spliceSums(cur.sums, p.offsetInBlock, data) : undefined });
       changes.push(c);
@@ -149,8 +149,9 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
   // of their own (writeBehind.ts Run.gate): with new blocks besides, the request would need two; the async
   // path takes it.
   if (intentPbns.length && changes.length && !ctx.integrity.intended(intentPbns)) return giveBack();
-  // Merged blocks stage more bytes than the request carries: the store must have room for all of them.
-  const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + c.block!.length, 0);
+  // Merged blocks stage more bytes than the request carries: the store must have room for all of them
+  // (a write that goes with its block's copy stages nothing).
+  const staged = inPlace.reduce((n, w) => n + w.data.length, 0) + changes.reduce((n, c) => n + (copies.has(c) ? 0 : c.block!.length), 0);
   if (staged > src.length && !store.behindRoom(staged)) return giveBack();
   const reserved: number[] = [];
   try {
@@ -181,9 +182,9 @@ export function writeDiskNow(ctx: Context, disk: DiskState, offset: number, src:
     const pbn = (c.next as { pbn: number }).pbn;
     const cp = copies.get(c);
     if (!cp) return stageBehind(pbn, c.block!);
-    const copied = store.copyBehind!(cp.from, pbn); // before the stage: the write is ordered after the copy
-    const written = stageBehind(pbn, c.block!, cp.offsetInBlock);
-    return () => Promise.all([copied, written()]).then(() => undefined);
+    // The write goes with the copy, in the same device write (the store takes its bytes now).
+    const copied = store.copyBehind!(cp.from, pbn, { data: c.block!, offsetInBlock: cp.offsetInBlock });
+    return () => copied;
   });
   for (const c of changes) c.block = undefined; // the caller's buffer or a merge buffer: not kept past this call
   giveBack(); // stageBehind copied them

@@ -19,6 +19,12 @@
  * The page-cache pool file keeps its own write-behind (a copy per write, pwrite on the thread pool) and
  * readahead (warming the kernel's cache): both are what a page-cache file needs, and neither needs runs.
  */
+/** Bytes written over a copied block (copyBehind, copyBlock): data at byte offsetInBlock. */
+export interface Patch {
+  data: Buffer;
+  offsetInBlock: number;
+}
+
 export interface BlockStore {
   readonly blockSize: number;
   /** Read block `pbn` into `dst` (exactly blockSize bytes, or a sub-range given by offset/length). */
@@ -59,9 +65,11 @@ export interface BlockStore {
   /**
    * With stageBehind: copy block `from` into block `to` behind, after every write to `from` issued so far
    * and before every write to `to` issued after the call (busy(to) meanwhile); copyRoom() says whether
-   * another copy may be started now.
+   * another copy may be started now. `patch`: bytes that replace the copy's at patch.offsetInBlock (taken
+   * now, a copy: the caller may reuse its buffer), so that a partial write into a copied block is written
+   * with the copy, in the same device write.
    */
-  copyBehind?(from: number, to: number): Promise<void>;
+  copyBehind?(from: number, to: number, patch?: Patch): Promise<void>;
   copyRoom?(): boolean;
   busy?(pbn: number): boolean;
   behindRoom?(bytes: number, fresh?: boolean): boolean;
@@ -125,8 +133,8 @@ export interface RunStore extends BlockStore {
   writeRun(pbn: number, offsetInBlock: number, src: Buffer): Promise<void>;
   /** writeRun on the calling thread, only when none of its blocks is busy(). */
   writeRunSync(pbn: number, offsetInBlock: number, src: Buffer): void;
-  /** Copy block `from` into block `to` (ordered after the writes in flight to both), without staging. */
-  copyBlock(from: number, to: number): Promise<void>;
+  /** Copy block `from` into block `to` with `patch` over it (ordered after the writes in flight to both), without staging. */
+  copyBlock(from: number, to: number, patch?: Patch): Promise<void>;
   syncNow(): boolean;
 }
 

@@ -19,7 +19,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, fdatasyncSync } from 'node:fs';
-import type { RunStore } from './blockStore.js';
+import type { Patch, RunStore } from './blockStore.js';
 import { PoolFile } from './poolFile.js';
 import { SECTOR, aligned, alignedArena, ceilTo, floorTo, ioAll, readAllSync, writeAllSync } from './directIo.js';
 
@@ -175,14 +175,15 @@ export class DirectPoolFileStore extends PoolFile implements RunStore {
     writeAllSync(this.fd, src, pbn * this.blockSize + offsetInBlock);
   }
 
-  /** Copy block `from` into block `to` through a slot (one read into it, one write from it), after the writes in flight to both. */
-  copyBlock(from: number, to: number): Promise<void> {
+  /** Copy block `from` into block `to` through a slot (one read into it, the patch, one write from it), after the writes in flight to both. */
+  copyBlock(from: number, to: number, patch?: Patch): Promise<void> {
     const bs = this.blockSize;
     return this.inflight.after(to, 1, async () => {
       await this.inflight.settled(from);
       await this.withSlot(async (slot) => {
         const part = slot.subarray(0, bs);
         await ioAll('read', this.fd, part, from * bs);
+        patch?.data.copy(part, patch.offsetInBlock);
         await ioAll('write', this.fd, part, to * bs);
       });
     });

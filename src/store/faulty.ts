@@ -19,7 +19,7 @@
  *   (from the inner store plus the writes to its source issued before it) off the caller's thread; its
  *   target is busy() meanwhile.
  */
-import type { BlockStore } from './blockStore.js';
+import type { BlockStore, Patch } from './blockStore.js';
 import { VdiskError } from '../errors.js';
 
 export interface FaultPlan {
@@ -63,7 +63,7 @@ export class FaultyStore implements BlockStore {
   readonly readSync?: (pbn: number, dst: Buffer, offsetInBlock?: number) => void;
   readonly writeSync?: (pbn: number, data: Buffer, offsetInBlock?: number) => void;
   readonly stageBehind?: (pbn: number, data: Buffer, offsetInBlock?: number, after?: Promise<unknown>) => () => Promise<void>;
-  readonly copyBehind?: (from: number, to: number) => Promise<void>;
+  readonly copyBehind?: (from: number, to: number, patch?: Patch) => Promise<void>;
   readonly copyRoom?: () => boolean;
   readonly busy?: (pbn: number) => boolean;
   readonly behindRoom?: (bytes: number, fresh?: boolean) => boolean;
@@ -83,7 +83,7 @@ export class FaultyStore implements BlockStore {
     if (s.readSync) this.readSync = (pbn, dst, off = 0) => this.readNow(pbn, dst, off);
     if (s.writeSync) this.writeSync = (pbn, data, off = 0) => this.writeNow(pbn, data, off);
     if (s.stageBehind) this.stageBehind = (pbn, data, off = 0, after) => this.stage(pbn, data, off, after);
-    if (s.copyBehind) this.copyBehind = (from, to) => this.copy(from, to);
+    if (s.copyBehind) this.copyBehind = (from, to, patch) => this.copy(from, to, patch);
     if (s.copyBehind && s.copyRoom) this.copyRoom = () => this.failed === null && s.copyRoom!();
     if (s.readSync || s.busy) this.busy = (pbn) => this.held.has(pbn) || (s.busy?.(pbn) ?? false);
     if (s.behindRoom) this.behindRoom = (bytes, fresh) => this.failed === null && s.behindRoom!(bytes, fresh);
@@ -202,13 +202,14 @@ export class FaultyStore implements BlockStore {
     return () => p;
   }
 
-  private copy(from: number, to: number): Promise<void> {
+  private copy(from: number, to: number, patch?: Patch): Promise<void> {
     const err = this.next('copyBehind', to);
     if (err) {
       this.failed ??= err;
       return Promise.reject(err);
     }
-    if (!this.plan.volatile) return this.later(to, () => this.inner.copyBehind!(from, to));
+    const own = patch && { data: Buffer.from(patch.data), offsetInBlock: patch.offsetInBlock };
+    if (!this.plan.volatile) return this.later(to, () => this.inner.copyBehind!(from, to, own));
     // The source as its earlier writes leave it: the inner store's bytes plus the volatile writes before this.
     const before = this.unsynced.filter((w) => w.pbn === from);
     const w: Unsynced = { pbn: to, offset: 0, data: null };
@@ -218,6 +219,7 @@ export class FaultyStore implements BlockStore {
       const data = Buffer.alloc(this.blockSize);
       await this.inner.read(from, data);
       this.overlay(from, data, 0, before.filter((b) => this.unsynced.includes(b)));
+      own?.data.copy(data, own.offsetInBlock);
       w.data = data;
     };
     w.ready = this.hold(to, fill());

@@ -14,7 +14,7 @@
  *   of reading the same bytes a second time, and the fast path takes the async path meanwhile.
  * The layer offers every optional method of the inner store; only reads and busy() add anything.
  */
-import type { BlockStore } from './blockStore.js';
+import type { BlockStore, Patch } from './blockStore.js';
 
 const CHUNK_MIN = 2 * 1024 * 1024;
 const CHUNKS = 6;
@@ -55,7 +55,7 @@ export class ReadaheadStore implements BlockStore {
   readonly syncNow?: () => boolean;
   readonly writeSync?: (pbn: number, data: Buffer, offsetInBlock?: number) => void;
   readonly stageBehind?: (pbn: number, data: Buffer, offsetInBlock?: number, after?: Promise<unknown>) => () => Promise<void>;
-  readonly copyBehind?: (from: number, to: number) => Promise<void>;
+  readonly copyBehind?: (from: number, to: number, patch?: Patch) => Promise<void>;
   readonly discard?: (pbn: number) => Promise<void>;
   readonly trim?: (blocks: number) => Promise<void>;
   readonly punch?: (runs: [number, number][]) => Promise<void>;
@@ -87,7 +87,7 @@ export class ReadaheadStore implements BlockStore {
     if (s.writeSync) this.writeSync = (pbn, data, off = 0) => (this.drop(pbn * bs + off, data.length), s.writeSync!(pbn, data, off));
     // staged at once (the caller checked behindRoom), so busy below from here until written
     if (s.stageBehind) this.stageBehind = (pbn, data, off = 0, after) => (this.drop(pbn * bs + off, data.length), s.stageBehind!(pbn, data, off, after));
-    if (s.copyBehind) this.copyBehind = (from, to) => this.issue(to, bs * to, bs, () => s.copyBehind!(from, to));
+    if (s.copyBehind) this.copyBehind = (from, to, patch) => this.issue(to, bs * to, bs, () => s.copyBehind!(from, to, patch));
     if (s.discard) this.discard = (pbn) => this.issue(pbn, pbn * bs, bs, () => s.discard!(pbn));
     if (s.trim) this.trim = (blocks) => (this.drop(blocks * bs, Infinity), s.trim!(blocks));
     if (s.fileStat) this.fileStat = () => s.fileStat!();

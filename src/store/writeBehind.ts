@@ -17,7 +17,7 @@
  *   leaves an entry pointing at unwritten data;
  * - a failed write fails every later sync() and ends write-behind (like a disk whose cache lost data).
  */
-import type { BlockStore, RunStore } from './blockStore.js';
+import type { BlockStore, Patch, RunStore } from './blockStore.js';
 import { PbnChains } from './chains.js';
 
 const RUN_BYTES = 1024 * 1024;
@@ -327,9 +327,11 @@ export class WriteBehindStore implements BlockStore {
    * Copy block `from` into block `to` behind the caller's back: the copy reads `from` once every write to
    * it issued so far has settled, and is ordered before every write to `to` issued after this call (it
    * becomes `to`'s tail, which later stages and reads wait for). A partial write into a block a snapshot
-   * holds is then acknowledged without waiting for the old block to be read (disk/write.ts writeDiskNow).
+   * holds is then acknowledged without waiting for the old block to be read (disk/write.ts writeDiskNow);
+   * that write comes as `patch` and is written with the copy (one device write, not two).
    */
-  copyBehind(from: number, to: number): Promise<void> {
+  copyBehind(from: number, to: number, patch?: Patch): Promise<void> {
+    const own = patch && { data: Buffer.from(patch.data), offsetInBlock: patch.offsetInBlock };
     // The open run goes now if it holds a write to either block: a write staged to `to` after this call
     // lands in a later run that waits for the copy, and the copy waits for `from`'s writes, so a run that
     // held both would wait for itself.
@@ -337,7 +339,7 @@ export class WriteBehindStore implements BlockStore {
     this.copies++;
     const p = this.inflight.after(to, 1, async () => {
       await this.settled(from);
-      await this.guard(() => this.inner.copyBlock(from, to));
+      await this.guard(() => this.inner.copyBlock(from, to, own));
     });
     const done = (): void => {
       this.copies--;

@@ -171,6 +171,31 @@ describe.each(subjects)('$name', (subject) => {
     }),
   );
 
+  it.skipIf(subject.skip || !subject.offers.has('copyBehind'))('copyBehind with a patch writes the patch over the copy, after the source\'s earlier writes, before the target\'s later ones', () =>
+    withStore(subject, async (store) => {
+      const rnd = prng(6);
+      const a = randomBytes(rnd, BS);
+      await store.write(1, a);
+      await store.write(3, randomBytes(rnd, BS)); // the target's stale bytes: all replaced
+      const b = randomBytes(rnd, 4096);
+      const bDone = writeBehind(store, 1, Buffer.from(b), 0); // staged to the source before the copy: copied
+      b.copy(a, 0);
+      const want = Buffer.from(a);
+      const patch = randomBytes(rnd, 8192);
+      patch.copy(want, 4096);
+      const mine = Buffer.from(patch);
+      const copied = store.copyBehind!(1, 3, { data: mine, offsetInBlock: 4096 });
+      mine.fill(0xee); // the store took the patch's bytes when called
+      expect(store.busy!(3)).toBe(true);
+      const c = randomBytes(rnd, 4096);
+      const cDone = writeBehind(store, 3, Buffer.from(c), 8192); // over part of the patch: lands after it
+      c.copy(want, 8192);
+      await Promise.all([bDone, copied, cDone]);
+      expect((await readBlock(store, 3)).equals(want), 'the copy, the patch over it, the later write over both').toBe(true);
+      expect((await readBlock(store, 1)).equals(a), 'the source is unchanged').toBe(true);
+    }),
+  );
+
   it.skipIf(subject.skip)('sync makes staged and written data settle; syncNow flushes at once or declines while a write is in flight', () =>
     withStore(subject, async (store) => {
       const rnd = prng(6);
