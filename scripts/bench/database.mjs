@@ -199,7 +199,7 @@ export const databaseSection = {
       await rm(passBacking, { force: true })
       for (const d of ['fs', 'cow', 'cow8k']) await m.control(`delete ${d}`)
 
-      const med = (xs, k) => xs.length ? median(xs.map((x) => x[k])) : null
+      const med = (xs, k) => median(xs.map((x) => x[k]))
       const fsyncMedians = (xs) => ({ iops: med(xs, 'iops'), p50: med(xs, 'syncP50Us'), p99: med(xs, 'syncP99Us'), w: med(xs, 'writeP50Us') })
       const [fp, fv, fpass] = [figures.fsync.plain, figures.fsync.vdiskfs, figures.fsync.pass].map(fsyncMedians)
       // each round's vdiskfs p50 against the other two's of the same round (they ran minutes apart at most)
