@@ -19,12 +19,6 @@
  * The page-cache pool file keeps its own write-behind (a copy per write, pwrite on the thread pool) and
  * readahead (warming the kernel's cache): both are what a page-cache file needs, and neither needs runs.
  */
-/** Bytes written over a copied block (copyBehind, copyBlock): data at byte offsetInBlock. */
-export interface Patch {
-  data: Buffer;
-  offsetInBlock: number;
-}
-
 export interface BlockStore {
   readonly blockSize: number;
   /** Read block `pbn` into `dst` (exactly blockSize bytes, or a sub-range given by offset/length). */
@@ -136,6 +130,12 @@ export interface RunStore extends BlockStore {
   /** Copy block `from` into block `to` with `patch` over it (ordered after the writes in flight to both), without staging. */
   copyBlock(from: number, to: number, patch?: Patch): Promise<void>;
   syncNow(): boolean;
+}
+
+/** Bytes written over a copied block (copyBehind, copyBlock): data at byte offsetInBlock. */
+export interface Patch {
+  data: Buffer;
+  offsetInBlock: number;
 }
 
 /** Opens the bottom store for one block size (the pool calls it once per block size in use). */
