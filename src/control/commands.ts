@@ -4,6 +4,8 @@
  * its result in the persistent history. A failed command changes nothing.
  */
 import type { Registry } from '../disk/registry.js';
+import type { BatchOp } from '../meta/table.js';
+import type { SnapshotRecord } from '../meta/records.js';
 import { invalid, errorMessage, errorCode } from '../errors.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { attachmentsOf } from './attachments.js';
@@ -127,7 +129,11 @@ function splitAt(args: string[]): string[] {
   return [...parts, ...args.slice(1)];
 }
 
-export async function execute(reg: Registry, cmd: Command): Promise<string> {
+/**
+ * Run one parsed command. `history(message)`: the operations of its history line, for a command that can
+ * commit them in its own batch (snapshot); runLine records the line itself for the others.
+ */
+export async function execute(reg: Registry, cmd: Command, history?: (message: string) => BatchOp[]): Promise<string> {
   switch (cmd.op) {
     case 'create':
       await reg.create(cmd.disk, cmd.size, cmd.blockSize);
@@ -139,8 +145,8 @@ export async function execute(reg: Registry, cmd: Command): Promise<string> {
       await reg.resize(cmd.disk, cmd.size);
       return `resized ${cmd.disk}`;
     case 'snapshot': {
-      const s = await reg.snapshot(cmd.disk, cmd.snap);
-      return `snapshot ${cmd.disk}@${cmd.snap} id ${s.uid}`;
+      const message = (s: SnapshotRecord): string => `snapshot ${cmd.disk}@${cmd.snap} id ${s.uid}`;
+      return message(await reg.snapshot(cmd.disk, cmd.snap, history && ((s) => history(message(s)))));
     }
     case 'delete-snapshot':
       await reg.deleteSnapshot(cmd.disk, cmd.snap);
@@ -182,8 +188,14 @@ export async function runLine(reg: Registry, line: string): Promise<string> {
   const shown = folded.length > 200 ? folded.slice(0, 200) + '…' : folded;
   try {
     const cmd = parseCommand(line);
-    const msg = await reg.serialized(() => execute(reg, cmd));
-    await reg.recordHistory(shown, 'ok', msg);
+    let recorded = false;
+    const msg = await reg.serialized(() =>
+      execute(reg, cmd, (message) => {
+        recorded = true;
+        return reg.historyOps(shown, 'ok', message);
+      }),
+    );
+    if (!recorded) await reg.recordHistory(shown, 'ok', msg);
     return msg;
   } catch (e) {
     await reg.recordHistory(shown, 'error', errorMessage(e).replace(/[\x00-\x1f\x7f]/g, '?'), errorCode(e)).catch(() => undefined);

@@ -13,7 +13,7 @@ import { bottomFactory } from '../store/bottoms.js';
 import { sweepBlocks } from '../store/levelBlocks.js';
 import { sweepObjects } from '../store/radosBlocks.js';
 import { Context, DiskState } from './context.js';
-import type { Table } from '../meta/table.js';
+import type { BatchOp, Table } from '../meta/table.js';
 import { purgeOrphans, scanTables, type ScanReport } from './scan.js';
 import { checkName } from './names.js';
 import { checkBlockSize, checkVirtualSize, DEFAULT_BLOCK_SIZE } from '../util/size.js';
@@ -354,9 +354,9 @@ export class Registry {
     });
   }
 
-  /** An instant snapshot of disk `name` (snapshots.ts). */
-  snapshot(name: string, snap: string): Promise<SnapshotRecord> {
-    return createSnapshot(this.ctx, this.ctx.disk(name), snap);
+  /** An instant snapshot of disk `name` (snapshots.ts); `also`: operations for the same batch (historyOps). */
+  snapshot(name: string, snap: string, also?: (s: SnapshotRecord) => BatchOp[]): Promise<SnapshotRecord> {
+    return createSnapshot(this.ctx, this.ctx.disk(name), snap, also);
   }
 
   deleteSnapshot(name: string, snap: string): Promise<void> {
@@ -375,10 +375,18 @@ export class Registry {
 
   /** Append one control command to the persistent history. */
   async recordHistory(command: string, result: 'ok' | 'error', message?: string, code?: string): Promise<void> {
+    await this.ctx.commit(this.historyOps(command, result, message, code));
+  }
+
+  /**
+   * The batch operations that append one line to the history (its sequence number taken now): for a
+   * command whose change is one batch, so that the line lands with it (snapshot: one synced batch, not two).
+   */
+  historyOps(command: string, result: 'ok' | 'error', message?: string, code?: string): BatchOp[] {
     const seq = this.ctx.seq.history;
     this.ctx.seq = { ...this.ctx.seq, history: seq + 1 };
     const rec: HistoryRecord = { time: new Date().toISOString(), command, result, ...(message ? { message } : {}), ...(code ? { code } : {}) };
-    await this.ctx.commit([{ type: 'put', key: historyKey(seq), value: JSON.stringify(rec) }, this.ctx.seqOp()]);
+    return [{ type: 'put', key: historyKey(seq), value: JSON.stringify(rec) }, this.ctx.seqOp()];
   }
 
   async history(limit = 1000): Promise<HistoryRecord[]> {

@@ -73,11 +73,13 @@ export function checkNewSnapshotName(d: DiskState, name: string): void {
   if (d.rec.snapshots.some((s) => s.name === name)) throw exists(`snapshot ${d.rec.name}@${name}`);
 }
 
-export async function createSnapshot(ctx: Context, d: DiskState, name: string): Promise<SnapshotRecord> {
+/** `also(snap)`: operations committed in the snapshot's batch (its history line, control/commands.ts). */
+export async function createSnapshot(ctx: Context, d: DiskState, name: string, also?: (s: SnapshotRecord) => BatchOp[]): Promise<SnapshotRecord> {
   checkNewSnapshotName(d, name);
   return d.changing(true, async () => {
     const { snap, rec } = snapshotRecord(ctx, d, { name, uid: randomUUID(), created: ctx.clock.tick() });
-    await ctx.commit([ctx.recordOp(rec), ctx.seqOp()], true);
+    // seqOp() after also(): a history line takes a sequence number too, and the last put of the key wins
+    await ctx.commit([ctx.recordOp(rec), ...(also?.(snap) ?? []), ctx.seqOp()], true);
     d.rec = rec;
     snapshotCommitted(d, snap);
     return snap;

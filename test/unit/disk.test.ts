@@ -4,6 +4,7 @@ import type { DiskState } from '../../src/disk/context.js';
 import { writeDisk, readView, writeDiskNow, readViewNow } from '../../src/disk/io.js';
 import { createSnapshot, deleteSnapshot, rollback, cloneSnapshot } from '../../src/disk/snapshots.js';
 import { storeStatus, renderStatus } from '../../src/control/status.js';
+import { runLine } from '../../src/control/commands.js';
 import { MAX_VIRTUAL_SIZE } from '../../src/util/size.js';
 import type { BlockStoreKind } from '../../src/meta/records.js';
 import { prng, randomBytes, tempDir, cleanupDirs, expectCode } from './helpers.js';
@@ -597,6 +598,31 @@ describe('persistence', () => {
     h = await reg2.history();
     expect(h.map((x) => x.command)).toEqual(['create a 1M', 'delete b', 'third']);
     expect((await reg2.history(2)).map((x) => x.command)).toEqual(['delete b', 'third']);
+    await reg2.close();
+  });
+
+  it('a snapshot command writes its history line in its own synced batch: one LevelDB write, not two', async () => {
+    const { dir, reg } = await fresh();
+    await runLine(reg, 'create d 1M');
+    const batch = vi.spyOn(reg.ctx.db, 'batch');
+    const put = vi.spyOn(reg.ctx.db, 'put');
+    const msg = await runLine(reg, 'snapshot d s1');
+    expect(batch.mock.calls.length + put.mock.calls.length).toBe(1);
+    expect(batch.mock.calls[0]![1]).toEqual({ sync: true });
+    batch.mockRestore();
+    put.mockRestore();
+    // a failed snapshot still leaves its error line (a batch of its own)
+    await expectCode(runLine(reg, 'snapshot d s1'), 'EXISTS');
+    await reg.close();
+    const reg2 = await Registry.open({ dir });
+    const h = await reg2.history();
+    expect(h.map((x) => [x.command, x.result])).toEqual([['create d 1M', 'ok'], ['snapshot d s1', 'ok'], ['snapshot d s1', 'error']]);
+    expect(h[1]!.message).toBe(msg);
+    expect(reg2.disk('d').rec.snapshots.map((s) => s.name)).toEqual(['s1']);
+    // the sequence kept both numbers: the next line and the next snapshot do not reuse them
+    await runLine(reg2, 'snapshot d s2');
+    expect((await reg2.history()).map((x) => x.command)).toEqual(['create d 1M', 'snapshot d s1', 'snapshot d s1', 'snapshot d s2']);
+    expect(new Set(reg2.disk('d').rec.snapshots.map((s) => s.id)).size).toBe(2);
     await reg2.close();
   });
 });
