@@ -112,8 +112,23 @@ export class Pool {
     if (this.usedBytes() + blockSize > this.capacity) {
       throw noSpace(`pool is full (${formatSize(this.usedBytes())} of ${formatSize(this.capacity)} used)`);
     }
-    return this.allocator(blockSize).allocate();
+    const pbn = this.allocator(blockSize).allocate();
+    this.spaceChanges++;
+    return pbn;
   }
+
+  /**
+   * Changes to the pool files' space (blocks allocated, which a write may turn from a hole or past the end
+   * into written space; ranges punched), and how many of them a completed sync() covered. An fdatasync
+   * after such a change also commits the filesystem's journal, and that commit waits for the filesystem's
+   * other ordered data: under load, no bound. syncNow, which blocks the event loop and with it every
+   * request of every disk, takes only a flush with none pending; the others go to sync() on the thread
+   * pool. (A snapshot's synced batch settles the tables without flushing the pool: the next fsync would
+   * otherwise block.) A counter, not exact: a block allocated before a sync whose write lands after it
+   * leaves its journal work to a later flush, which only costs that flush time.
+   */
+  private spaceChanges = 0;
+  private spaceChangesSynced = 0;
 
   /** Whether the pbn is in use (unlike allocator(), creates nothing for a block size never seen). */
   isUsed(blockSize: number, pbn: number): boolean {
@@ -217,6 +232,7 @@ export class Pool {
           // The pool may have started closing during that wait (punchFailed is set only here, one slice at a time).
           if (!this.closing) {
             try {
+              this.spaceChanges++;
               await s.punch(slice);
             } catch (e) {
               this.punchFailed = true;
@@ -268,9 +284,11 @@ export class Pool {
 
   /**
    * sync() on this thread, for fsync's fast path (BlockStore.syncNow): true once every store has flushed,
-   * false when one cannot now (a store still opening, one without syncNow, a write in flight); then sync().
+   * false when one cannot now (space changed since the last sync, a store still opening, one without
+   * syncNow, a write in flight); then sync().
    */
   syncNow(): boolean {
+    if (this.spaceChanges !== this.spaceChangesSynced) return false; // see spaceChanges
     if (this.opening.size !== this.stores.size) return false;
     const stores = [...this.stores.values()];
     if (!stores.every((s) => s.syncNow)) return false;
@@ -278,8 +296,10 @@ export class Pool {
   }
 
   async sync(): Promise<void> {
+    const changes = this.spaceChanges;
     await Promise.allSettled([...this.opening.values()]); // a store still opening may have discards queued
     await Promise.all([...this.stores.values()].map((s) => s.sync()));
+    this.spaceChangesSynced = Math.max(this.spaceChangesSynced, changes);
   }
 
   /** Close every store; a clean close gives back the space past the last block in use (trim). */

@@ -69,6 +69,36 @@ describe('the fault layer under the fast path', () => {
     }
     await closeAndReopen(reg, dir, model, snap);
   });
+
+  it('fsync on the event loop declines once the pool files\' space changed, until a flush on the thread pool covered it', async () => {
+    const dir = await tempDir();
+    const { reg, layers } = await openFaulty(dir, {});
+    const BS = 64 * K;
+    await reg.create('d', 2 * M, BS);
+    const d = reg.disk('d');
+    const rnd = prng(22);
+    await writeVia('async path', reg, d, 0, randomBytes(rnd, BS)); // opens the block store
+    await reg.sync();
+    const fast = (off: number, len: number): void => {
+      expect(writeDiskNow(reg.ctx, d, off, randomBytes(rnd, len)), `the fast path took the write at ${off}+${len}`).toBe(len);
+    };
+    const layer = layers[0]!;
+    fast(512, 4096); // in place (the block's first: its write intent, a synced batch, settles with the sync)
+    await reg.sync();
+    fast(8192, 4096); // in place again: a pure flush may block the event loop
+    if (layer.syncNow) expect(reg.syncNow(), 'nothing in flight, no space changed').toBe(true);
+    fast(3 * BS, BS); // a new block: allocated pool space
+    // A synced batch that is not a flush of the pool (a snapshot's, a control command's): the tables are
+    // settled, the pool's new space is not flushed yet.
+    await reg.ctx.commit([], true);
+    expect(reg.ctx.settled).toBe(true);
+    expect(reg.syncNow(), 'the flush would commit the filesystem\'s journal: the thread pool does it').toBe(false);
+    await reg.sync();
+    fast(3 * BS + 512, 4096); // in place in the new block
+    if (layer.syncNow) expect(reg.syncNow(), 'covered by the flush before').toBe(true);
+    await reg.close();
+    await expectCleanCheck(dir);
+  });
 });
 
 describe('a write whose entries are not in memory yet (a disk mounted afresh)', () => {
