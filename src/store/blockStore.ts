@@ -138,5 +138,10 @@ export interface Patch {
   offsetInBlock: number;
 }
 
+/** A patch with its own copy of the bytes: what copyBehind takes at the call (the caller may reuse its buffer). */
+export function ownPatch(patch: Patch | undefined): Patch | undefined {
+  return patch && { data: Buffer.from(patch.data), offsetInBlock: patch.offsetInBlock };
+}
+
 /** Opens the bottom store for one block size (the pool calls it once per block size in use). */
 export type BlockStoreFactory = (blockSize: number) => Promise<BlockStore>;

@@ -19,7 +19,7 @@
  *   (from the inner store plus the writes to its source issued before it) off the caller's thread; its
  *   target is busy() meanwhile.
  */
-import type { BlockStore, Patch } from './blockStore.js';
+import { ownPatch, type BlockStore, type Patch } from './blockStore.js';
 import { VdiskError } from '../errors.js';
 
 export interface FaultPlan {
@@ -208,7 +208,7 @@ export class FaultyStore implements BlockStore {
       this.failed ??= err;
       return Promise.reject(err);
     }
-    const own = patch && { data: Buffer.from(patch.data), offsetInBlock: patch.offsetInBlock };
+    const own = ownPatch(patch);
     if (!this.plan.volatile) return this.later(to, () => this.inner.copyBehind!(from, to, own));
     // The source as its earlier writes leave it: the inner store's bytes plus the volatile writes before this.
     const before = this.unsynced.filter((w) => w.pbn === from);

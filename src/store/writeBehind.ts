@@ -17,7 +17,7 @@
  *   leaves an entry pointing at unwritten data;
  * - a failed write fails every later sync() and ends write-behind (like a disk whose cache lost data).
  */
-import type { BlockStore, Patch, RunStore } from './blockStore.js';
+import { ownPatch, type BlockStore, type Patch, type RunStore } from './blockStore.js';
 import { PbnChains } from './chains.js';
 
 const RUN_BYTES = 1024 * 1024;
@@ -331,7 +331,7 @@ export class WriteBehindStore implements BlockStore {
    * that write comes as `patch` and is written with the copy (one device write, not two).
    */
   copyBehind(from: number, to: number, patch?: Patch): Promise<void> {
-    const own = patch && { data: Buffer.from(patch.data), offsetInBlock: patch.offsetInBlock };
+    const own = ownPatch(patch);
     // The open run goes now if it holds a write to either block: a write staged to `to` after this call
     // lands in a later run that waits for the copy, and the copy waits for `from`'s writes, so a run that
     // held both would wait for itself.
